@@ -1,0 +1,247 @@
+//! Starting and stopping an agent.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use ferry_protocol::identity::agent_id_from_cert;
+use ferry_protocol::tls::{self, Identity, TransportSettings};
+use ferry_protocol::{AgentId, Hello, SUPPORTED};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::connection::{self, Link};
+use crate::executor::{Executor, Topics};
+use crate::host::{HostConfig, HostError, PluginHost};
+use crate::metrics::MetricsSampler;
+
+/// The WIT versions of `ferry:plugin` this agent's plugin host serves.
+pub const WIT_VERSIONS: &[&str] = &[crate::host::WIT_VERSION];
+
+/// Where the agent's connection to its server stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    /// Trying to connect (attempt number since the last session).
+    Connecting {
+        /// 1 for the first attempt.
+        attempt: u32,
+    },
+    /// Welcomed by the server.
+    Connected {
+        /// The server's session id.
+        session: String,
+    },
+    /// Waiting before the next attempt.
+    Disconnected {
+        /// Why the last attempt or session ended.
+        reason: String,
+        /// When the next attempt starts.
+        retry_in: Duration,
+    },
+    /// The agent stopped.
+    Stopped,
+}
+
+/// The agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Its certificate, key or CA could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Its certificate names no valid agent.
+    #[error("{path}: {source}")]
+    Identity {
+        /// The certificate file.
+        path: String,
+        /// What is wrong.
+        source: ferry_protocol::identity::IdentityError,
+    },
+    /// The plugin host could not start.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A plugin could not be loaded.
+    #[error("cannot load plugin {what}: {reason}")]
+    Plugin {
+        /// The plugin's name or file.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory cannot be used.
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running agent.
+pub struct Agent {
+    id: AgentId,
+    topics: Vec<String>,
+    status: watch::Receiver<ConnectionStatus>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Loads the agent's identity and plugins and starts connecting to its server.
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let identity = Identity::from_pem_files(&config.cert, &config.key)?;
+        let id = agent_id_from_cert(
+            identity
+                .chain
+                .first()
+                .map(|c| c.as_ref())
+                .unwrap_or_default(),
+        )
+        .map_err(|source| AgentError::Identity {
+            path: config.cert.display().to_string(),
+            source,
+        })?;
+        let roots = tls::roots_from_pem_file(&config.ca)?;
+        let transport = TransportSettings {
+            keep_alive: config.keep_alive,
+            idle_timeout: config.idle_timeout,
+            max_incoming_bidi_streams: config.max_concurrent_commands,
+        };
+        let client_config = tls::client_config(identity, roots, &transport)?;
+
+        let host = PluginHost::new(HostConfig {
+            max_memory_bytes: config.plugin_memory_mib.saturating_mul(1024 * 1024),
+            ..HostConfig::default()
+        })?;
+        let topics = load_plugins(&host, &config)?;
+        let topic_names = topics.names();
+        tracing::info!(agent = %id, topics = ?topic_names, "agent starting");
+
+        let hello = Hello {
+            protocol: SUPPORTED,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            labels: config.labels.clone(),
+            wit_versions: WIT_VERSIONS.iter().map(|v| v.to_string()).collect(),
+            topics: topic_names.clone(),
+            cached_plugins: Vec::new(),
+        };
+        let executor = Arc::new(Executor {
+            topics,
+            max_frame: config.max_frame_bytes,
+            running: AtomicU32::new(0),
+        });
+        let sampler = Arc::new(Mutex::new(MetricsSampler::new(&config.data_dir)));
+        let link = Arc::new(Link {
+            config,
+            client_config,
+            hello,
+            executor,
+            sampler,
+        });
+        let (status_tx, status) = watch::channel(ConnectionStatus::Connecting { attempt: 0 });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(connection::run(link, stop.clone(), status_tx));
+        Ok(Agent {
+            id,
+            topics: topic_names,
+            status,
+            stop,
+            task,
+        })
+    }
+
+    /// The agent's id, from its certificate.
+    pub fn id(&self) -> &AgentId {
+        &self.id
+    }
+
+    /// The topics it serves.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Where its connection stands now.
+    pub fn status(&self) -> ConnectionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the connection status.
+    pub fn watch_status(&self) -> watch::Receiver<ConnectionStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the server has welcomed the agent; returns the session id, or the last status
+    /// if `timeout` passes first.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<String, ConnectionStatus> {
+        let mut rx = self.status.clone();
+        let wait = rx.wait_for(|s| matches!(s, ConnectionStatus::Connected { .. }));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(status)) => match &*status {
+                ConnectionStatus::Connected { session } => Ok(session.clone()),
+                other => Err(other.clone()),
+            },
+            _ => Err(self.status()),
+        }
+    }
+
+    /// Stops the agent: says Bye to the server and closes the connection.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Resolves when the agent has stopped (after [`Agent::shutdown`] from elsewhere, or never).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+fn load_plugins(host: &PluginHost, config: &AgentConfig) -> Result<Topics, AgentError> {
+    let mut topics = Topics::default();
+    if config.builtins {
+        for builtin in ferry_builtins::all() {
+            let plugin =
+                host.load(builtin.name, builtin.component)
+                    .map_err(|e| AgentError::Plugin {
+                        what: format!("built-in '{}'", builtin.name),
+                        reason: e.to_string(),
+                    })?;
+            for topic in builtin.topics {
+                topics.insert(topic.to_string(), plugin.clone());
+            }
+        }
+    }
+    for spec in &config.plugins {
+        let name = spec.name.clone().unwrap_or_else(|| {
+            spec.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "plugin".into())
+        });
+        let bytes = std::fs::read(&spec.path).map_err(|e| AgentError::Plugin {
+            what: spec.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let plugin = host.load(&name, &bytes).map_err(|e| AgentError::Plugin {
+            what: spec.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if spec.topics.is_empty() {
+            return Err(AgentError::Plugin {
+                what: spec.path.display().to_string(),
+                reason: "it names no topics; list the topics it handles in `topics = [...]`".into(),
+            });
+        }
+        for topic in &spec.topics {
+            topics.insert(topic.clone(), plugin.clone());
+        }
+    }
+    Ok(topics)
+}

@@ -1,0 +1,301 @@
+//! The connection loop: connect, say Hello, wait for Welcome, then heartbeat and take commands
+//! until the connection ends; then wait (backoff with jitter) and start again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferry_protocol::{
+    Bye, FrameError, FrameReader, Heartbeat, Hello, Message, Peer, Reject, StreamKind, Welcome,
+    close, write_frame,
+};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::ConnectionStatus;
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::executor::Executor;
+use crate::metrics::MetricsSampler;
+
+/// What the loop needs, built once at start.
+pub(crate) struct Link {
+    pub(crate) config: AgentConfig,
+    pub(crate) client_config: quinn::ClientConfig,
+    pub(crate) hello: Hello,
+    pub(crate) executor: Arc<Executor>,
+    pub(crate) sampler: Arc<Mutex<MetricsSampler>>,
+}
+
+/// Why a connection attempt or a session ended.
+enum Ended {
+    /// The agent is stopping.
+    Stopped,
+    /// A session was established and then ended.
+    SessionLost(String),
+    /// No session was established.
+    Failed(String),
+    /// The server refused the agent.
+    Rejected(Reject),
+}
+
+/// Runs until `stop` is cancelled.
+pub(crate) async fn run(
+    link: Arc<Link>,
+    stop: CancellationToken,
+    status: watch::Sender<ConnectionStatus>,
+) {
+    let mut backoff = Backoff::new(link.config.reconnect_min, link.config.reconnect_max);
+    // One endpoint per address family for the agent's whole life: quinn endpoints are meant to
+    // be long-lived, and a fresh UDP socket per attempt would churn ports.
+    let mut endpoints: HashMap<bool, quinn::Endpoint> = HashMap::new();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        status.send_replace(ConnectionStatus::Connecting { attempt });
+        let ended = connect_and_serve(&link, &mut endpoints, &status, &stop).await;
+        let (reason, delay) = match ended {
+            Ended::Stopped => break,
+            Ended::SessionLost(reason) => {
+                tracing::warn!(%reason, "connection to the server lost; reconnecting");
+                backoff.reset();
+                attempt = 0;
+                (reason, backoff.next_delay())
+            }
+            Ended::Failed(reason) => {
+                tracing::warn!(%reason, attempt, "could not connect to the server");
+                (reason, backoff.next_delay())
+            }
+            Ended::Rejected(reject) => {
+                tracing::error!(code = ?reject.code, message = %reject.message, "the server refused this agent");
+                let delay = reject
+                    .retry_after_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or_else(|| backoff.next_delay());
+                (format!("refused by the server: {}", reject.message), delay)
+            }
+        };
+        status.send_replace(ConnectionStatus::Disconnected {
+            reason,
+            retry_in: delay,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    for endpoint in endpoints.values() {
+        // Without waiting, the close frame sent by the session would never leave.
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+    status.send_replace(ConnectionStatus::Stopped);
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| format!("cannot resolve server address '{server}': {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("server address '{server}' resolves to nothing"))
+}
+
+fn endpoint_for(
+    endpoints: &mut HashMap<bool, quinn::Endpoint>,
+    addr: SocketAddr,
+) -> Result<quinn::Endpoint, String> {
+    let v6 = addr.is_ipv6();
+    if let Some(endpoint) = endpoints.get(&v6) {
+        return Ok(endpoint.clone());
+    }
+    let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("valid address");
+    let endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    endpoints.insert(v6, endpoint.clone());
+    Ok(endpoint)
+}
+
+/// An established session: the connection and its control stream.
+struct Session {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: FrameReader<quinn::RecvStream>,
+    welcome: Welcome,
+}
+
+async fn connect_and_serve(
+    link: &Link,
+    endpoints: &mut HashMap<bool, quinn::Endpoint>,
+    status: &watch::Sender<ConnectionStatus>,
+    stop: &CancellationToken,
+) -> Ended {
+    let session = tokio::select! {
+        session = handshake(link, endpoints) => session,
+        _ = stop.cancelled() => return Ended::Stopped,
+    };
+    match session {
+        Ok(session) => serve(link, session, status, stop).await,
+        Err(ended) => ended,
+    }
+}
+
+async fn handshake(
+    link: &Link,
+    endpoints: &mut HashMap<bool, quinn::Endpoint>,
+) -> Result<Session, Ended> {
+    let config = &link.config;
+    let addr = match resolve(&config.server).await {
+        Ok(addr) => addr,
+        Err(e) => return Err(Ended::Failed(e)),
+    };
+    let endpoint = match endpoint_for(endpoints, addr) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return Err(Ended::Failed(e)),
+    };
+    let server_name = config.effective_server_name();
+    let connecting = match endpoint.connect_with(link.client_config.clone(), addr, &server_name) {
+        Ok(connecting) => connecting,
+        Err(e) => return Err(Ended::Failed(format!("cannot connect to {addr}: {e}"))),
+    };
+    // quinn's own handshake timeout equals the idle timeout; bound each attempt separately.
+    let connection = match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => return Err(Ended::Failed(format!("handshake with {addr} failed: {e}"))),
+        Err(_) => {
+            return Err(Ended::Failed(format!(
+                "no answer from {addr} within {:?}",
+                config.connect_timeout
+            )));
+        }
+    };
+
+    // With TLS 1.3 the handshake completes on our side before the server has checked our
+    // certificate: only Welcome means we are in.
+    let max_frame = config.max_frame_bytes;
+    let (mut send, recv) = match connection.open_bi().await {
+        Ok(streams) => streams,
+        Err(e) => {
+            return Err(Ended::Failed(format!(
+                "cannot open the control stream: {e}"
+            )));
+        }
+    };
+    let mut recv = FrameReader::new(recv, max_frame);
+    if let Err(e) = write_frame(&mut send, &Message::Hello(link.hello.clone()), max_frame).await {
+        return Err(Ended::Failed(format!("cannot send Hello: {e}")));
+    }
+    let welcome = match tokio::time::timeout(config.connect_timeout, recv.next()).await {
+        Ok(Ok(Some(Message::Welcome(welcome)))) => welcome,
+        Ok(Ok(Some(Message::Reject(reject)))) => return Err(Ended::Rejected(reject)),
+        Ok(Ok(Some(other))) => {
+            connection.close(close::PROTOCOL_ERROR.into(), b"expected Welcome");
+            return Err(Ended::Failed(format!(
+                "the server answered Hello with {}",
+                other.kind()
+            )));
+        }
+        Ok(Ok(None)) => {
+            return Err(Ended::Failed(
+                "the server closed the control stream without answering".into(),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(Ended::Failed(format!(
+                "the server refused the connection: {}",
+                explain(&e, &connection)
+            )));
+        }
+        Err(_) => {
+            return Err(Ended::Failed(format!(
+                "no Welcome within {:?}",
+                config.connect_timeout
+            )));
+        }
+    };
+    tracing::info!(session = %welcome.session, server = %addr, "connected to the server");
+    Ok(Session {
+        connection,
+        send,
+        recv,
+        welcome,
+    })
+}
+
+async fn serve(
+    link: &Link,
+    session: Session,
+    status: &watch::Sender<ConnectionStatus>,
+    stop: &CancellationToken,
+) -> Ended {
+    let Session {
+        connection,
+        mut send,
+        mut recv,
+        welcome,
+    } = session;
+    let max_frame = link.config.max_frame_bytes;
+    status.send_replace(ConnectionStatus::Connected {
+        session: welcome.session.clone(),
+    });
+
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ended = loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let bye = Message::Bye(Bye { reason: "agent stopping".into() });
+                let _ = write_frame(&mut send, &bye, max_frame).await;
+                let _ = send.finish();
+                connection.close(close::SHUTDOWN.into(), b"agent stopping");
+                return Ended::Stopped;
+            }
+            _ = heartbeat.tick() => {
+                let sampler = link.sampler.clone();
+                let metrics = tokio::task::spawn_blocking(move || sampler.lock().sample()).await.unwrap_or_default();
+                let beat = Message::Heartbeat(Heartbeat {
+                    metrics,
+                    running_commands: link.executor.running.load(Ordering::Relaxed),
+                });
+                if let Err(e) = write_frame(&mut send, &beat, max_frame).await {
+                    break format!("cannot send a heartbeat: {e}");
+                }
+            }
+            incoming = connection.accept_bi() => match incoming {
+                Ok((cmd_send, cmd_recv)) => {
+                    tokio::spawn(link.executor.clone().serve(cmd_send, cmd_recv));
+                }
+                Err(e) => break format!("connection closed: {e}"),
+            },
+            frame = recv.next() => match frame {
+                Ok(Some(message)) => {
+                    if let Err(e) = message.check_allowed(Peer::Server, StreamKind::Control) {
+                        connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                        break format!("protocol error from the server: {e}");
+                    }
+                    if let Message::Bye(Bye { reason }) = message {
+                        break format!("the server said goodbye: {reason}");
+                    }
+                    tracing::warn!(kind = message.kind(), "ignoring an unexpected control message");
+                }
+                Ok(None) => break "the server closed the control stream".to_string(),
+                Err(e) => break format!("control stream failed: {}", explain(&e, &connection)),
+            },
+        }
+    };
+    Ended::SessionLost(ended)
+}
+
+/// Prefer the connection's close reason (it carries the TLS alert, e.g. an unknown CA) over the
+/// stream error that revealed it.
+fn explain(error: &FrameError, connection: &quinn::Connection) -> String {
+    match connection.close_reason() {
+        Some(reason) => reason.to_string(),
+        None => error.to_string(),
+    }
+}

@@ -1,0 +1,7 @@
+//! Rust bindings for the `ferry:plugin@0.1.0` world, generated from `wit/0.1.0`.
+
+wasmtime::component::bindgen!({
+    path: "../wit/0.1.0",
+    world: "plugin",
+    exports: { default: async },
+});

@@ -1,0 +1,181 @@
+//! Checks that a component is a ferry plugin before it is linked, so that the error says what
+//! is wrong in the plugin author's terms rather than the linker's.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime::component::types::{ComponentItem, Type};
+
+use super::{HostError, WIT_VERSION};
+
+/// The interface a plugin must export.
+const HANDLER_EXPORT: &str = "ferry:plugin/handler@0.1.0";
+/// The type `handle` must have, written as [`render`] writes types.
+const HANDLE_TYPE: &str = "func(record { id: string, topic: string, payload: list<u8>, content-type: string }) \
+     -> result<list<u8>, variant { invalid-input(string), denied(string), failed(string), cancelled, timed-out }>";
+
+/// Refuses what is plainly not a component before the compiler gives a less direct message
+/// (with the `wat` feature it would even try to parse the bytes as text).
+pub(crate) fn bytes(name: &str, bytes: &[u8]) -> Result<(), HostError> {
+    if let Some(header) = bytes.strip_prefix(b"\0asm") {
+        // A core module has version 1 and layer 0 here; a component has layer 1.
+        if header.get(..4) == Some(&[1, 0, 0, 0]) {
+            return Err(HostError::NotAComponent {
+                name: name.to_string(),
+            });
+        }
+        return Ok(());
+    }
+    let text = std::str::from_utf8(bytes)
+        .map(str::trim_start)
+        .unwrap_or("");
+    if text.starts_with('(') || text.starts_with(";;") {
+        // WebAssembly text, as tests and experiments write it.
+        return Ok(());
+    }
+    Err(HostError::NotWasm {
+        name: name.to_string(),
+        len: bytes.len(),
+    })
+}
+
+fn not_a_plugin(name: &str, reason: String) -> HostError {
+    HostError::NotAPlugin {
+        name: name.to_string(),
+        reason,
+    }
+}
+
+/// Checks that the component exports the handler interface at all.
+pub(crate) fn handler_exported(
+    engine: &Engine,
+    name: &str,
+    component: &Component,
+) -> Result<(), HostError> {
+    let not_a_plugin = |reason| not_a_plugin(name, reason);
+    let ty = component.component_type();
+    if ty.get_export(engine, HANDLER_EXPORT).is_none() {
+        let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+        return Err(not_a_plugin(
+            match exports
+                .iter()
+                .find(|n| n.starts_with("ferry:plugin/handler@"))
+            {
+                Some(other) => format!(
+                    "it exports `{other}`, built for another version of the WIT package; this agent serves \
+                 ferry:plugin@{WIT_VERSION} only"
+                ),
+                None => format!(
+                    "it does not export `{HANDLER_EXPORT}` (it exports {}); build it against the world \
+                 ferry:plugin/plugin in wit/{WIT_VERSION}, e.g. with the ferry-plugin crate",
+                    if exports.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        exports
+                            .iter()
+                            .map(|e| format!("`{e}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the handler's `handle` has the type the world gives it. Linking does not check
+/// this (wasmtime checks a function's type when it is first looked up in an instance), and a
+/// plugin that fails on every command is better refused when loaded.
+pub(crate) fn handle_signature(
+    engine: &Engine,
+    name: &str,
+    component: &Component,
+) -> Result<(), HostError> {
+    let not_a_plugin = |reason| not_a_plugin(name, reason);
+    let ty = component.component_type();
+    let Some(handler) = ty.get_export(engine, HANDLER_EXPORT) else {
+        return Err(not_a_plugin(format!(
+            "it does not export `{HANDLER_EXPORT}`"
+        )));
+    };
+    let ComponentItem::ComponentInstance(instance) = handler.ty else {
+        return Err(not_a_plugin(format!(
+            "its export `{HANDLER_EXPORT}` is not an interface instance"
+        )));
+    };
+    let Some(handle) = instance.get_export(engine, "handle") else {
+        return Err(not_a_plugin(format!(
+            "its `{HANDLER_EXPORT}` has no function `handle`"
+        )));
+    };
+    let ComponentItem::ComponentFunc(func) = handle.ty else {
+        return Err(not_a_plugin(format!(
+            "its `{HANDLER_EXPORT}#handle` is not a function"
+        )));
+    };
+    let params: Vec<String> = func.params().map(|(_, t)| render(&t)).collect();
+    let results: Vec<String> = func.results().map(|t| render(&t)).collect();
+    let mut actual = format!("func({})", params.join(", "));
+    if !results.is_empty() {
+        actual.push_str(&format!(" -> {}", results.join(", ")));
+    }
+    if actual != HANDLE_TYPE {
+        return Err(not_a_plugin(format!(
+            "its `handle` has the type `{actual}`, but ferry:plugin@{WIT_VERSION} requires `{HANDLE_TYPE}`"
+        )));
+    }
+    Ok(())
+}
+
+/// A type in WIT-like notation, with records and variants spelled out, so that two types
+/// render alike exactly when the canonical ABI treats them alike.
+fn render(ty: &Type) -> String {
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(l) => format!("list<{}>", render(&l.ty())),
+        Type::Option(o) => format!("option<{}>", render(&o.ty())),
+        Type::Result(r) => format!(
+            "result<{}, {}>",
+            r.ok().map_or("_".into(), |t| render(&t)),
+            r.err().map_or("_".into(), |t| render(&t))
+        ),
+        Type::Record(r) => format!(
+            "record {{ {} }}",
+            r.fields()
+                .map(|f| format!("{}: {}", f.name, render(&f.ty)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Type::Variant(v) => format!(
+            "variant {{ {} }}",
+            v.cases()
+                .map(|c| match &c.ty {
+                    Some(t) => format!("{}({})", c.name, render(t)),
+                    None => c.name.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Type::Tuple(t) => format!(
+            "tuple<{}>",
+            t.types().map(|t| render(&t)).collect::<Vec<_>>().join(", ")
+        ),
+        Type::Enum(e) => format!("enum {{ {} }}", e.names().collect::<Vec<_>>().join(", ")),
+        Type::Flags(f) => format!("flags {{ {} }}", f.names().collect::<Vec<_>>().join(", ")),
+        // Nothing in the handler's signature uses the rest; a coarse name is enough to say
+        // that a signature differs.
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,464 @@
+//! The host against the built-in echo plugin and the misbehaving `faulty` fixture.
+//!
+//! Time bounds here are generous on purpose: the tests share a small machine with parallel
+//! builds and other tests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_builtins::ECHO;
+use ferry_builtins::fixtures::FAULTY;
+use parking_lot::Mutex;
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Log(LogLevel, String),
+    Progress(u8, String),
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+    cancel_at: Option<Instant>,
+}
+
+impl Recorder {
+    fn cancelling_after(delay: Duration) -> Self {
+        Self {
+            cancel_at: Some(Instant::now() + delay),
+            ..Self::default()
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().clone()
+    }
+
+    fn logs(&self, level: LogLevel) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Log(l, m) if l == level => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl CommandEvents for Recorder {
+    fn log(&self, level: LogLevel, message: String) {
+        self.events.lock().push(Event::Log(level, message));
+    }
+
+    fn progress(&self, percent: u8, message: String) {
+        self.events.lock().push(Event::Progress(percent, message));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel_at.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+fn command(topic: &str, payload: &[u8], content_type: &str) -> Invocation {
+    Invocation {
+        id: format!("test-{topic}"),
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+        content_type: content_type.to_string(),
+        deadline: None,
+    }
+}
+
+fn host() -> PluginHost {
+    PluginHost::new(HostConfig::default()).expect("plugin host")
+}
+
+async fn run(plugin: &LoadedPlugin, inv: Invocation) -> (Invoked, Arc<Recorder>) {
+    let events = Arc::new(Recorder::default());
+    let invoked = plugin.invoke(inv, events.clone()).await;
+    (invoked, events)
+}
+
+fn crashed(result: &Result<Vec<u8>, InvokeError>) -> &str {
+    match result {
+        Err(InvokeError::Crashed(message)) => message,
+        other => panic!("expected Crashed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn echo_returns_the_payload_and_reports_progress() {
+    let host = host();
+    let echo = host.load(ECHO.name, ECHO.component).unwrap();
+    assert_eq!(echo.name(), "echo");
+
+    let (invoked, events) = run(&echo, command("echo", b"hello", "text/plain")).await;
+
+    assert_eq!(invoked.result, Ok(b"hello".to_vec()));
+    assert_eq!(
+        events.logs(LogLevel::Info),
+        vec!["echo: 5 bytes of text/plain".to_string()]
+    );
+    let progress: Vec<u8> = events
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Progress(p, _) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, vec![0, 50, 100]);
+    assert!(invoked.stats.peak_memory_bytes > 0, "{:?}", invoked.stats);
+    assert!(invoked.stats.peak_memory_bytes <= host.config().max_memory_bytes as u64);
+    assert_eq!(invoked.stats.fuel_consumed, None);
+    assert!(invoked.stats.duration > Duration::ZERO);
+}
+
+#[tokio::test]
+async fn echo_checks_json_payloads() {
+    let echo = host().load(ECHO.name, ECHO.component).unwrap();
+
+    let (ok, _) = run(
+        &echo,
+        command("echo", br#"{"a": [1, 2]}"#, "application/json"),
+    )
+    .await;
+    assert_eq!(ok.result, Ok(br#"{"a": [1, 2]}"#.to_vec()));
+
+    let (bad, _) = run(
+        &echo,
+        command("echo", b"{nope", "application/json; charset=utf-8"),
+    )
+    .await;
+    match bad.result {
+        Err(InvokeError::InvalidInput(m)) => {
+            assert!(m.contains("not") && m.contains("JSON"), "{m}")
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn many_commands_run_at_once() {
+    let echo = host().load(ECHO.name, ECHO.component).unwrap();
+    let runs = (0..16u8).map(|i| {
+        let echo = echo.clone();
+        async move { run(&echo, command("echo", &[i; 100], "")).await.0.result }
+    });
+    for (i, result) in futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(result, Ok(vec![i as u8; 100]));
+    }
+}
+
+#[tokio::test]
+async fn a_trap_is_a_crash_and_the_plugin_keeps_serving() {
+    let host = host();
+    let faulty = host.load(FAULTY.name, FAULTY.component).unwrap();
+    let echo = host.load(ECHO.name, ECHO.component).unwrap();
+
+    let (invoked, _) = run(&faulty, command("fault.trap", b"", "")).await;
+    let message = crashed(&invoked.result);
+    assert!(message.contains("plugin 'faulty' trapped"), "{message}");
+    assert!(message.contains("unreachable"), "{message}");
+
+    // The trapped store is gone; the same LoadedPlugin and its host carry on.
+    let (after, _) = run(&faulty, command("fault.fail", b"", "")).await;
+    assert_eq!(
+        after.result,
+        Err(InvokeError::Failed(
+            "faulty plugin failed on purpose".into()
+        ))
+    );
+    let (echoed, _) = run(&echo, command("echo", b"still here", "")).await;
+    assert_eq!(echoed.result, Ok(b"still here".to_vec()));
+}
+
+#[tokio::test]
+async fn a_panic_is_a_crash_that_quotes_the_panic() {
+    let faulty = host().load(FAULTY.name, FAULTY.component).unwrap();
+
+    let (invoked, events) = run(&faulty, command("fault.panic", b"", "")).await;
+
+    let message = crashed(&invoked.result);
+    assert!(message.contains("panicked on purpose"), "{message}");
+    assert!(
+        events
+            .logs(LogLevel::Warn)
+            .iter()
+            .any(|l| l.contains("panicked on purpose")),
+        "the panic message reaches the log as stderr: {:?}",
+        events.events()
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_error_is_reported_as_such() {
+    let faulty = host().load(FAULTY.name, FAULTY.component).unwrap();
+    let (invoked, _) = run(&faulty, command("fault.fail", b"", "")).await;
+    assert_eq!(
+        invoked.result,
+        Err(InvokeError::Failed(
+            "faulty plugin failed on purpose".into()
+        ))
+    );
+    let (unknown, _) = run(&faulty, command("fault.nope", b"", "")).await;
+    assert!(
+        matches!(unknown.result, Err(InvokeError::InvalidInput(_))),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_endless_loop_times_out_at_the_deadline() {
+    let faulty = host().load(FAULTY.name, FAULTY.component).unwrap();
+    let started = Instant::now();
+    let mut inv = command("fault.loop", b"", "");
+    inv.deadline = Some(started + Duration::from_millis(300));
+
+    let (invoked, _) = run(&faulty, inv).await;
+
+    assert_eq!(invoked.result, Err(InvokeError::TimedOut));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_plugin_waiting_in_a_host_call_times_out_too() {
+    let faulty = host().load(FAULTY.name, FAULTY.component).unwrap();
+    let started = Instant::now();
+    let mut inv = command("fault.sleep", b"", "");
+    inv.deadline = Some(started + Duration::from_millis(300));
+
+    let (invoked, _) = run(&faulty, inv).await;
+
+    assert_eq!(invoked.result, Err(InvokeError::TimedOut));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_passed_deadline_does_not_start_the_plugin() {
+    let echo = host().load(ECHO.name, ECHO.component).unwrap();
+    let mut inv = command("echo", b"", "");
+    inv.deadline = Some(Instant::now());
+    let (invoked, events) = run(&echo, inv).await;
+    assert_eq!(invoked.result, Err(InvokeError::TimedOut));
+    assert!(events.events().is_empty());
+}
+
+#[tokio::test]
+async fn running_out_of_memory_is_a_crash_naming_the_limit() {
+    let host = PluginHost::new(HostConfig {
+        max_memory_bytes: 32 << 20,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let faulty = host.load(FAULTY.name, FAULTY.component).unwrap();
+
+    let (invoked, _) = run(&faulty, command("fault.memory", b"", "")).await;
+
+    let message = crashed(&invoked.result);
+    assert!(message.contains("memory limit of 32 MiB"), "{message}");
+    assert!(
+        invoked.stats.peak_memory_bytes <= 32 << 20,
+        "{:?}",
+        invoked.stats
+    );
+    assert!(
+        invoked.stats.peak_memory_bytes > 16 << 20,
+        "{:?}",
+        invoked.stats
+    );
+
+    let echo = host.load(ECHO.name, ECHO.component).unwrap();
+    assert_eq!(
+        run(&echo, command("echo", b"ok", "")).await.0.result,
+        Ok(b"ok".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_checks_cancelled_stops_when_cancelled() {
+    let faulty = host().load(FAULTY.name, FAULTY.component).unwrap();
+    let events = Arc::new(Recorder::cancelling_after(Duration::from_millis(100)));
+    let started = Instant::now();
+
+    let invoked = faulty
+        .invoke(command("fault.cancel", b"", ""), events.clone())
+        .await;
+
+    assert_eq!(invoked.result, Err(InvokeError::Cancelled));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(
+        events
+            .logs(LogLevel::Info)
+            .iter()
+            .any(|l| l.starts_with("cancelled after")),
+        "{:?}",
+        events.events()
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_ignores_a_cancel_is_stopped_after_the_grace() {
+    let host = PluginHost::new(HostConfig {
+        cancel_grace: Duration::from_millis(200),
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let faulty = host.load(FAULTY.name, FAULTY.component).unwrap();
+    let events = Arc::new(Recorder::cancelling_after(Duration::from_millis(100)));
+    let started = Instant::now();
+
+    let invoked = faulty.invoke(command("fault.loop", b"", ""), events).await;
+
+    assert_eq!(invoked.result, Err(InvokeError::Cancelled));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_become_bounded_log_lines() {
+    let host = PluginHost::new(HostConfig {
+        max_output_bytes: 1024,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let faulty = host.load(FAULTY.name, FAULTY.component).unwrap();
+
+    let (invoked, events) = run(&faulty, command("fault.print", b"", "")).await;
+
+    assert_eq!(invoked.result, Ok(b"printed".to_vec()));
+    let info = events.logs(LogLevel::Info);
+    assert_eq!(info.first().map(String::as_str), Some("stdout line 0"));
+    assert!(
+        info.iter().map(|l| l.len() + 1).sum::<usize>() <= 1024 + 4096,
+        "{} lines",
+        info.len()
+    );
+    let warn = events.logs(LogLevel::Warn);
+    assert!(
+        warn.iter()
+            .any(|l| l.contains("were dropped") && l.contains("stdout")),
+        "{warn:?}"
+    );
+    for i in 0..3 {
+        assert!(warn.contains(&format!("stderr line {i}")), "{warn:?}");
+    }
+}
+
+#[tokio::test]
+async fn instances_beyond_the_limit_are_refused() {
+    let host = PluginHost::new(HostConfig {
+        max_instances: 1,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let faulty = host.load(FAULTY.name, FAULTY.component).unwrap();
+    let mut busy = command("fault.loop", b"", "");
+    busy.deadline = Some(Instant::now() + Duration::from_millis(500));
+
+    // join! polls the looping command first, so it holds the only slot when the second starts.
+    let ((first, _), (second, _)) = tokio::join!(
+        run(&faulty, busy),
+        run(&faulty, command("fault.fail", b"", ""))
+    );
+
+    assert_eq!(first.result, Err(InvokeError::TimedOut));
+    match second.result {
+        Err(InvokeError::Instantiate(m)) => assert!(m.contains("instances"), "{m}"),
+        other => panic!("expected Instantiate, got {other:?}"),
+    }
+    // The slot is free again.
+    let (third, _) = run(&faulty, command("fault.fail", b"", "")).await;
+    assert!(matches!(third.result, Err(InvokeError::Failed(_))));
+}
+
+#[test]
+fn garbage_is_refused_with_a_clear_message() {
+    let host = host();
+
+    let err = host.load("junk", b"definitely not wasm").unwrap_err();
+    assert!(matches!(err, HostError::NotWasm { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("'junk' is not WebAssembly"),
+        "{err}"
+    );
+
+    let core_module = b"\0asm\x01\0\0\0";
+    let err = host.load("core", core_module).unwrap_err();
+    assert!(matches!(err, HostError::NotAComponent { .. }), "{err:?}");
+
+    let truncated = &ECHO.component[..ECHO.component.len() / 2];
+    let err = host.load("truncated", truncated).unwrap_err();
+    assert!(matches!(err, HostError::Compile { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("'truncated' could not be compiled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_component_without_the_handler_is_not_a_plugin() {
+    let host = host();
+
+    let err = host.load("empty", b"(component)").unwrap_err();
+    assert!(matches!(err, HostError::NotAPlugin { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("ferry:plugin/handler@0.1.0"), "{message}");
+    assert!(message.contains("exports nothing"), "{message}");
+
+    let other_version = br#"(component
+        (core module $m (func (export "f")))
+        (core instance $i (instantiate $m))
+        (func $f (canon lift (core func $i "f")))
+        (instance $h (export "handle" (func $f)))
+        (export "ferry:plugin/handler@0.2.0" (instance $h)))"#;
+    let err = host.load("future", other_version).unwrap_err();
+    assert!(
+        err.to_string().contains("`ferry:plugin/handler@0.2.0`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_component_importing_what_the_agent_lacks_is_refused() {
+    let imports_http = br#"(component
+        (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func))))
+        (core module $m (func (export "f")))
+        (core instance $i (instantiate $m))
+        (func $f (canon lift (core func $i "f")))
+        (instance $h (export "handle" (func $f)))
+        (export "ferry:plugin/handler@0.1.0" (instance $h)))"#;
+    let err = host().load("http", imports_http).unwrap_err();
+    assert!(matches!(err, HostError::Link { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("wasi:http/outgoing-handler"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hosts_and_plugins_can_outlive_each_other() {
+    let host = host();
+    let echo = host.load(ECHO.name, ECHO.component).unwrap();
+    drop(host);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (invoked, _) = runtime.block_on(run(&echo, command("echo", b"x", "")));
+    assert_eq!(invoked.result, Ok(b"x".to_vec()));
+}

@@ -1,0 +1,16 @@
+//! The ferry agent: connects out to a ferry server over QUIC with mutual TLS, sends heartbeats
+//! with host metrics, and runs each command it receives in a fresh, sandboxed instance of the
+//! wasm component plugin that handles the command's topic.
+//!
+//! Start one with [`Agent::start`]; the `ferry` CLI's `ferry agent` and `ferry dev` do.
+
+mod agent;
+mod backoff;
+pub mod config;
+mod connection;
+mod executor;
+pub mod host;
+pub mod metrics;
+
+pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
+pub use config::{AgentConfig, PluginConfig};

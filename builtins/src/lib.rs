@@ -1,0 +1,82 @@
+//! ferry's built-in plugins, as wasm component bytes ready for the agent's plugin host.
+//!
+//! The components are built from the `plugins/` workspace by this crate's build script (for
+//! `wasm32-wasip2`, in release mode) and embedded with `include_bytes!`, so an agent binary
+//! carries its built-in plugins and needs no files next to it.
+//!
+//! [`all`] lists the plugins an agent serves by default. [`fixtures`] holds plugins that exist
+//! only for tests.
+
+/// One embedded plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// The plugin's name, as the agent reports it and uses in its logs.
+    pub name: &'static str,
+    /// The topics the plugin handles.
+    pub topics: &'static [&'static str],
+    /// The wasm component, for the world `ferry:plugin/plugin@0.1.0`.
+    pub component: &'static [u8],
+}
+
+/// `echo`: returns its payload unchanged, after logging its size and reporting progress; a
+/// payload declared as JSON (`application/json` or `…+json`) must be valid JSON, or the
+/// command fails with `invalid-input`.
+pub const ECHO: Builtin = Builtin {
+    name: "echo",
+    topics: &["echo"],
+    component: include_bytes!(env!("FERRY_BUILTIN_ECHO")),
+};
+
+/// The plugins an agent serves unless its configuration turns built-ins off.
+pub fn all() -> &'static [Builtin] {
+    &[ECHO]
+}
+
+/// Plugins that exist for tests. No agent serves them unless a test loads them.
+pub mod fixtures {
+    use super::Builtin;
+
+    /// `faulty`: misbehaves on purpose, one way per topic (see `plugins/faulty/src/lib.rs`):
+    ///
+    /// - `fault.trap`: executes `unreachable`;
+    /// - `fault.panic`: panics (a trap, since plugins are built with `panic = "abort"`);
+    /// - `fault.loop`: spins forever without checking `cancelled()`;
+    /// - `fault.sleep`: sleeps for an hour inside a host call;
+    /// - `fault.fail`: returns `error.failed`;
+    /// - `fault.memory`: allocates until allocation fails;
+    /// - `fault.cancel`: loops until `cancelled()` turns true, then returns `error.cancelled`;
+    /// - `fault.print`: writes 100 000 lines to stdout and 3 to stderr, then succeeds.
+    pub const FAULTY: Builtin = Builtin {
+        name: "faulty",
+        topics: &[
+            "fault.trap",
+            "fault.panic",
+            "fault.loop",
+            "fault.sleep",
+            "fault.fail",
+            "fault.memory",
+            "fault.cancel",
+            "fault.print",
+        ],
+        component: include_bytes!(env!("FERRY_FIXTURE_FAULTY")),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every component starts with the component-model preamble: `\0asm`, then the component
+    /// layer's version and kind, unlike a core module's `\x01\0\0\0`.
+    #[test]
+    fn embeds_components() {
+        for builtin in all().iter().chain([&fixtures::FAULTY]) {
+            assert!(
+                builtin.component.starts_with(b"\0asm") && builtin.component[4..8] != [1, 0, 0, 0],
+                "{} is not a wasm component",
+                builtin.name
+            );
+            assert!(!builtin.topics.is_empty());
+        }
+    }
+}

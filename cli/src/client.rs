@@ -1,0 +1,153 @@
+//! The operator API client and the CLI config file that says where the API is.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ApiArgs;
+
+/// What `ferry dev` writes so that later `ferry` commands find the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CliConfig {
+    /// The operator API's URL.
+    pub api: String,
+    /// The operator token.
+    pub token: String,
+}
+
+/// Where the CLI config lives unless `--config`/`FERRY_CONFIG` says otherwise.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("ferry/cli.toml"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config/ferry/cli.toml"))
+}
+
+/// Writes the CLI config, readable only by its owner (it holds a token).
+pub fn write_config(path: &Path, config: &CliConfig) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let text = toml::to_string(config)?;
+    ferry_protocol::pki::write_file(path, text.as_bytes(), true)?;
+    Ok(())
+}
+
+/// A client of one server's operator API.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// Resolves the API address and token: flags, then environment, then the config file.
+    pub fn from_args(args: &ApiArgs) -> Result<Client> {
+        let path = args.config.clone().or_else(default_config_path);
+        let file =
+            match &path {
+                Some(p) if p.exists() => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    Some(toml::from_str::<CliConfig>(&text).with_context(|| {
+                        format!("{} is not a valid ferry CLI config", p.display())
+                    })?)
+                }
+                _ => None,
+            };
+        let api = args
+            .api
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.api.clone()));
+        let token = args
+            .token
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.token.clone()));
+        let (Some(api), Some(token)) = (api, token) else {
+            bail!(
+                "no server to talk to: start one with `ferry dev` (it writes {}), or pass --api and --token (or FERRY_API and FERRY_TOKEN)",
+                path.map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "a CLI config".into())
+            );
+        };
+        Ok(Client {
+            http: reqwest::Client::new(),
+            base: api.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the ferry server at {}; is it running?",
+                    self.base
+                )
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let message = body["error"]["message"].as_str().unwrap_or("no details");
+        Err(anyhow!("the server answered {status}: {message}"))
+    }
+
+    /// `GET path`, as JSON.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `POST path` with a JSON body, as JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        Ok(self
+            .send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Follows a server-sent-event stream, calling `on_event(kind, data)` for each event until the
+    /// stream ends.
+    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(&str, Value)) -> Result<()> {
+        let response = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("the event stream broke off")?;
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            // Events end with a blank line.
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut kind = "message";
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event:") {
+                        kind = k.trim();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                    }
+                }
+                if !data.is_empty() {
+                    let value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                    on_event(kind, value);
+                }
+            }
+        }
+        Ok(())
+    }
+}

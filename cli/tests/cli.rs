@@ -1,0 +1,162 @@
+//! The `ferry` binary as a user runs it: `ferry dev`, then `ferry agents` and `ferry run`
+//! through the operator API, with the config file `ferry dev` writes.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ferry() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // The test must not read or write the user's own config.
+    cmd.env_remove("FERRY_API")
+        .env_remove("FERRY_TOKEN")
+        .env("XDG_CONFIG_HOME", "/nonexistent");
+    cmd
+}
+
+fn with_config(cmd: &mut Command, config: &Path) -> Output {
+    cmd.arg("--config")
+        .arg(config)
+        .output()
+        .expect("ferry runs")
+}
+
+fn dev_args(cmd: &mut Command, dir: &Path) {
+    cmd.args([
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir.join("data"))
+    .arg("--cli-config")
+    .arg(dir.join("cli.toml"));
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_once_runs_the_self_check_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = ferry();
+    dev_args(&mut cmd, dir.path());
+    let out = cmd.arg("--once").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("self-check echo succeeded"), "{stdout}");
+    assert!(dir.path().join("cli.toml").exists());
+}
+
+#[test]
+fn run_and_agents_talk_to_a_running_dev_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    let mut cmd = ferry();
+    dev_args(&mut cmd, dir.path());
+    let _dev = Running(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // `ferry dev` writes the CLI config once its self-check has passed: then it is ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !config.exists() {
+        assert!(Instant::now() < deadline, "ferry dev did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let out = with_config(ferry().args(["agents", "--json"]), &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(agents[0]["id"], "dev-agent");
+    assert_eq!(agents[0]["status"], "online");
+
+    let out = with_config(ferry().args(["agents"]), &config);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("AGENT") && table.contains("dev-agent"),
+        "{table}"
+    );
+
+    let out = with_config(
+        ferry().args(["run", "echo", "--payload", r#"{"from":"cli"}"#]),
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result, serde_json::json!({"from": "cli"}));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("100%") && stderr.contains("succeeded"),
+        "progress and outcome are shown: {stderr}"
+    );
+
+    let out = with_config(
+        ferry().args([
+            "run",
+            "echo",
+            "--json",
+            "--agent",
+            "dev-agent",
+            "--payload",
+            "[1,2]",
+        ]),
+        &config,
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["payload"], serde_json::json!([1, 2]));
+
+    let out = with_config(ferry().args(["run", "no.such.topic"]), &config);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown-topic") && stderr.contains("echo"),
+        "{stderr}"
+    );
+
+    let out = with_config(
+        ferry().args(["run", "echo", "--payload", "{not json"]),
+        &config,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+
+    let out = with_config(ferry().args(["agents", "--token", "wrong"]), &config);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn without_a_server_the_cli_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = with_config(ferry().args(["agents"]), &dir.path().join("missing.toml"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ferry dev"));
+}

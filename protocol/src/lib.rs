@@ -1,0 +1,38 @@
+//! ferry's wire protocol, shared by the server and the agent.
+//!
+//! - [`message`]: the v1 message types and the allowlist of who may send what where.
+//! - [`codec`]: CBOR encoding of one message; trailing bytes are an error.
+//! - [`frame`]: `u32` big-endian length-prefixed frames, the limit checked before allocation.
+//! - [`version`]: protocol-version negotiation.
+//! - [`identity`]: agent ids, read from the agent's certificate.
+//! - [`tls`]: rustls/quinn configuration for mutual TLS with ALPN `ferry/1`.
+//! - [`pki`]: a certificate authority and the on-disk certificate layout.
+//!
+//! The crate does no I/O policy of its own: both sides decide when to read and write.
+
+/// QUIC application close codes ferry uses.
+pub mod close {
+    /// A normal, intended close.
+    pub const NORMAL: u32 = 0;
+    /// The peer broke the protocol (a malformed frame, a message not allowed from it).
+    pub const PROTOCOL_ERROR: u32 = 1;
+    /// The server refused the agent (see the `Reject` frame sent before).
+    pub const REJECTED: u32 = 2;
+    /// The agent connected again; this older connection is replaced.
+    pub const REPLACED: u32 = 3;
+    /// The peer is shutting down.
+    pub const SHUTDOWN: u32 = 4;
+}
+
+pub mod codec;
+pub mod frame;
+pub mod identity;
+pub mod message;
+pub mod pki;
+pub mod tls;
+pub mod version;
+
+pub use frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, write_frame};
+pub use identity::AgentId;
+pub use message::*;
+pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionRange};

@@ -1,0 +1,418 @@
+//! The v1 message types.
+//!
+//! One enum, [`Message`], covers every frame on every stream. Decoding therefore never depends on
+//! who sent a frame; *accepting* it does: [`Message::check_allowed`] is the explicit allowlist of
+//! which peer may send which message on which kind of stream, so a message from the wrong role is
+//! refused by name instead of being handled by accident.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::VersionRange;
+
+/// Every frame exchanged between a server and an agent.
+///
+/// Externally tagged on purpose: ciborium decodes externally tagged enums about twice as fast as
+/// internally tagged ones, which serde has to buffer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    // Control stream.
+    /// Agent → server, first frame of the control stream.
+    Hello(Hello),
+    /// Server → agent: the agent is accepted.
+    Welcome(Welcome),
+    /// Server → agent: the agent is refused; the connection closes after it.
+    Reject(Reject),
+    /// Agent → server, every heartbeat interval.
+    Heartbeat(Heartbeat),
+    /// Either side, before it closes the connection on purpose.
+    Bye(Bye),
+
+    // Command streams (one bidirectional stream per command, opened by the server).
+    /// Server → agent, first frame of a command stream.
+    Command(Command),
+    /// Server → agent: stop the command.
+    Cancel(Cancel),
+    /// Agent → server: the command is known to the agent and will run.
+    Accepted(Accepted),
+    /// Agent → server: how far the command has come.
+    Progress(Progress),
+    /// Agent → server: a log line of the command.
+    Log(Log),
+    /// Agent → server, last frame of a command stream.
+    Result(CommandResult),
+}
+
+/// Who sent a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// The ferry server.
+    Server,
+    /// A ferry agent.
+    Agent,
+}
+
+/// Which kind of stream a frame arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The first bidirectional stream, opened by the agent.
+    Control,
+    /// A per-command bidirectional stream, opened by the server.
+    Command,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Server => "server",
+            Peer::Agent => "agent",
+        })
+    }
+}
+
+impl fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StreamKind::Control => "control",
+            StreamKind::Command => "command",
+        })
+    }
+}
+
+/// A message arrived from a peer that may not send it, or on a stream where it does not belong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{from} sent `{kind}` on a {stream} stream, where only {allowed} is allowed")]
+pub struct NotAllowed {
+    /// The message's name.
+    pub kind: &'static str,
+    /// Who sent it.
+    pub from: Peer,
+    /// Where it arrived.
+    pub stream: StreamKind,
+    /// What that peer may send there.
+    pub allowed: &'static str,
+}
+
+impl Message {
+    /// The message's name, as it is tagged on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Reject(_) => "Reject",
+            Message::Heartbeat(_) => "Heartbeat",
+            Message::Bye(_) => "Bye",
+            Message::Command(_) => "Command",
+            Message::Cancel(_) => "Cancel",
+            Message::Accepted(_) => "Accepted",
+            Message::Progress(_) => "Progress",
+            Message::Log(_) => "Log",
+            Message::Result(_) => "Result",
+        }
+    }
+
+    /// Checks the allowlist: may `from` send this message on a `stream` stream?
+    pub fn check_allowed(&self, from: Peer, stream: StreamKind) -> Result<(), NotAllowed> {
+        use Message::*;
+        let ok = match (from, stream) {
+            (Peer::Agent, StreamKind::Control) => matches!(self, Hello(_) | Heartbeat(_) | Bye(_)),
+            (Peer::Server, StreamKind::Control) => matches!(self, Welcome(_) | Reject(_) | Bye(_)),
+            (Peer::Server, StreamKind::Command) => matches!(self, Command(_) | Cancel(_)),
+            (Peer::Agent, StreamKind::Command) => {
+                matches!(self, Accepted(_) | Progress(_) | Log(_) | Result(_))
+            }
+        };
+        if ok {
+            return Ok(());
+        }
+        let allowed = match (from, stream) {
+            (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat or Bye",
+            (Peer::Server, StreamKind::Control) => "Welcome, Reject or Bye",
+            (Peer::Server, StreamKind::Command) => "Command or Cancel",
+            (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log or Result",
+        };
+        Err(NotAllowed {
+            kind: self.kind(),
+            from,
+            stream,
+            allowed,
+        })
+    }
+}
+
+/// The agent introduces itself. Its identity is *not* in here: the server reads it from the
+/// agent's client certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol versions the agent speaks.
+    pub protocol: VersionRange,
+    /// The agent's software version (informational).
+    pub agent_version: String,
+    /// Labels the agent's owner gave it (`env=prod`, `region=eu`), used for targeting.
+    pub labels: BTreeMap<String, String>,
+    /// The `ferry:plugin` WIT versions the agent's plugin host serves.
+    pub wit_versions: Vec<String>,
+    /// The topics the agent can handle right now.
+    pub topics: Vec<String>,
+    /// Digests of plugin packages already in the agent's cache.
+    pub cached_plugins: Vec<String>,
+}
+
+/// The server accepts the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// An id for this connection, for logs on both sides.
+    pub session: String,
+    /// The protocol version the server chose from both ranges.
+    pub protocol: u32,
+    /// How often the agent must send a Heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Optional features the server has (none defined in v1).
+    pub features: Vec<String>,
+    /// Limits the agent must respect.
+    pub limits: Limits,
+}
+
+/// Limits the server sets for the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest frame either side may send, in bytes.
+    pub max_frame_bytes: u32,
+    /// How many commands the server runs on this agent at once.
+    pub max_concurrent_commands: u32,
+}
+
+/// Why the server refused an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// No protocol version is in both ranges.
+    UnsupportedVersion,
+    /// The Hello was malformed or missing.
+    BadHello,
+    /// Another connection of the same agent is active.
+    DuplicateAgent,
+    /// The server is shutting down or overloaded; try again after `retry_after_ms`.
+    Unavailable,
+}
+
+/// The server refuses the agent; the connection closes after this frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    /// A machine-readable reason.
+    pub code: RejectCode,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+    /// When to try again, if at all.
+    pub retry_after_ms: Option<u64>,
+    /// Another server to use instead (a cluster's upstream).
+    pub redirect: Option<String>,
+    /// With [`RejectCode::UnsupportedVersion`]: the server's range.
+    pub server_protocol: Option<VersionRange>,
+    /// With [`RejectCode::UnsupportedVersion`]: the agent's range, as the server understood it.
+    pub agent_protocol: Option<VersionRange>,
+}
+
+/// The agent is alive; carries its host's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The host's metrics when the heartbeat was sent.
+    pub metrics: HostMetrics,
+    /// How many commands the agent is running.
+    pub running_commands: u32,
+}
+
+/// A snapshot of the agent host's resources.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    /// CPU use over the last interval, 0–100 (all cores together).
+    pub cpu_percent: f32,
+    /// Memory in use, in bytes.
+    pub memory_used_bytes: u64,
+    /// Total memory, in bytes.
+    pub memory_total_bytes: u64,
+    /// Disk space in use on the agent's data volume, in bytes.
+    pub disk_used_bytes: u64,
+    /// Size of the agent's data volume, in bytes.
+    pub disk_total_bytes: u64,
+    /// Seconds since the host booted.
+    pub uptime_secs: u64,
+}
+
+/// Either side closes the connection on purpose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bye {
+    /// Why, for a person.
+    pub reason: String,
+}
+
+/// A command for the agent to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// The command's id, assigned by the server; the correlation id of everything it produces.
+    pub id: String,
+    /// Which plugin handles it.
+    pub topic: String,
+    /// The plugin's input, opaque to ferry.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// How `payload` is encoded (`application/json`, `application/cbor`, …).
+    pub content_type: String,
+    /// How long the command may run on the agent, in milliseconds, counted from its arrival.
+    /// A relative time, so that the two hosts' clocks need not agree.
+    pub timeout_ms: Option<u64>,
+    /// A key under which the agent may remember the result, so a resent command is not run twice.
+    pub idempotency_key: Option<String>,
+}
+
+/// The server asks the agent to stop a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// Why, for the logs.
+    pub reason: String,
+}
+
+/// The agent took the command and will run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The command's id.
+    pub id: String,
+}
+
+/// How far a command has come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0–100.
+    pub percent: u8,
+    /// What is happening, for a person.
+    pub message: String,
+}
+
+/// Severity of a [`Log`] line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Very detailed.
+    Trace,
+    /// For debugging.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        })
+    }
+}
+
+/// A log line of a running command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Log {
+    /// Severity.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The plugin returned a result.
+    Succeeded,
+    /// The plugin refused the payload; the text names what is wrong with it.
+    InvalidInput(String),
+    /// The plugin was not allowed to do what the command needs.
+    Denied(String),
+    /// The plugin reported a failure.
+    Failed(String),
+    /// The command was cancelled before it finished.
+    Cancelled,
+    /// The command ran past its timeout and was stopped.
+    TimedOut,
+    /// The plugin crashed (a trap, a panic, a limit); the agent kept serving.
+    Crashed(String),
+    /// No plugin on the agent handles the topic.
+    UnknownTopic(String),
+    /// The agent could not start the command (too many running, shutting down, …).
+    Rejected(String),
+}
+
+impl Outcome {
+    /// True for [`Outcome::Succeeded`].
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded)
+    }
+
+    /// A short name for tables and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::InvalidInput(_) => "invalid-input",
+            Outcome::Denied(_) => "denied",
+            Outcome::Failed(_) => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::TimedOut => "timed-out",
+            Outcome::Crashed(_) => "crashed",
+            Outcome::UnknownTopic(_) => "unknown-topic",
+            Outcome::Rejected(_) => "rejected",
+        }
+    }
+
+    /// The explanation that comes with a failure, if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Outcome::InvalidInput(m)
+            | Outcome::Denied(m)
+            | Outcome::Failed(m)
+            | Outcome::Crashed(m)
+            | Outcome::UnknownTopic(m)
+            | Outcome::Rejected(m) => Some(m),
+            Outcome::Succeeded | Outcome::Cancelled | Outcome::TimedOut => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.detail() {
+            Some(detail) => write!(f, "{}: {detail}", self.name()),
+            None => f.write_str(self.name()),
+        }
+    }
+}
+
+/// What running a command cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultStats {
+    /// Time in the plugin, in microseconds.
+    pub duration_us: u64,
+    /// Fuel the plugin used, where fuel was metered.
+    pub fuel: Option<u64>,
+    /// The largest linear memory the plugin had, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// The last frame of a command stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's id.
+    pub id: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The plugin's output when it succeeded; empty otherwise.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// What it cost.
+    pub stats: ResultStats,
+}

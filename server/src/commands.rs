@@ -1,0 +1,433 @@
+//! Commands and what happened to them: every event is kept in order, so a watcher that joins
+//! late replays the command from its start and then follows it, missing nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ferry_protocol::{CommandResult, LogLevel, Outcome, ResultStats};
+use parking_lot::Mutex;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+
+/// Where a command is in its life, and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandStatus {
+    /// Being sent to the agent.
+    Pending,
+    /// The agent accepted it.
+    Running,
+    /// The plugin returned a result.
+    Succeeded,
+    /// The plugin refused the payload.
+    InvalidInput,
+    /// The plugin was not allowed to do what the command needs.
+    Denied,
+    /// The plugin reported a failure.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+    /// Ran past its timeout.
+    TimedOut,
+    /// The plugin crashed; the agent kept serving.
+    Crashed,
+    /// No plugin on the agent handles the topic.
+    UnknownTopic,
+    /// The agent refused to start it.
+    Rejected,
+    /// It never reached the agent.
+    Undelivered,
+    /// The connection to the agent broke before the result arrived.
+    Lost,
+}
+
+impl CommandStatus {
+    /// True once the command has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(self, CommandStatus::Pending | CommandStatus::Running)
+    }
+
+    fn from_outcome(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Succeeded => CommandStatus::Succeeded,
+            Outcome::InvalidInput(_) => CommandStatus::InvalidInput,
+            Outcome::Denied(_) => CommandStatus::Denied,
+            Outcome::Failed(_) => CommandStatus::Failed,
+            Outcome::Cancelled => CommandStatus::Cancelled,
+            Outcome::TimedOut => CommandStatus::TimedOut,
+            Outcome::Crashed(_) => CommandStatus::Crashed,
+            Outcome::UnknownTopic(_) => CommandStatus::UnknownTopic,
+            Outcome::Rejected(_) => CommandStatus::Rejected,
+        }
+    }
+}
+
+/// A result payload as JSON can carry it: as JSON when it is JSON, as text when it is UTF-8,
+/// otherwise base64.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RenderedPayload {
+    /// The payload, when it parses as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// The payload, when it is UTF-8 but not JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_text: Option<String>,
+    /// The payload, base64, when it is neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl RenderedPayload {
+    /// Renders `bytes`.
+    pub fn new(bytes: &[u8]) -> Self {
+        if bytes.is_empty() {
+            return RenderedPayload::default();
+        }
+        if let Ok(value) = serde_json::from_slice(bytes) {
+            return RenderedPayload {
+                payload: Some(value),
+                ..Default::default()
+            };
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => RenderedPayload {
+                payload_text: Some(text.to_string()),
+                ..Default::default()
+            },
+            Err(_) => RenderedPayload {
+                payload_base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// One thing that happened to a command.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum CommandEvent {
+    /// The agent accepted the command.
+    Accepted {
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// The plugin reported progress.
+    Progress {
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// 0–100.
+        percent: u8,
+        /// What is happening.
+        message: String,
+    },
+    /// The plugin logged a line.
+    Log {
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Severity.
+        level: LogLevel,
+        /// The text.
+        message: String,
+    },
+    /// The command ended; always the last event.
+    Finished {
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// How it ended.
+        status: CommandStatus,
+        /// Why, when it did not succeed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// The plugin's output.
+        #[serde(flatten)]
+        output: RenderedPayload,
+        /// What it cost on the agent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stats: Option<ResultStats>,
+    },
+}
+
+/// A command as the operator API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandView {
+    /// Its id.
+    pub id: String,
+    /// The agent it was sent to.
+    pub agent: String,
+    /// Its topic.
+    pub topic: String,
+    /// Where it is, or how it ended.
+    pub status: CommandStatus,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// The last progress the plugin reported.
+    pub progress: Option<u8>,
+    /// Why it did not succeed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The plugin's output.
+    #[serde(flatten)]
+    pub output: RenderedPayload,
+    /// What it cost on the agent.
+    pub stats: Option<ResultStats>,
+}
+
+struct Record {
+    view: CommandView,
+    events: Vec<CommandEvent>,
+}
+
+/// A command in the store: its record, a counter watchers wait on, and a way to cancel it.
+pub struct CommandEntry {
+    record: Mutex<Record>,
+    changed: watch::Sender<usize>,
+    cancel: Notify,
+}
+
+impl CommandEntry {
+    /// A copy of the command's current view.
+    pub fn view(&self) -> CommandView {
+        self.record.lock().view.clone()
+    }
+
+    /// Events from number `from` on.
+    pub fn events_since(&self, from: usize) -> Vec<CommandEvent> {
+        self.record
+            .lock()
+            .events
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// A receiver that changes whenever an event is added.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.changed.subscribe()
+    }
+
+    /// Asks the dispatcher to cancel the command.
+    pub fn request_cancel(&self) {
+        self.cancel.notify_one();
+    }
+
+    /// Resolves when a cancel was requested.
+    pub async fn cancelled(&self) {
+        self.cancel.notified().await
+    }
+
+    /// Waits until the command has ended and returns its final view.
+    pub async fn wait(&self) -> CommandView {
+        let mut rx = self.subscribe();
+        loop {
+            let view = self.view();
+            if view.status.is_final() {
+                return view;
+            }
+            if rx.changed().await.is_err() {
+                return self.view();
+            }
+        }
+    }
+
+    fn push(&self, event: CommandEvent) {
+        let mut record = self.record.lock();
+        if record.view.status.is_final() {
+            // A result is final; anything after it (a late log line) is dropped, not reordered.
+            return;
+        }
+        match &event {
+            CommandEvent::Accepted { .. } => record.view.status = CommandStatus::Running,
+            CommandEvent::Progress { percent, .. } => record.view.progress = Some(*percent),
+            CommandEvent::Log { .. } => {}
+            CommandEvent::Finished {
+                at,
+                status,
+                detail,
+                output,
+                stats,
+            } => {
+                record.view.status = *status;
+                record.view.finished_at = Some(*at);
+                record.view.detail = detail.clone();
+                record.view.output = output.clone();
+                record.view.stats = stats.clone();
+            }
+        }
+        record.events.push(event);
+        let count = record.events.len();
+        drop(record);
+        self.changed.send_replace(count);
+    }
+
+    /// The agent accepted the command.
+    pub fn accepted(&self) {
+        self.push(CommandEvent::Accepted {
+            at: OffsetDateTime::now_utc(),
+        });
+    }
+
+    /// The plugin reported progress.
+    pub fn progress(&self, percent: u8, message: String) {
+        self.push(CommandEvent::Progress {
+            at: OffsetDateTime::now_utc(),
+            percent: percent.min(100),
+            message,
+        });
+    }
+
+    /// The plugin logged a line.
+    pub fn log(&self, level: LogLevel, message: String) {
+        self.push(CommandEvent::Log {
+            at: OffsetDateTime::now_utc(),
+            level,
+            message,
+        });
+    }
+
+    /// The agent sent the result.
+    pub fn finish_with_result(&self, result: CommandResult) {
+        self.push(CommandEvent::Finished {
+            at: OffsetDateTime::now_utc(),
+            status: CommandStatus::from_outcome(&result.outcome),
+            detail: result.outcome.detail().map(str::to_string),
+            output: RenderedPayload::new(&result.payload),
+            stats: Some(result.stats),
+        });
+    }
+
+    /// The command ended without a result from the agent.
+    pub fn finish_without_result(&self, status: CommandStatus, detail: String) {
+        self.push(CommandEvent::Finished {
+            at: OffsetDateTime::now_utc(),
+            status,
+            detail: Some(detail),
+            output: RenderedPayload::default(),
+            stats: None,
+        });
+    }
+}
+
+/// How many ended commands the store keeps before it forgets the oldest.
+pub const RETAINED_COMMANDS: usize = 10_000;
+
+/// All commands the server knows, newest last.
+#[derive(Default)]
+pub struct CommandStore {
+    inner: Mutex<StoreInner>,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    by_id: HashMap<String, Arc<CommandEntry>>,
+    order: VecDeque<String>,
+}
+
+impl CommandStore {
+    /// Creates a pending command.
+    pub fn create(&self, id: String, agent: String, topic: String) -> Arc<CommandEntry> {
+        let view = CommandView {
+            id: id.clone(),
+            agent,
+            topic,
+            status: CommandStatus::Pending,
+            created_at: OffsetDateTime::now_utc(),
+            finished_at: None,
+            progress: None,
+            detail: None,
+            output: RenderedPayload::default(),
+            stats: None,
+        };
+        let entry = Arc::new(CommandEntry {
+            record: Mutex::new(Record {
+                view,
+                events: Vec::new(),
+            }),
+            changed: watch::Sender::new(0),
+            cancel: Notify::new(),
+        });
+        let mut inner = self.inner.lock();
+        inner.by_id.insert(id.clone(), entry.clone());
+        inner.order.push_back(id);
+        // Forget the oldest ended commands past the limit; running ones are never dropped.
+        while inner.order.len() > RETAINED_COMMANDS {
+            let Some(oldest) = inner.order.front().cloned() else {
+                break;
+            };
+            let ended = inner
+                .by_id
+                .get(&oldest)
+                .is_none_or(|e| e.view().status.is_final());
+            if !ended {
+                break;
+            }
+            inner.order.pop_front();
+            inner.by_id.remove(&oldest);
+        }
+        entry
+    }
+
+    /// One command.
+    pub fn get(&self, id: &str) -> Option<Arc<CommandEntry>> {
+        self.inner.lock().by_id.get(id).cloned()
+    }
+
+    /// The newest `limit` commands, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<CommandView> {
+        let inner = self.inner.lock();
+        inner
+            .order
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|id| inner.by_id.get(id).map(|e| e.view()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_render_as_json_text_or_base64() {
+        assert_eq!(
+            RenderedPayload::new(br#"{"a":1}"#).payload,
+            Some(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            RenderedPayload::new(b"hello").payload_text.as_deref(),
+            Some("hello")
+        );
+        assert_eq!(
+            RenderedPayload::new(&[0xff, 0x00])
+                .payload_base64
+                .as_deref(),
+            Some("/wA=")
+        );
+        assert_eq!(RenderedPayload::new(b""), RenderedPayload::default());
+    }
+
+    #[tokio::test]
+    async fn events_after_the_result_are_dropped_and_wait_returns() {
+        let store = CommandStore::default();
+        let entry = store.create("c1".into(), "a".into(), "echo".into());
+        entry.accepted();
+        entry.progress(150, "clamped".into());
+        entry.finish_without_result(CommandStatus::Lost, "gone".into());
+        entry.log(LogLevel::Info, "late".into());
+        let view = entry.wait().await;
+        assert_eq!(view.status, CommandStatus::Lost);
+        assert_eq!(view.progress, Some(100));
+        assert_eq!(entry.events_since(0).len(), 3);
+    }
+}

@@ -1,0 +1,17 @@
+//! The ferry server: accepts agents over QUIC with mutual TLS, keeps a registry of them, sends
+//! them commands (one stream per command) and serves the operator HTTP API.
+//!
+//! Embed it with [`Server::start`]; the `ferry` CLI's `ferry server` and `ferry dev` do.
+
+mod api;
+pub mod commands;
+pub mod config;
+mod dispatch;
+mod listener;
+pub mod registry;
+mod server;
+
+pub use commands::{CommandEntry, CommandEvent, CommandStatus, CommandView};
+pub use config::{ServerConfig, TlsPaths};
+pub use registry::{AgentInfo, AgentStatus};
+pub use server::{CommandRequest, Server, StartError, SubmitError};

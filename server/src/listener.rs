@@ -1,0 +1,181 @@
+//! Accepting agents: the QUIC handshake, the control stream, heartbeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::identity::agent_id_of;
+use ferry_protocol::{
+    AgentId, FrameError, FrameReader, Limits, Message, Peer, Reject, RejectCode, StreamKind,
+    Welcome, close, version, write_frame,
+};
+
+use crate::server::ServerState;
+
+/// How long a peer has for the QUIC/TLS handshake and then for its Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerState>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(reason) = serve_connection(incoming, state).await {
+                tracing::info!(%remote, "agent connection ended: {reason}");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    state: Arc<ServerState>,
+) -> Result<(), String> {
+    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(connection)) => connection,
+        // Wrong or missing client certificates end here, refused by the TLS verifier.
+        Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
+        Err(_) => return Err("handshake timed out".into()),
+    };
+    let id = match agent_id_of(&connection) {
+        Ok(id) => id,
+        Err(e) => {
+            connection.close(close::REJECTED.into(), e.to_string().as_bytes());
+            return Err(e.to_string());
+        }
+    };
+    let max_frame = state.config.max_frame_bytes;
+    let (mut send, recv) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "agent '{id}' closed before opening its control stream: {e}"
+                ));
+            }
+            Err(_) => {
+                connection.close(
+                    close::PROTOCOL_ERROR.into(),
+                    b"no control stream opened in time",
+                );
+                return Err(format!("agent '{id}' opened no control stream in time"));
+            }
+        };
+    let mut recv = FrameReader::new(recv, max_frame);
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv.next()).await {
+        Ok(Ok(Some(Message::Hello(hello)))) => hello,
+        other => {
+            let why = match other {
+                Ok(Ok(Some(m))) => format!("expected Hello, got {}", m.kind()),
+                Ok(Ok(None)) => "control stream ended before Hello".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no Hello in time".to_string(),
+            };
+            let reject = Reject {
+                code: RejectCode::BadHello,
+                message: why.clone(),
+                retry_after_ms: None,
+                redirect: None,
+                server_protocol: None,
+                agent_protocol: None,
+            };
+            refuse(&connection, &mut send, reject, max_frame).await;
+            return Err(format!("agent '{id}': {why}"));
+        }
+    };
+    let protocol = match version::negotiate(version::SUPPORTED, hello.protocol) {
+        Ok(v) => v,
+        Err(reject) => {
+            let why = reject.message.clone();
+            refuse(&connection, &mut send, reject, max_frame).await;
+            return Err(format!("agent '{id}' refused: {why}"));
+        }
+    };
+
+    let session = state.next_session();
+    let welcome = Welcome {
+        session: format!("{session:x}"),
+        protocol,
+        heartbeat_interval_ms: state.config.heartbeat_interval.as_millis() as u64,
+        features: Vec::new(),
+        limits: Limits {
+            max_frame_bytes: max_frame,
+            max_concurrent_commands: state.config.max_concurrent_commands,
+        },
+    };
+    write_frame(&mut send, &Message::Welcome(welcome), max_frame)
+        .await
+        .map_err(|e| format!("agent '{id}': could not send Welcome: {e}"))?;
+    if let Some(old) = state
+        .registry
+        .connect(&id, &hello, session, connection.clone())
+    {
+        old.close(
+            close::REPLACED.into(),
+            b"replaced by a newer connection of the same agent",
+        );
+    }
+    tracing::info!(agent = %id, remote = %connection.remote_address(), labels = ?hello.labels, "agent connected");
+
+    let result = control_loop(&state, &id, session, &connection, &mut recv).await;
+    state.registry.disconnect(&id, session);
+    tracing::info!(agent = %id, "agent disconnected");
+    result
+}
+
+async fn control_loop(
+    state: &ServerState,
+    id: &AgentId,
+    session: u64,
+    connection: &quinn::Connection,
+    recv: &mut FrameReader<quinn::RecvStream>,
+) -> Result<(), String> {
+    loop {
+        tokio::select! {
+            frame = recv.next() => match frame {
+                Ok(Some(message)) => {
+                    if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Control) {
+                        connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                        return Err(format!("agent '{id}': {e}"));
+                    }
+                    match message {
+                        Message::Heartbeat(hb) => state.registry.heartbeat(id, session, &hb),
+                        Message::Bye(bye) => {
+                            tracing::info!(agent = %id, reason = %bye.reason, "agent said goodbye");
+                            return Ok(());
+                        }
+                        Message::Hello(_) => {
+                            connection.close(close::PROTOCOL_ERROR.into(), b"Hello sent twice");
+                            return Err(format!("agent '{id}' sent Hello twice"));
+                        }
+                        _ => unreachable!("check_allowed admits only agent control messages"),
+                    }
+                }
+                Ok(None) => return Ok(()),
+                // The close reason (e.g. "agent stopping") says more than the stream error.
+                Err(FrameError::Io(e)) => {
+                    let why = connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string());
+                    return Err(format!("agent '{id}': {why}"));
+                }
+                Err(e) => {
+                    connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                    return Err(format!("agent '{id}': {e}"));
+                }
+            },
+            reason = connection.closed() => return Err(reason.to_string()),
+        }
+    }
+}
+
+async fn refuse(
+    connection: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reject: Reject,
+    max_frame: u32,
+) {
+    let _ = write_frame(send, &Message::Reject(reject), max_frame).await;
+    let _ = send.finish();
+    // Give the Reject a moment to leave before the close frame overtakes it.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    connection.close(close::REJECTED.into(), b"rejected");
+}

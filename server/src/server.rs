@@ -1,0 +1,373 @@
+//! Starting and stopping a server, and what it offers to its embedder and to the operator API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_protocol::pki::{PkiDir, write_file};
+use ferry_protocol::tls::{self, Identity, TransportSettings};
+use ferry_protocol::{AgentId, Command};
+use rand::RngCore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{CommandEntry, CommandStore};
+use crate::config::ServerConfig;
+use crate::registry::{AgentInfo, NotConnected, Registry};
+use crate::{api, dispatch, listener};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or a file in it could not be used.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Certificates could not be made or loaded.
+    #[error(transparent)]
+    Pki(#[from] ferry_protocol::pki::PkiError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] ferry_protocol::tls::TlsError),
+    /// An address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; is another server running there? choose another address with --listen / --api-listen"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A command could not be submitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The agent is not connected.
+    #[error(transparent)]
+    NotConnected(#[from] NotConnected),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to run, where.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    /// The agent to run it on.
+    pub agent: AgentId,
+    /// The topic.
+    pub topic: String,
+    /// The plugin's input.
+    pub payload: Vec<u8>,
+    /// How `payload` is encoded.
+    pub content_type: String,
+    /// How long it may run; the server's default when `None`.
+    pub timeout: Option<Duration>,
+    /// An optional idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// Shared state of a running server.
+pub(crate) struct ServerState {
+    pub(crate) config: ServerConfig,
+    pub(crate) registry: Registry,
+    pub(crate) commands: CommandStore,
+    sessions: AtomicU64,
+}
+
+impl ServerState {
+    pub(crate) fn next_session(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A running ferry server.
+pub struct Server {
+    state: Arc<ServerState>,
+    endpoint: quinn::Endpoint,
+    quic_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
+    api_token: String,
+    ca_cert_path: std::path::PathBuf,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server: makes (or loads) its keys and certificates under the data directory,
+    /// binds the QUIC endpoint and the operator API, and begins accepting agents.
+    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
+
+        let (identity, client_roots, ca_cert_path) = match &config.tls {
+            Some(paths) => (
+                Identity::from_pem_files(&paths.cert, &paths.key)?,
+                tls::roots_from_pem_file(&paths.client_ca)?,
+                paths.client_ca.clone(),
+            ),
+            None => {
+                let pki = PkiDir::open_or_create(&data_dir.join("pki"), &config.server_names)?;
+                (
+                    Identity::from_pem_files(&pki.server_cert_path(), &pki.server_key_path())?,
+                    tls::roots_from_pem_file(&pki.ca_cert_path())?,
+                    pki.ca_cert_path(),
+                )
+            }
+        };
+        let transport = TransportSettings {
+            keep_alive: config.keep_alive,
+            idle_timeout: config.idle_timeout,
+            // Agents open only their control stream; commands go the other way.
+            max_incoming_bidi_streams: 4,
+        };
+        let server_config = tls::server_config(identity, client_roots, &transport)?;
+        let secret = load_or_create_secret(&data_dir.join("server.secret"))?;
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let endpoint = quinn::Endpoint::new(
+            tls::endpoint_config_from_secret(&secret),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let api_token = load_or_create_token(&data_dir.join("operator.token"))?;
+        let state = Arc::new(ServerState {
+            config,
+            registry: Registry::default(),
+            commands: CommandStore::default(),
+            // Random start: session ids must not repeat across restarts.
+            sessions: AtomicU64::new(rand::random::<u64>() >> 1),
+        });
+        let stop = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn(listener::accept_loop(
+            endpoint.clone(),
+            state.clone(),
+        ))];
+
+        let sweeper_state = state.clone();
+        let sweeper_stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweeper_state.config.heartbeat_interval.max(Duration::from_millis(50)));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => sweeper_state.registry.sweep(sweeper_state.config.heartbeat_grace),
+                    _ = sweeper_stop.cancelled() => return,
+                }
+            }
+        }));
+
+        let api_addr = match state.config.api_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let router = api::router(state.clone(), api_token.clone());
+                let api_stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    let serve = axum::serve(listener, router)
+                        .with_graceful_shutdown(api_stop.cancelled_owned());
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "operator API stopped");
+                    }
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
+        tracing::info!(%quic_addr, ?api_addr, "ferry server started");
+        Ok(Server {
+            state,
+            endpoint,
+            quic_addr,
+            api_addr,
+            api_token,
+            ca_cert_path,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The UDP address agents connect to.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The operator API's address, if it is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// The bearer token the operator API requires.
+    pub fn api_token(&self) -> &str {
+        &self.api_token
+    }
+
+    /// The CA certificate agents must trust (and whose certificates agents present).
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert_path
+    }
+
+    /// Every agent the server knows.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.state.registry.list()
+    }
+
+    /// One agent.
+    pub fn agent(&self, id: &AgentId) -> Option<AgentInfo> {
+        self.state.registry.get(id)
+    }
+
+    /// Sends a command to an agent; the returned entry follows it to its end.
+    pub fn submit(&self, request: CommandRequest) -> Result<Arc<CommandEntry>, SubmitError> {
+        submit(&self.state, request)
+    }
+
+    /// A command by id.
+    pub fn command(&self, id: &str) -> Option<Arc<CommandEntry>> {
+        self.state.commands.get(id)
+    }
+
+    /// Stops the server: closes every agent connection and the operator API, waits (briefly) for
+    /// the close frames to leave, so agents notice at once, and returns once the QUIC port is
+    /// free again, so a restart in the same process can bind it.
+    pub async fn shutdown(self) {
+        let Server {
+            state,
+            endpoint,
+            quic_addr,
+            stop,
+            tasks,
+            ..
+        } = self;
+        stop.cancel();
+        state.registry.close_all("server shutting down");
+        endpoint.close(
+            ferry_protocol::close::SHUTDOWN.into(),
+            b"server shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        drop(endpoint);
+        drop(state);
+        // quinn's endpoint driver owns the socket and ends by itself once the last handle is
+        // gone; wait until it has, boundedly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while std::net::UdpSocket::bind(quic_addr).is_err()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub(crate) fn submit(
+    state: &Arc<ServerState>,
+    request: CommandRequest,
+) -> Result<Arc<CommandEntry>, SubmitError> {
+    if request.topic.trim().is_empty() {
+        return Err(SubmitError::Invalid(
+            "the topic is empty: name the topic to run".into(),
+        ));
+    }
+    if request.payload.len() as u64 + 1024 > u64::from(state.config.max_frame_bytes) {
+        return Err(SubmitError::Invalid(format!(
+            "the payload has {} bytes; the limit is {} bytes (max_frame_bytes) minus 1 KiB for the envelope",
+            request.payload.len(),
+            state.config.max_frame_bytes
+        )));
+    }
+    let (_, connection) = state.registry.connection(&request.agent)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let timeout = request
+        .timeout
+        .unwrap_or(state.config.default_command_timeout);
+    let entry = state
+        .commands
+        .create(id.clone(), request.agent.to_string(), request.topic.clone());
+    let command = Command {
+        id,
+        topic: request.topic,
+        payload: request.payload,
+        content_type: request.content_type,
+        timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
+        idempotency_key: request.idempotency_key,
+    };
+    tokio::spawn(dispatch::run(
+        entry.clone(),
+        connection,
+        command,
+        state.config.max_frame_bytes,
+    ));
+    Ok(entry)
+}
+
+fn data_dir_error(path: &Path, e: impl std::fmt::Display) -> StartError {
+    StartError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The secret the QUIC reset and connection-id keys derive from; it must survive restarts.
+fn load_or_create_secret(path: &Path) -> Result<[u8; 32], StartError> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| {
+            data_dir_error(
+                path,
+                "server.secret must hold exactly 32 bytes; delete it to make a new one",
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            write_file(path, &secret, true)?;
+            Ok(secret)
+        }
+        Err(e) => Err(data_dir_error(path, e)),
+    }
+}
+
+fn load_or_create_token(path: &Path) -> Result<String, StartError> {
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
+        Ok(_) => Err(data_dir_error(
+            path,
+            "the operator token file is empty; delete it to make a new one",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 24];
+            rand::rng().fill_bytes(&mut bytes);
+            let token = hex::encode(bytes);
+            write_file(path, token.as_bytes(), true)?;
+            Ok(token)
+        }
+        Err(e) => Err(data_dir_error(path, e)),
+    }
+}

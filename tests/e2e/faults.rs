@@ -1,0 +1,74 @@
+//! Misbehaving plugins end their own command, never the agent.
+
+use std::time::Duration;
+
+use ferry_server::CommandStatus;
+use ferry_tests::Harness;
+
+#[tokio::test]
+async fn a_trapping_plugin_fails_its_command_and_the_agent_keeps_serving() {
+    let harness = Harness::start().await;
+    let _agent = harness.start_agent("sturdy").await;
+
+    let view = harness.run("sturdy", "fault.trap", b"{}", None).await;
+    assert_eq!(view.status, CommandStatus::Crashed, "{view:?}");
+    let detail = view.detail.unwrap_or_default();
+    assert!(
+        detail.contains("trap") || detail.contains("unreachable"),
+        "{detail}"
+    );
+
+    let view = harness.run("sturdy", "fault.panic", b"{}", None).await;
+    assert_eq!(view.status, CommandStatus::Crashed, "{view:?}");
+
+    // The same plugin and the agent both still work.
+    let view = harness.run("sturdy", "fault.fail", b"{}", None).await;
+    assert_eq!(view.status, CommandStatus::Failed, "{view:?}");
+    let view = harness
+        .run("sturdy", "echo", br#""still here""#, None)
+        .await;
+    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+}
+
+#[tokio::test]
+async fn a_plugin_that_loops_forever_is_stopped_at_its_timeout() {
+    let harness = Harness::start().await;
+    let _agent = harness.start_agent("looper").await;
+    let view = harness
+        .run(
+            "looper",
+            "fault.loop",
+            b"{}",
+            Some(Duration::from_millis(300)),
+        )
+        .await;
+    assert_eq!(view.status, CommandStatus::TimedOut, "{view:?}");
+    let view = harness.run("looper", "echo", b"1", None).await;
+    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_plugin() {
+    let harness = Harness::start().await;
+    let _agent = harness.start_agent("canceller").await;
+    let entry = harness
+        .server()
+        .submit(ferry_server::CommandRequest {
+            agent: "canceller".parse().unwrap(),
+            topic: "fault.cancel".into(),
+            payload: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            timeout: Some(Duration::from_secs(20)),
+            idempotency_key: None,
+        })
+        .unwrap();
+    ferry_tests::eventually("the command runs", || {
+        entry.view().status == CommandStatus::Running
+    })
+    .await;
+    entry.request_cancel();
+    let view = tokio::time::timeout(ferry_tests::WAIT, entry.wait())
+        .await
+        .unwrap();
+    assert_eq!(view.status, CommandStatus::Cancelled, "{view:?}");
+}

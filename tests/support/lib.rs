@@ -1,0 +1,178 @@
+//! A test harness: a real server and real agents on loopback, in one process.
+
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::Duration;
+
+use ferry_agent::{Agent, AgentConfig, PluginConfig};
+use ferry_protocol::AgentId;
+use ferry_protocol::pki::PkiDir;
+use ferry_server::{CommandRequest, CommandView, Server, ServerConfig};
+
+/// How long any single wait in a test may take before the test fails. Generous: these machines
+/// are shared and small.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A server on loopback with fast heartbeats and short timeouts, and its data directory.
+pub struct Harness {
+    /// Everything the test writes lives here.
+    pub dir: tempfile::TempDir,
+    /// The server's configuration (its ports fixed after the first start).
+    pub config: ServerConfig,
+    server: Option<Server>,
+}
+
+impl Harness {
+    /// Starts a server on ephemeral loopback ports.
+    pub async fn start() -> Harness {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: dir.path().join("server"),
+            ..ServerConfig::default()
+        };
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.heartbeat_grace = Duration::from_secs(2);
+        config.keep_alive = Duration::from_millis(500);
+        config.idle_timeout = Duration::from_secs(5);
+        let server = Server::start(config.clone()).await.expect("server starts");
+        // Restarts must come back on the same ports, as a real server would.
+        config.listen = server.quic_addr();
+        config.api_listen = server.api_addr();
+        Harness {
+            dir,
+            config,
+            server: Some(server),
+        }
+    }
+
+    /// The running server.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("the server is running")
+    }
+
+    /// The certificate directory the server made.
+    pub fn pki(&self) -> PkiDir {
+        PkiDir::open_or_create(&self.config.data_dir.join("pki"), &[]).expect("pki")
+    }
+
+    /// An agent configuration for `id`, with a certificate from the server's CA and the
+    /// test-fixture plugin `faulty` on the `fault.*` topics.
+    pub fn agent_config(&self, id: &str) -> AgentConfig {
+        let pki = self.pki();
+        let (cert, key) = pki
+            .ensure_agent(&AgentId::new(id).unwrap())
+            .expect("agent certificate");
+        let faulty = self.dir.path().join("faulty.wasm");
+        if !faulty.exists() {
+            std::fs::write(&faulty, ferry_builtins::fixtures::FAULTY.component).unwrap();
+        }
+        AgentConfig {
+            server: self.config.listen.to_string(),
+            server_name: "localhost".into(),
+            cert,
+            key,
+            ca: pki.ca_cert_path(),
+            data_dir: self.dir.path().join(format!("agent-{id}")),
+            plugins: vec![PluginConfig {
+                path: faulty,
+                topics: ferry_builtins::fixtures::FAULTY
+                    .topics
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+                name: Some("faulty".into()),
+            }],
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(500),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(5),
+            ..AgentConfig::default()
+        }
+    }
+
+    /// Starts agent `id` and waits until the server has welcomed it.
+    pub async fn start_agent(&self, id: &str) -> Agent {
+        let agent = Agent::start(self.agent_config(id))
+            .await
+            .expect("agent starts");
+        agent
+            .wait_connected(WAIT)
+            .await
+            .unwrap_or_else(|status| panic!("agent {id} did not connect: {status:?}"));
+        agent
+    }
+
+    /// Stops the server cleanly.
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Starts the server again with the same data directory and ports.
+    pub async fn restart_server(&mut self) {
+        self.stop_server().await;
+        self.server = Some(
+            Server::start(self.config.clone())
+                .await
+                .expect("server restarts"),
+        );
+    }
+
+    /// Runs a command and waits for its end.
+    pub async fn run(
+        &self,
+        agent: &str,
+        topic: &str,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> CommandView {
+        let entry = self
+            .server()
+            .submit(CommandRequest {
+                agent: AgentId::new(agent).unwrap(),
+                topic: topic.into(),
+                payload: payload.to_vec(),
+                content_type: "application/json".into(),
+                timeout,
+                idempotency_key: None,
+            })
+            .expect("command submitted");
+        tokio::time::timeout(WAIT, entry.wait())
+            .await
+            .expect("command ends in time")
+    }
+
+    /// The directory for the test's own files.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or [`WAIT`] passes.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
