@@ -2,6 +2,7 @@
 //! agents through a server's operator API.
 
 mod bench;
+mod cert;
 mod client;
 mod commands;
 mod daemons;
@@ -49,6 +50,8 @@ enum Command {
     Agents(commands::AgentsArgs),
     /// Measure a command's round trip on loopback (embedded server and agent).
     Bench(bench::BenchArgs),
+    /// Issue certificates from a server's CA.
+    Cert(cert::CertArgs),
 }
 
 fn main() -> Result<()> {
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
             Command::Run(args) => commands::run(args).await,
             Command::Agents(args) => commands::agents(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Cert(args) => cert::run(args),
         }
     })
 }
