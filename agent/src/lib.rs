@@ -11,6 +11,7 @@ mod connection;
 mod executor;
 pub mod host;
 pub mod metrics;
+pub mod policy;
 
 pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
 pub use config::{AgentConfig, PluginConfig};

@@ -1,0 +1,141 @@
+use std::time::Duration;
+
+use super::*;
+
+const FULL: &str = r#"
+[plugin]
+name = "disk-report"
+version = "1.2.0"
+topics = ["disk.report", "disk/usage"]
+description = "reports disks"
+
+[capabilities]
+filesystem = [{ path = "/var/log/app", access = "read-only" }]
+env = ["TZ"]
+network = ["metrics.example.com:443", "10.0.0.5:*", "[::1]:8080"]
+programs = ["/usr/bin/df"]
+metrics = true
+kv = true
+
+[limits]
+memory_mib = 64
+timeout = "30s"
+fuel = 500_000_000
+"#;
+
+#[test]
+fn a_full_manifest_parses_and_round_trips() {
+    let m = Manifest::from_toml(FULL).unwrap();
+    assert_eq!(m.plugin.version, semver::Version::new(1, 2, 0));
+    assert_eq!(m.capabilities.filesystem[0].access, Access::ReadOnly);
+    assert_eq!(m.capabilities.network[2].host, "::1");
+    assert_eq!(m.capabilities.network[1].port, None);
+    assert_eq!(m.limits.timeout, Some(Duration::from_secs(30)));
+    assert!(!m.capabilities.request_data);
+    assert_eq!(Manifest::from_toml(&m.to_toml()).unwrap(), m);
+}
+
+#[test]
+fn a_minimal_manifest_asks_for_nothing() {
+    let m = Manifest::from_toml(
+        "[plugin]\nname = \"echo\"\nversion = \"0.1.0\"\ntopics = [\"echo\"]\n",
+    )
+    .unwrap();
+    assert!(m.capabilities.is_empty());
+    assert_eq!(m.limits, Limits::default());
+}
+
+fn error_of(text: &str) -> String {
+    Manifest::from_toml(text).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_field_and_the_fix() {
+    let head = "[plugin]\nname = \"p\"\nversion = \"1.0.0\"\ntopics = [\"t\"]\n";
+    let cases = [
+        (
+            "[plugin]\nname = \"P Q\"\nversion = \"1.0.0\"\ntopics = [\"t\"]\n",
+            "plugin.name",
+        ),
+        (
+            "[plugin]\nname = \"p\"\nversion = \"one\"\ntopics = [\"t\"]\n",
+            "version",
+        ),
+        (
+            "[plugin]\nname = \"p\"\nversion = \"1.0.0\"\ntopics = []\n",
+            "plugin.topics",
+        ),
+        (
+            "[plugin]\nname = \"p\"\nversion = \"1.0.0\"\ntopics = [\"a b\"]\n",
+            "plugin.topics[0]",
+        ),
+        ("[plugin]\nname = \"p\"\nversion = \"1.0.0\"\n", "topics"),
+        (
+            &format!(
+                "{head}[capabilities]\nfilesystem = [{{ path = \"data\", access = \"read-only\" }}]\n"
+            ),
+            "capabilities.filesystem[0].path",
+        ),
+        (
+            &format!(
+                "{head}[capabilities]\nfilesystem = [{{ path = \"/a/../etc\", access = \"read-only\" }}]\n"
+            ),
+            "'..'",
+        ),
+        (
+            &format!(
+                "{head}[capabilities]\nfilesystem = [{{ path = \"/a\", access = \"all\" }}]\n"
+            ),
+            "read-only",
+        ),
+        (
+            &format!("{head}[capabilities]\nnetwork = [\"example.com\"]\n"),
+            "host:port",
+        ),
+        (
+            &format!("{head}[capabilities]\nnetwork = [\"example.com:99999\"]\n"),
+            "host:port",
+        ),
+        (
+            &format!("{head}[capabilities]\nprograms = [\"sh\"]\n"),
+            "capabilities.programs[0]",
+        ),
+        (
+            &format!("{head}[capabilities]\nenv = [\"A=B\"]\n"),
+            "capabilities.env[0]",
+        ),
+        (&format!("{head}[capabilities]\nsudo = true\n"), "sudo"),
+        (
+            &format!("{head}[limits]\nmemory_mib = 0\n"),
+            "limits.memory_mib",
+        ),
+        (&format!("{head}[limits]\ntimeout = \"soon\"\n"), "timeout"),
+    ];
+    for (text, expected) in cases {
+        let err = error_of(text);
+        assert!(
+            err.contains(expected),
+            "{expected:?} not in {err:?} for\n{text}"
+        );
+    }
+}
+
+#[test]
+fn net_rules_cover_by_host_and_port() {
+    let any: NetRule = "api.example.com:*".parse().unwrap();
+    let one: NetRule = "API.example.com:443".parse().unwrap();
+    assert!(any.covers(&one));
+    assert!(one.covers(&one));
+    assert!(!one.covers(&"api.example.com:80".parse().unwrap()));
+    assert!(!one.covers(&any));
+    assert_eq!(one.to_string(), "api.example.com:443");
+    assert_eq!("[::1]:1".parse::<NetRule>().unwrap().to_string(), "[::1]:1");
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in ".{0,400}") {
+        let _ = Manifest::from_toml(&text);
+        let _ = text.parse::<NetRule>();
+    }
+}
