@@ -41,6 +41,20 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// The command's id (as `ferry run --no-wait` prints it).
+    pub id: String,
+    /// Return at once instead of waiting until the command has ended.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the command's final record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct AgentsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -142,6 +156,33 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     if status != "succeeded" {
         bail!("command {id} ended {status}");
+    }
+    Ok(())
+}
+
+pub async fn cancel(args: CancelArgs) -> Result<()> {
+    let client = Client::from_args(&args.api)?;
+    let id = &args.id;
+    client
+        .post(&format!("/v1/commands/{id}/cancel"), &json!({}))
+        .await?;
+    if args.no_wait {
+        eprintln!("cancel requested for command {id}");
+        return Ok(());
+    }
+    // The events stream ends with the command's `finished` event.
+    client
+        .follow(&format!("/v1/commands/{id}/events"), |_, _| {})
+        .await?;
+    let done = client.get(&format!("/v1/commands/{id}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        let status = done["status"].as_str().unwrap_or("unknown");
+        match done["detail"].as_str() {
+            Some(detail) => println!("command {id} ended {status}: {detail}"),
+            None => println!("command {id} ended {status}"),
+        }
     }
     Ok(())
 }

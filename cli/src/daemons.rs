@@ -67,7 +67,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_plugin(text: &str) -> Result<PluginConfig, String> {
+pub fn parse_plugin(text: &str) -> Result<PluginConfig, String> {
     let Some((path, topics)) = text.rsplit_once('=') else {
         return Err(format!("'{text}' is not PATH=topic[,topic…]"));
     };

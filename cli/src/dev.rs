@@ -32,6 +32,9 @@ pub struct DevArgs {
     /// (default: $FERRY_CONFIG, else $XDG_CONFIG_HOME/ferry/cli.toml).
     #[arg(long, env = "FERRY_CONFIG")]
     pub cli_config: Option<PathBuf>,
+    /// Also serve this plugin on the embedded agent, PATH=topic[,topic…]; repeat for more.
+    #[arg(long = "plugin", value_parser = crate::daemons::parse_plugin)]
+    pub plugins: Vec<ferry_agent::PluginConfig>,
     /// Run the self-check (an `echo` command end to end), print its result and exit.
     #[arg(long)]
     pub once: bool,
@@ -62,6 +65,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ca: pki.ca_cert_path(),
         data_dir: data_dir.join("agent"),
         labels: [("dev".to_string(), "true".to_string())].into(),
+        plugins: args.plugins.clone(),
         ..AgentConfig::default()
     })
     .await

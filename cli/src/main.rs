@@ -46,6 +46,8 @@ enum Command {
     Agent(daemons::AgentArgs),
     /// Send a command to an agent, show its progress and logs, then its result.
     Run(commands::RunArgs),
+    /// Cancel a running command; the plugin sees `cancelled()` turn true.
+    Cancel(commands::CancelArgs),
     /// List the agents the server knows.
     Agents(commands::AgentsArgs),
     /// Measure a command's round trip on loopback (embedded server and agent).
@@ -70,6 +72,7 @@ fn main() -> Result<()> {
             Command::Server(args) => daemons::server(args).await,
             Command::Agent(args) => daemons::agent(args).await,
             Command::Run(args) => commands::run(args).await,
+            Command::Cancel(args) => commands::cancel(args).await,
             Command::Agents(args) => commands::agents(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Cert(args) => cert::run(args),

@@ -21,6 +21,26 @@ fn with_config(cmd: &mut Command, config: &Path) -> Output {
         .expect("ferry runs")
 }
 
+/// Starts `ferry dev` in the background and waits until it is ready.
+fn start_dev(dir: &Path, extra: &[&str]) -> Running {
+    let mut cmd = ferry();
+    dev_args(&mut cmd, dir);
+    let dev = Running(
+        cmd.args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // `ferry dev` writes the CLI config once its self-check has passed: then it is ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("cli.toml").exists() {
+        assert!(Instant::now() < deadline, "ferry dev did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dev
+}
+
 fn dev_args(cmd: &mut Command, dir: &Path) {
     cmd.args([
         "dev",
@@ -159,4 +179,41 @@ fn without_a_server_the_cli_says_how_to_get_one() {
     let out = with_config(ferry().args(["agents"]), &dir.path().join("missing.toml"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry dev"));
+}
+
+#[test]
+fn cancel_reaches_a_running_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    let plugin = dir.path().join("faulty.wasm");
+    std::fs::write(&plugin, ferry_builtins::fixtures::FAULTY.component).unwrap();
+    let _dev = start_dev(
+        dir.path(),
+        &["--plugin", &format!("{}=fault.cancel", plugin.display())],
+    );
+
+    let out = with_config(
+        ferry().args(["run", "fault.cancel", "--no-wait", "--timeout", "60s"]),
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = with_config(ferry().args(["cancel", &id]), &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ended cancelled"), "{stdout}");
+
+    let out = with_config(ferry().args(["cancel", &id]), &config);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already ended"));
+    let out = with_config(ferry().args(["cancel", "no-such-command"]), &config);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no command"));
 }
