@@ -17,6 +17,7 @@ const TARGET: &str = "wasm32-wasip2";
 const PLUGINS: &[(&str, &str, &str)] = &[
     ("echo", "echo.wasm", "FERRY_BUILTIN_ECHO"),
     ("faulty", "faulty.wasm", "FERRY_FIXTURE_FAULTY"),
+    ("probe", "probe.wasm", "FERRY_FIXTURE_PROBE"),
 ];
 
 /// Environment variables that configure a cargo build and must not leak from the outer one.

@@ -60,6 +60,19 @@ pub mod fixtures {
         ],
         component: include_bytes!(env!("FERRY_FIXTURE_FAULTY")),
     };
+
+    /// `probe`: reaches outside its sandbox when asked (see `plugins/probe/src/lib.rs`), and
+    /// returns what happened, refusals as `error.denied` with the system's message:
+    ///
+    /// - `probe.read`, `probe.list`: read a file, list a directory (payload: the path);
+    /// - `probe.write`: write a file (payload: the path, a newline, the content);
+    /// - `probe.env`: read an environment variable (payload: its name);
+    /// - `probe.connect`: open a TCP connection (payload: `host:port`).
+    pub const PROBE: Builtin = Builtin {
+        name: "probe",
+        topics: &["probe.read", "probe.write", "probe.list", "probe.env", "probe.connect"],
+        component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
+    };
 }
 
 #[cfg(test)]
@@ -70,7 +83,7 @@ mod tests {
     /// layer's version and kind, unlike a core module's `\x01\0\0\0`.
     #[test]
     fn embeds_components() {
-        for builtin in all().iter().chain([&fixtures::FAULTY]) {
+        for builtin in all().iter().chain([&fixtures::FAULTY, &fixtures::PROBE]) {
             assert!(
                 builtin.component.starts_with(b"\0asm") && builtin.component[4..8] != [1, 0, 0, 0],
                 "{} is not a wasm component",
