@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::connection::{self, Link};
 use crate::executor::{Executor, Topics};
-use crate::host::{HostConfig, HostError, PluginHost};
+use crate::host::{HostConfig, HostError, LoadOptions, PluginHost};
 use crate::metrics::MetricsSampler;
+use crate::policy::{Grant, Policy, PolicyError};
+use ferry_manifest::{Capabilities, Limits, Manifest};
 
 /// The WIT versions of `ferry:plugin` this agent's plugin host serves.
 pub const WIT_VERSIONS: &[&str] = &[crate::host::WIT_VERSION];
@@ -62,6 +64,9 @@ pub enum AgentError {
     /// The plugin host could not start.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The policy file could not be used.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// A plugin could not be loaded.
     #[error("cannot load plugin {what}: {reason}")]
     Plugin {
@@ -116,8 +121,14 @@ impl Agent {
         };
         let client_config = tls::client_config(identity, roots, &transport)?;
 
+        let cache_dir = config
+            .cache_dir
+            .clone()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or_else(|| config.data_dir.join("cache").join("components"));
         let host = PluginHost::new(HostConfig {
             max_memory_bytes: config.plugin_memory_mib.saturating_mul(1024 * 1024),
+            cache_dir: Some(cache_dir),
             ..HostConfig::default()
         })?;
         let topics = load_plugins(&host, &config)?;
@@ -204,44 +215,88 @@ impl Agent {
 }
 
 fn load_plugins(host: &PluginHost, config: &AgentConfig) -> Result<Topics, AgentError> {
+    let policy = match &config.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::deny_all(),
+    };
     let mut topics = Topics::default();
     if config.builtins {
+        // Built-ins ask for no capabilities; the policy's limits still apply to them.
         for builtin in ferry_builtins::all() {
-            let plugin =
-                host.load(builtin.name, builtin.component)
-                    .map_err(|e| AgentError::Plugin {
-                        what: format!("built-in '{}'", builtin.name),
-                        reason: e.to_string(),
-                    })?;
+            let grant = policy.grant_to(builtin.name, &Capabilities::default(), &Limits::default());
+            let plugin = host
+                .load_with(builtin.name, builtin.component, load_options(grant))
+                .map_err(|e| AgentError::Plugin {
+                    what: format!("built-in '{}'", builtin.name),
+                    reason: e.to_string(),
+                })?;
             for topic in builtin.topics {
                 topics.insert(topic.to_string(), plugin.clone());
             }
         }
     }
     for spec in &config.plugins {
-        let name = spec.name.clone().unwrap_or_else(|| {
-            spec.path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "plugin".into())
-        });
-        let bytes = std::fs::read(&spec.path).map_err(|e| AgentError::Plugin {
+        let failed = |reason: String| AgentError::Plugin {
             what: spec.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let plugin = host.load(&name, &bytes).map_err(|e| AgentError::Plugin {
-            what: spec.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        if spec.topics.is_empty() {
-            return Err(AgentError::Plugin {
-                what: spec.path.display().to_string(),
-                reason: "it names no topics; list the topics it handles in `topics = [...]`".into(),
+            reason,
+        };
+        let manifest = match &spec.manifest {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    failed(format!("cannot read its manifest {}: {e}", path.display()))
+                })?;
+                Some(Manifest::from_toml(&text).map_err(|e| {
+                    failed(format!("its manifest {} is not valid: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
+        let name = spec
+            .name
+            .clone()
+            .or_else(|| manifest.as_ref().map(|m| m.plugin.name.clone()))
+            .unwrap_or_else(|| {
+                spec.path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "plugin".into())
             });
+        let plugin_topics = match (&spec.topics, &manifest) {
+            (t, _) if !t.is_empty() => t.clone(),
+            (_, Some(m)) => m.plugin.topics.clone(),
+            _ => {
+                return Err(failed(
+                    "it names no topics; list them in `topics = [...]` or give it a manifest"
+                        .into(),
+                ));
+            }
+        };
+        let grant = match &manifest {
+            Some(m) => policy.grant_to(&name, &m.capabilities, &m.limits),
+            None => policy.grant_to(&name, &Capabilities::default(), &Limits::default()),
+        };
+        for refusal in &grant.refusals {
+            tracing::warn!(plugin = %name, "capability refused: {}", refusal.message);
         }
-        for topic in &spec.topics {
-            topics.insert(topic.clone(), plugin.clone());
+        let bytes = std::fs::read(&spec.path).map_err(|e| failed(e.to_string()))?;
+        let plugin = host
+            .load_with(&name, &bytes, load_options(grant))
+            .map_err(|e| failed(e.to_string()))?;
+        for topic in plugin_topics {
+            topics.insert(topic, plugin.clone());
         }
     }
     Ok(topics)
+}
+
+fn load_options(grant: Grant) -> LoadOptions {
+    LoadOptions {
+        fuel: grant.limits.fuel,
+        capabilities: grant.capabilities,
+        max_memory_bytes: grant
+            .limits
+            .memory_mib
+            .map(|mib| (mib as usize).saturating_mul(1024 * 1024)),
+        timeout: grant.limits.timeout,
+    }
 }

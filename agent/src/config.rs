@@ -50,6 +50,13 @@ pub struct AgentConfig {
     pub idle_timeout: Duration,
     /// Memory limit of one plugin instance, in MiB.
     pub plugin_memory_mib: usize,
+    /// Where compiled plugins are cached, so that a restart does not compile them again;
+    /// `<data_dir>/cache/components` when absent or empty. Only the agent's user may write
+    /// there: its contents run as native code.
+    pub cache_dir: Option<PathBuf>,
+    /// The policy file: what plugins may touch on this host. Without one, plugins get no
+    /// capabilities at all (no files, environment, network or programs).
+    pub policy: Option<PathBuf>,
 }
 
 /// A plugin loaded from a file.
@@ -58,8 +65,13 @@ pub struct AgentConfig {
 pub struct PluginConfig {
     /// The component file (`.wasm`).
     pub path: PathBuf,
-    /// The topics it handles.
+    /// The topics it handles; the manifest's topics when empty.
+    #[serde(default)]
     pub topics: Vec<String>,
+    /// Its manifest (`ferry.toml`): name, topics, the capabilities it asks for and its limits.
+    /// Without one the plugin asks for, and gets, no capabilities.
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
     /// Its name in logs; the file stem when absent.
     pub name: Option<String>,
 }
@@ -84,6 +96,8 @@ impl Default for AgentConfig {
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             plugin_memory_mib: 256,
+            cache_dir: None,
+            policy: None,
         }
     }
 }

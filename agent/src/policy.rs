@@ -19,7 +19,7 @@
 //! timeout = "2m"
 //! ```
 
-use ferry_manifest::{Access, Capabilities, FsEntry, Limits, Manifest, ManifestError};
+use ferry_manifest::{Capabilities, FsEntry, Limits, Manifest, ManifestError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -127,10 +127,18 @@ impl Policy {
 
     /// What the plugin described by `manifest` may do here.
     pub fn grant(&self, manifest: &Manifest) -> Grant {
-        let name = manifest.plugin.name.as_str();
+        self.grant_to(
+            &manifest.plugin.name,
+            &manifest.capabilities,
+            &manifest.limits,
+        )
+    }
+
+    /// What plugin `name`, asking for `asked` and `limits`, may do here. A plugin without a
+    /// manifest asks for nothing; the policy's limits still cap it.
+    pub fn grant_to(&self, name: &str, asked: &Capabilities, limits: &Limits) -> Grant {
         let own = self.plugins.get(name);
         let entries: Vec<&PolicyEntry> = std::iter::once(&self.all).chain(own).collect();
-        let asked = &manifest.capabilities;
         let mut grant = Grant::default();
         // `how` completes "to grant it, … under [plugins.<name>.capabilities] in <file>".
         let mut refuse = |capability: String, how: String| {
@@ -199,7 +207,7 @@ impl Policy {
                 );
             }
         }
-        let flags: [(&str, bool, fn(&Capabilities) -> bool, fn(&mut Capabilities)); 3] = [
+        let flags: [Interface; 3] = [
             (
                 "metrics",
                 asked.metrics,
@@ -230,17 +238,14 @@ impl Policy {
 
         grant.limits = Limits {
             memory_mib: smallest(
-                manifest.limits.memory_mib,
+                limits.memory_mib,
                 entries.iter().filter_map(|e| e.limits.memory_mib),
             ),
             timeout: smallest(
-                manifest.limits.timeout,
+                limits.timeout,
                 entries.iter().filter_map(|e| e.limits.timeout),
             ),
-            fuel: smallest(
-                manifest.limits.fuel,
-                entries.iter().filter_map(|e| e.limits.fuel),
-            ),
+            fuel: smallest(limits.fuel, entries.iter().filter_map(|e| e.limits.fuel)),
         };
         grant
     }
@@ -252,6 +257,15 @@ impl Policy {
         }
     }
 }
+
+/// An on/off interface: its field name, whether it is asked for, whether an entry allows it,
+/// and how to grant it.
+type Interface = (
+    &'static str,
+    bool,
+    fn(&Capabilities) -> bool,
+    fn(&mut Capabilities),
+);
 
 /// Does policy entry `allowed` cover the request `asked`: the same directory or one above it,
 /// with at least the access asked for? Paths are compared component by component, so

@@ -70,7 +70,13 @@ pub mod fixtures {
     /// - `probe.connect`: open a TCP connection (payload: `host:port`).
     pub const PROBE: Builtin = Builtin {
         name: "probe",
-        topics: &["probe.read", "probe.write", "probe.list", "probe.env", "probe.connect"],
+        topics: &[
+            "probe.read",
+            "probe.write",
+            "probe.list",
+            "probe.env",
+            "probe.connect",
+        ],
         component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
     };
 }

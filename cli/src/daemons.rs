@@ -84,6 +84,7 @@ pub fn parse_plugin(text: &str) -> Result<PluginConfig, String> {
         path: PathBuf::from(path),
         topics,
         name: None,
+        manifest: None,
     })
 }
 

@@ -8,6 +8,7 @@ mod commands;
 mod daemons;
 mod dev;
 mod output;
+mod plugin;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Issue certificates from a server's CA.
     Cert(cert::CertArgs),
+    /// Write plugins and test them on this machine, without a server.
+    Plugin(plugin::PluginArgs),
 }
 
 fn main() -> Result<()> {
@@ -76,6 +79,7 @@ fn main() -> Result<()> {
             Command::Agents(args) => commands::agents(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Cert(args) => cert::run(args),
+            Command::Plugin(args) => plugin::run(args).await,
         }
     })
 }

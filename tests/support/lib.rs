@@ -97,6 +97,7 @@ impl Harness {
                     .map(|t| t.to_string())
                     .collect(),
                 name: Some("faulty".into()),
+                manifest: None,
             }],
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),

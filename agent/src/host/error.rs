@@ -82,8 +82,8 @@ pub enum InvokeError {
     /// waiting for something.
     #[error("timed out")]
     TimedOut,
-    /// The plugin crashed: trap, panic, memory limit — message says which, with the wasm
-    /// backtrace summary if any
+    /// The plugin crashed: trap, panic, memory limit, fuel budget — the message says which,
+    /// with the wasm backtrace summary if any.
     #[error("crashed: {0}")]
     Crashed(String),
     /// could not instantiate (e.g. instance limit reached)

@@ -36,7 +36,12 @@ pub(crate) async fn run(
             config.max_instances
         )));
     };
-    if inv.deadline.is_some_and(|d| d <= Instant::now()) {
+    // The plugin's own timeout (its grant's) caps whatever the command asked for.
+    let deadline = match (inv.deadline, plugin.timeout.map(|t| Instant::now() + t)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if deadline.is_some_and(|d| d <= Instant::now()) {
         return Err(InvokeError::TimedOut);
     }
 
@@ -52,16 +57,26 @@ pub(crate) async fn run(
         events.clone(),
         config.max_output_bytes,
     );
+    let wasi = plugin
+        .sandbox
+        .wasi_ctx(name, &events, stdout.clone(), stderr.clone());
     let state = State::new(
         events.clone(),
-        stdout.clone(),
-        stderr.clone(),
-        Limiter::new(config.max_memory_bytes, meter.clone()),
-        inv.deadline,
+        wasi,
+        Limiter::new(plugin.max_memory_bytes, meter.clone()),
+        deadline,
         config.max_message_bytes,
     );
-    let mut store = Store::new(&host.engine, state);
+    let mut store = Store::new(&plugin.runtime.engine, state);
     store.limiter(|s| &mut s.limiter);
+    if let Some(budget) = plugin.fuel
+        && let Err(e) = store.set_fuel(budget)
+    {
+        return Err(InvokeError::Instantiate(format!(
+            "plugin '{name}' cannot be given its fuel budget: {}",
+            chain(&e)
+        )));
+    }
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();
@@ -89,11 +104,14 @@ pub(crate) async fn run(
     // the call future drops the instance mid-call, which wasmtime supports.
     let ended = tokio::select! {
         returned = call(&plugin.pre, &mut store, &cmd) => Ended::Returned(returned),
-        () = until(inv.deadline) => Ended::Deadline,
+        () = until(deadline) => Ended::Deadline,
         () = cancel_ignored(&*events, config.cancel_grace) => Ended::CancelIgnored,
     };
     stdout.finish();
     stderr.finish();
+    if let Some(budget) = plugin.fuel {
+        meter.set_fuel_consumed(budget.saturating_sub(store.get_fuel().unwrap_or(0)));
+    }
 
     match ended {
         Ended::Returned(Ok(Ok(payload))) => Ok(payload),
@@ -104,6 +122,20 @@ pub(crate) async fn run(
             WitError::Cancelled => InvokeError::Cancelled,
             WitError::TimedOut => InvokeError::TimedOut,
         }),
+        Ended::Returned(Err(failure)) if failure.out_of_fuel() => {
+            let budget = plugin.fuel.unwrap_or_default();
+            let crash = format!(
+                "plugin '{name}' ran out of fuel: it used all {budget} units of its budget for one command{}; raise its \
+                 fuel limit (`fuel` under `[limits]` in its manifest, within what the agent's policy allows) if it \
+                 needs more",
+                match failure {
+                    Failure::Instantiate(_) => " before it was even instantiated",
+                    Failure::Call(_) => "",
+                }
+            );
+            tracing::warn!(plugin = name, "{crash}");
+            Err(InvokeError::Crashed(crash))
+        }
         Ended::Returned(Err(Failure::Instantiate(e))) => {
             Err(InvokeError::Instantiate(match meter.denied() {
                 Some(asked) => format!(
@@ -144,6 +176,13 @@ enum Ended {
 enum Failure {
     Instantiate(wasmtime::Error),
     Call(wasmtime::Error),
+}
+
+impl Failure {
+    fn out_of_fuel(&self) -> bool {
+        let (Failure::Instantiate(e) | Failure::Call(e)) = self;
+        e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel)
+    }
 }
 
 async fn call(

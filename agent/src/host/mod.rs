@@ -1,14 +1,17 @@
 //! The plugin host: runs each command in a fresh, sandboxed instance of a wasm component
 //! plugin for the world `ferry:plugin/plugin@0.1.0` (`wit/0.1.0`).
 //!
-//! - [`PluginHost::new`] sets up one wasmtime engine (pooling allocator, epoch interruption).
-//! - [`PluginHost::load`] compiles a component, checks that it is a ferry plugin, links it
-//!   against WASI 0.2 and the `ferry:plugin/context` interface, and pre-instantiates it.
+//! - [`PluginHost::new`] sets up a wasmtime engine (pooling allocator, epoch interruption), and
+//!   a second one with fuel metering once a plugin with a fuel budget is loaded.
+//! - [`PluginHost::load`] (or [`load_with`](PluginHost::load_with), for a fuel budget) compiles
+//!   a component, or takes it from the on-disk cache ([`HostConfig::cache_dir`]), checks that it
+//!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin/context` interface, and
+//!   pre-instantiates it.
 //! - [`LoadedPlugin::invoke`] runs one command in a fresh `Store`: no files, network,
 //!   environment or arguments; stdout and stderr become log lines; memory is capped; a
-//!   deadline ends it. A trap, a panic or a limit ends that command with
-//!   [`InvokeError::Crashed`] or [`InvokeError::TimedOut`], never the agent, and the plugin
-//!   keeps serving later commands.
+//!   deadline ends it, and so does its fuel budget if it has one. A trap, a panic or a limit
+//!   ends that command with [`InvokeError::Crashed`] or [`InvokeError::TimedOut`], never the
+//!   agent, and the plugin keeps serving later commands.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,25 +45,29 @@
 //! ```
 
 mod bindings;
+mod cache;
 mod check;
 mod engine;
 mod error;
 mod invoke;
 mod output;
+mod sandbox;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
-use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use parking_lot::Mutex;
+use wasmtime::component::Component;
 
-use self::bindings::{Plugin, PluginPre};
-use self::engine::EpochTicker;
+use self::bindings::PluginPre;
+use self::cache::ComponentCache;
+use self::engine::Runtime;
 pub use self::error::{HostError, InvokeError};
 use self::state::{Meter, State};
 
@@ -78,7 +85,10 @@ pub struct HostConfig {
     ///
     /// The pool reserves address space (not memory) up front: two linear-memory slots per
     /// instance of `max_memory_bytes` plus guard regions each, about 38 GiB of virtual address
-    /// space with the defaults, of which only what plugins touch becomes resident.
+    /// space with the defaults (twice that once a plugin with a fuel budget is loaded, which
+    /// needs an engine of its own), of which only what plugins touch becomes resident. On Linux
+    /// 6.7 and later, an idle slot keeps up to 1 MiB of what its last instance touched resident
+    /// (reset to its initial contents), which makes the next instance much cheaper to start.
     pub max_instances: u32,
     /// Use the pooling instance allocator (faster instantiation; reserves address space up
     /// front). If it cannot be created, the host falls back to on-demand allocation with a
@@ -95,6 +105,12 @@ pub struct HostConfig {
     pub max_output_bytes: usize,
     /// Longer log and progress messages from a plugin are truncated to this. Default: 16 KiB.
     pub max_message_bytes: usize,
+    /// Where compiled plugins are cached, so that loading a plugin again (after a restart, say)
+    /// does not compile it again. The directory is created when first written, readable by the
+    /// agent's user alone; it must not be writable by anyone else, since its contents are run
+    /// as native code. A cache that cannot be read or written only costs compile time, with a
+    /// warning. Default: none (no cache); the agent uses `<data_dir>/cache/components`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -107,12 +123,44 @@ impl Default for HostConfig {
             cancel_grace: Duration::from_secs(5),
             max_output_bytes: 64 << 10,
             max_message_bytes: 16 << 10,
+            cache_dir: None,
         }
     }
 }
 
-/// Owns the wasmtime engine and loads plugins into it. Cheap to clone; the engine and its
-/// epoch thread go away with the last clone and the last [`LoadedPlugin`].
+/// How to load a plugin; `LoadOptions::default()` is what [`PluginHost::load`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The fuel each command of this plugin may use (roughly, wasm instructions executed,
+    /// instantiation included); a command that uses it up ends with [`InvokeError::Crashed`]
+    /// naming the budget. `None`: unmetered, bounded by its deadline only.
+    ///
+    /// Metered plugins run in an engine of their own, created with the first of them (see
+    /// `Runtime` in the host's `engine.rs`): counting fuel makes compute-bound code about 20 %
+    /// slower, and unmetered plugins do not pay for it.
+    pub fuel: Option<u64>,
+    /// What the plugin may touch outside its sandbox: its manifest's request intersected with
+    /// the agent's policy (`ferry_agent::policy`). Empty by default: no files, environment or
+    /// network.
+    pub capabilities: ferry_manifest::Capabilities,
+    /// A memory limit below the host's, for this plugin only.
+    pub max_memory_bytes: Option<usize>,
+    /// The longest any command of this plugin may run, whatever the command asks.
+    pub timeout: Option<Duration>,
+}
+
+/// How a plugin was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadStats {
+    /// The compiled component came from the cache in [`HostConfig::cache_dir`] rather than the
+    /// compiler.
+    pub from_cache: bool,
+    /// How long the load took, from the bytes to a plugin ready to run.
+    pub duration: Duration,
+}
+
+/// Owns the wasmtime engines and loads plugins into them. Cheap to clone; the engines and their
+/// epoch threads go away with the last clone and the last [`LoadedPlugin`].
 #[derive(Clone)]
 pub struct PluginHost {
     shared: Arc<Shared>,
@@ -120,50 +168,35 @@ pub struct PluginHost {
 
 /// What the host and every plugin loaded into it share.
 struct Shared {
-    engine: Engine,
-    linker: Linker<State>,
     config: HostConfig,
-    pooling: bool,
-    /// Instances running now, bounded by `config.max_instances`.
+    /// Instances running now, in either engine, bounded by `config.max_instances`.
     running: AtomicU32,
-    // Declared last so that it stops after everything else using the engine is gone.
-    _ticker: EpochTicker,
+    cache: Option<ComponentCache>,
+    /// The engine of unmetered plugins.
+    plain: Arc<Runtime>,
+    /// The engine of plugins with a fuel budget, created with the first of them.
+    metered: Mutex<Option<Arc<Runtime>>>,
 }
 
 impl PluginHost {
     /// Creates the engine, the linker (WASI 0.2 and `ferry:plugin/context`) and the thread
-    /// that drives deadlines.
+    /// that drives deadlines. The engine for plugins with a fuel budget is created with the
+    /// first of them.
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
-        let engine::Built { engine, pooling } = engine::build(&config)?;
-        let mut linker = Linker::<State>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| {
-            HostError::Engine(format!(
-                "cannot add WASI to the linker: {}",
-                invoke::chain(&e)
-            ))
-        })?;
-        Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(
-            |e| {
-                HostError::Engine(format!(
-                    "cannot add ferry:plugin/context to the linker: {}",
-                    invoke::chain(&e)
-                ))
-            },
-        )?;
-        let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
+        let plain = Arc::new(Runtime::new(&config, false)?);
         tracing::debug!(
-            pooling,
+            pooling = plain.pooling,
             max_instances = config.max_instances,
+            cache = ?config.cache_dir,
             "plugin host ready"
         );
         Ok(Self {
             shared: Arc::new(Shared {
-                engine,
-                linker,
+                cache: config.cache_dir.clone().map(ComponentCache::new),
                 config,
-                pooling,
                 running: AtomicU32::new(0),
-                _ticker: ticker,
+                plain,
+                metered: Mutex::new(None),
             }),
         })
     }
@@ -175,7 +208,7 @@ impl PluginHost {
 
     /// Whether instances come from the pooling allocator (false after a fallback).
     pub fn is_pooling(&self) -> bool {
-        self.shared.pooling
+        self.shared.plain.pooling
     }
 
     /// Compiles `component`, checks that it is a `ferry:plugin@0.1.0` plugin, links it and
@@ -183,15 +216,45 @@ impl PluginHost {
     ///
     /// A component that is not a ferry plugin gets an error naming what is missing.
     pub fn load(&self, name: &str, component: &[u8]) -> Result<LoadedPlugin, HostError> {
+        self.load_with(name, component, LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with options: a fuel budget.
+    ///
+    /// With a [`cache_dir`](HostConfig::cache_dir), the compiled component is taken from the
+    /// cache when it is there and written to it when it is not (see
+    /// [`LoadedPlugin::load_stats`]); a metered and an unmetered load of the same component are
+    /// cached apart, since their compiled code differs.
+    pub fn load_with(
+        &self,
+        name: &str,
+        component: &[u8],
+        options: LoadOptions,
+    ) -> Result<LoadedPlugin, HostError> {
         check::bytes(name, component)?;
         let started = Instant::now();
-        let compiled =
-            Component::new(&self.shared.engine, component).map_err(|e| HostError::Compile {
+        let runtime = match options.fuel {
+            Some(_) => self.metered()?,
+            None => self.shared.plain.clone(),
+        };
+        let cache = self
+            .shared
+            .cache
+            .as_ref()
+            .map(|cache| (cache, ComponentCache::key(component, &runtime.tag)));
+        let cached = cache
+            .as_ref()
+            .and_then(|(cache, key)| cache.get(&runtime.engine, name, key));
+        let from_cache = cached.is_some();
+        let compiled = match cached {
+            Some(compiled) => compiled,
+            None => Component::new(&runtime.engine, component).map_err(|e| HostError::Compile {
                 name: name.to_string(),
                 reason: invoke::chain(&e),
-            })?;
-        check::handler_exported(&self.shared.engine, name, &compiled)?;
-        let pre = self.shared.linker.instantiate_pre(&compiled).map_err(|e| HostError::Link {
+            })?,
+        };
+        check::handler_exported(&runtime.engine, name, &compiled)?;
+        let pre = runtime.linker.instantiate_pre(&compiled).map_err(|e| HostError::Link {
             name: name.to_string(),
             reason: format!(
                 "{}; this agent provides WASI 0.2 (cli, clocks, filesystem, io, random, sockets; all denied \
@@ -199,19 +262,61 @@ impl PluginHost {
                 invoke::chain(&e)
             ),
         })?;
-        check::handle_signature(&self.shared.engine, name, &compiled)?;
+        check::handle_signature(&runtime.engine, name, &compiled)?;
         let pre = PluginPre::new(pre).map_err(|e| HostError::NotAPlugin {
             name: name.to_string(),
             reason: invoke::chain(&e),
         })?;
-        tracing::debug!(plugin = name, bytes = component.len(), elapsed = ?started.elapsed(), "plugin loaded");
+        // Only a component that passed every check is cached.
+        if let Some((cache, key)) = &cache
+            && !from_cache
+        {
+            cache.put(name, key, &compiled);
+        }
+        let stats = LoadStats {
+            from_cache,
+            duration: started.elapsed(),
+        };
+        tracing::debug!(
+            plugin = name,
+            bytes = component.len(),
+            from_cache,
+            fuel = options.fuel,
+            elapsed = ?stats.duration,
+            "plugin loaded"
+        );
         Ok(LoadedPlugin {
             inner: Arc::new(LoadedInner {
                 name: name.to_string(),
                 pre,
+                runtime,
+                fuel: options.fuel,
+                max_memory_bytes: options
+                    .max_memory_bytes
+                    .map_or(self.shared.config.max_memory_bytes, |m| {
+                        m.min(self.shared.config.max_memory_bytes)
+                    }),
+                timeout: options.timeout,
+                sandbox: sandbox::Sandbox::new(options.capabilities),
+                stats,
                 host: self.shared.clone(),
             }),
         })
+    }
+
+    /// The metered engine, created on first use.
+    fn metered(&self) -> Result<Arc<Runtime>, HostError> {
+        let mut metered = self.shared.metered.lock();
+        if let Some(runtime) = &*metered {
+            return Ok(runtime.clone());
+        }
+        let runtime = Arc::new(Runtime::new(&self.shared.config, true)?);
+        tracing::debug!(
+            pooling = runtime.pooling,
+            "fuel-metered plugin engine ready"
+        );
+        *metered = Some(runtime.clone());
+        Ok(runtime)
     }
 }
 
@@ -219,7 +324,8 @@ impl fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PluginHost")
             .field("config", &self.shared.config)
-            .field("pooling", &self.shared.pooling)
+            .field("pooling", &self.shared.plain.pooling)
+            .field("metered_engine", &self.shared.metered.lock().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +340,17 @@ pub struct LoadedPlugin {
 struct LoadedInner {
     name: String,
     pre: PluginPre<State>,
+    /// The engine it was compiled for (metered or not); kept alive with the plugin.
+    runtime: Arc<Runtime>,
+    /// Its fuel budget per command, when metered.
+    fuel: Option<u64>,
+    /// Its memory limit (at most the host's).
+    max_memory_bytes: usize,
+    /// The longest one of its commands may run.
+    timeout: Option<Duration>,
+    /// What it may reach outside its sandbox.
+    sandbox: sandbox::Sandbox,
+    stats: LoadStats,
     host: Arc<Shared>,
 }
 
@@ -241,6 +358,21 @@ impl LoadedPlugin {
     /// The name the plugin was loaded under.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The fuel budget of each of its commands; `None` when unmetered.
+    pub fn fuel(&self) -> Option<u64> {
+        self.inner.fuel
+    }
+
+    /// How it was loaded: from the cache or compiled, and how long that took.
+    pub fn load_stats(&self) -> LoadStats {
+        self.inner.stats
+    }
+
+    /// Whether its compiled code came from the on-disk cache (see [`LoadStats::from_cache`]).
+    pub fn from_cache(&self) -> bool {
+        self.inner.stats.from_cache
     }
 
     /// Runs one command in a fresh instance and reports how it ended.
@@ -259,7 +391,7 @@ impl LoadedPlugin {
         let result = invoke::run(&self.inner, inv, events, &meter).await;
         let stats = InvokeStats {
             duration: started.elapsed(),
-            fuel_consumed: None,
+            fuel_consumed: self.inner.fuel.map(|_| meter.fuel_consumed()),
             peak_memory_bytes: meter.peak(),
         };
         tracing::debug!(
@@ -267,6 +399,7 @@ impl LoadedPlugin {
             %id,
             ok = result.is_ok(),
             duration = ?stats.duration,
+            fuel = stats.fuel_consumed,
             peak_memory = stats.peak_memory_bytes,
             "invocation ended"
         );
@@ -278,6 +411,8 @@ impl fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedPlugin")
             .field("name", &self.inner.name)
+            .field("fuel", &self.inner.fuel)
+            .field("stats", &self.inner.stats)
             .finish_non_exhaustive()
     }
 }
@@ -339,7 +474,8 @@ pub struct Invoked {
 pub struct InvokeStats {
     /// Wall-clock time, from the start of instantiation to the end of the call.
     pub duration: Duration,
-    /// Fuel consumed; `None` while fuel metering is off.
+    /// Fuel consumed, instantiation included; `None` for a plugin loaded without a fuel
+    /// budget ([`LoadOptions::fuel`]).
     pub fuel_consumed: Option<u64>,
     /// The largest size the instance's linear memories reached together, in bytes.
     pub peak_memory_bytes: u64,

@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::ferry::plugin::{context, types};
-use super::output::Captured;
 use super::{CommandEvents, LogLevel};
 
 /// The data of one invocation's store.
@@ -30,22 +29,12 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(
         events: Arc<dyn CommandEvents>,
-        stdout: Captured,
-        stderr: Captured,
+        // Built from the plugin's grant by `sandbox.rs`: deny by default.
+        wasi: WasiCtx,
         limiter: Limiter,
         deadline: Option<Instant>,
         max_message_bytes: usize,
     ) -> Self {
-        // Deny by default: no environment, arguments, preopened directories or network; stdin
-        // is closed. The builder's defaults already say so; spelling out the network makes the
-        // policy visible and keeps it if the defaults change.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout)
-            .stderr(stderr)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -111,6 +100,8 @@ pub(crate) struct Meter {
     peak: AtomicU64,
     /// The size, in bytes, of the last memory growth the limit refused; 0 if none was.
     denied: AtomicU64,
+    /// Fuel used, for a metered plugin.
+    fuel_consumed: AtomicU64,
 }
 
 impl Meter {
@@ -120,6 +111,14 @@ impl Meter {
 
     pub(crate) fn denied(&self) -> Option<u64> {
         Some(self.denied.load(Ordering::Relaxed)).filter(|&d| d > 0)
+    }
+
+    pub(crate) fn fuel_consumed(&self) -> u64 {
+        self.fuel_consumed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_fuel_consumed(&self, fuel: u64) {
+        self.fuel_consumed.store(fuel, Ordering::Relaxed);
     }
 }
 

@@ -11,6 +11,7 @@ use ferry_builtins::fixtures::FAULTY;
 use parking_lot::Mutex;
 
 use super::*;
+use crate::host::cache;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Event {
@@ -461,4 +462,213 @@ fn hosts_and_plugins_can_outlive_each_other() {
         .unwrap();
     let (invoked, _) = runtime.block_on(run(&echo, command("echo", b"x", "")));
     assert_eq!(invoked.result, Ok(b"x".to_vec()));
+}
+
+fn cached_host(dir: &std::path::Path) -> PluginHost {
+    PluginHost::new(HostConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        ..HostConfig::default()
+    })
+    .expect("plugin host")
+}
+
+async fn echoes(plugin: &LoadedPlugin) {
+    let (invoked, _) = run(plugin, command("echo", b"cached?", "")).await;
+    assert_eq!(invoked.result, Ok(b"cached?".to_vec()));
+}
+
+#[tokio::test]
+async fn a_second_load_comes_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache").join("components");
+
+    let first = cached_host(&cache).load(ECHO.name, ECHO.component).unwrap();
+    assert!(!first.from_cache(), "{:?}", first.load_stats());
+    assert_eq!(cache::testing::entries(&cache).len(), 1);
+    echoes(&first).await;
+
+    // Another host, as after a restart: same engine configuration, so the entry fits.
+    let second = cached_host(&cache).load(ECHO.name, ECHO.component).unwrap();
+    assert!(second.from_cache(), "{:?}", second.load_stats());
+    echoes(&second).await;
+
+    // A different component is a different entry.
+    let faulty = cached_host(&cache)
+        .load(FAULTY.name, FAULTY.component)
+        .unwrap();
+    assert!(!faulty.from_cache());
+    assert_eq!(cache::testing::entries(&cache).len(), 2);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_entry_is_detected_and_rebuilt() {
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage); 5] = [
+        ("a flipped byte in the artifact", |path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5a;
+            std::fs::write(path, bytes).unwrap();
+        }),
+        ("a flipped byte in the header", |path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[3] ^= 0xff;
+            std::fs::write(path, bytes).unwrap();
+        }),
+        ("truncated to half", |path| {
+            let bytes = std::fs::read(path).unwrap();
+            std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+        }),
+        ("truncated to nothing", |path| {
+            std::fs::write(path, b"").unwrap()
+        }),
+        (
+            "an artifact with a valid checksum that wasmtime refuses",
+            |path| {
+                cache::testing::replace_artifact(path, b"\x7fELF but not really");
+            },
+        ),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = cached_host(dir.path())
+            .load(ECHO.name, ECHO.component)
+            .unwrap();
+        assert!(!loaded.from_cache());
+        let entries = cache::testing::entries(dir.path());
+        assert_eq!(entries.len(), 1, "{what}");
+        damage(&entries[0]);
+
+        let rebuilt = cached_host(dir.path())
+            .load(ECHO.name, ECHO.component)
+            .unwrap();
+        assert!(!rebuilt.from_cache(), "{what}: the damaged entry was used");
+        echoes(&rebuilt).await;
+
+        // The entry was written again, whole, and is used from now on.
+        assert_eq!(cache::testing::entries(dir.path()), entries, "{what}");
+        let reloaded = cached_host(dir.path())
+            .load(ECHO.name, ECHO.component)
+            .unwrap();
+        assert!(reloaded.from_cache(), "{what}: the entry was not rebuilt");
+        echoes(&reloaded).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cache_that_cannot_be_written_does_not_fail_a_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // A path under a regular file can be neither created nor read, whoever runs the test
+    // (permission bits would not stop root).
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"").unwrap();
+    for cache in [file.join("components"), file.clone()] {
+        let host = cached_host(&cache);
+        for _ in 0..2 {
+            let echo = host.load(ECHO.name, ECHO.component).unwrap();
+            assert!(!echo.from_cache());
+            echoes(&echo).await;
+        }
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+}
+
+#[tokio::test]
+async fn metered_and_unmetered_loads_are_cached_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fuel = || LoadOptions {
+        fuel: Some(50_000_000),
+        ..LoadOptions::default()
+    };
+    let host = cached_host(dir.path());
+    let plain = host.load(ECHO.name, ECHO.component).unwrap();
+    let metered = host.load_with(ECHO.name, ECHO.component, fuel()).unwrap();
+    assert!(!plain.from_cache() && !metered.from_cache());
+    assert_eq!(cache::testing::entries(dir.path()).len(), 2);
+
+    let again = cached_host(dir.path())
+        .load_with(ECHO.name, ECHO.component, fuel())
+        .unwrap();
+    assert!(again.from_cache());
+    let (invoked, _) = run(&again, command("echo", b"metered", "")).await;
+    assert_eq!(invoked.result, Ok(b"metered".to_vec()));
+    assert!(
+        invoked.stats.fuel_consumed.is_some_and(|f| f > 0),
+        "a plugin from the cache is still metered: {:?}",
+        invoked.stats
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_over_its_fuel_budget_is_stopped() {
+    let host = host();
+    let faulty = host
+        .load_with(
+            FAULTY.name,
+            FAULTY.component,
+            LoadOptions {
+                fuel: Some(2_000_000),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(faulty.fuel(), Some(2_000_000));
+    let mut inv = command("fault.loop", b"", "");
+    // Only a safety net: fuel ends the loop long before.
+    inv.deadline = Some(Instant::now() + Duration::from_secs(60));
+
+    let (invoked, _) = run(&faulty, inv).await;
+
+    let message = crashed(&invoked.result);
+    assert!(
+        message.contains("plugin 'faulty' ran out of fuel"),
+        "{message}"
+    );
+    assert!(message.contains("2000000"), "{message}");
+    assert_eq!(invoked.stats.fuel_consumed, Some(2_000_000));
+
+    // Each command has its own budget, and the plugin keeps serving.
+    let (after, _) = run(&faulty, command("fault.fail", b"", "")).await;
+    assert!(
+        matches!(after.result, Err(InvokeError::Failed(_))),
+        "{after:?}"
+    );
+    let used = after.stats.fuel_consumed.unwrap();
+    assert!(used > 0 && used < 2_000_000, "{used}");
+}
+
+#[tokio::test]
+async fn fuel_is_metered_only_where_configured() {
+    let host = host();
+    let plain = host.load(ECHO.name, ECHO.component).unwrap();
+    let metered = host
+        .load_with(
+            ECHO.name,
+            ECHO.component,
+            LoadOptions {
+                fuel: Some(u64::MAX),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(plain.fuel(), None);
+
+    let (unmetered, _) = run(&plain, command("echo", b"x", "")).await;
+    let (first, _) = run(&metered, command("echo", b"x", "")).await;
+    let (second, _) = run(&metered, command("echo", b"x", "")).await;
+
+    assert_eq!(unmetered.result, Ok(b"x".to_vec()));
+    assert_eq!(unmetered.stats.fuel_consumed, None);
+    assert_eq!(first.result, Ok(b"x".to_vec()));
+    let used = first.stats.fuel_consumed.unwrap();
+    assert!(used > 0, "{:?}", first.stats);
+    // The same command costs the same fuel every time: each invocation starts afresh.
+    assert_eq!(second.stats.fuel_consumed, Some(used));
 }

@@ -6,33 +6,29 @@
 
 mod json;
 
-use ferry_plugin::{Command, Error, Plugin};
+use ferry_plugin::{Command, Error};
 
-struct Echo;
-
-impl Plugin for Echo {
-    fn handle(cmd: Command) -> Result<Vec<u8>, Error> {
-        ferry_plugin::progress(0, "received");
-        ferry_plugin::info!(
-            "echo: {} bytes of {}",
-            cmd.payload.len(),
-            if cmd.content_type.is_empty() {
-                "unspecified type"
-            } else {
-                &cmd.content_type
-            }
-        );
-        if cmd.is_json() {
-            json::validate(&cmd.payload).map_err(|e| {
-                Error::invalid_input(format!("the payload is declared as JSON but is not: {e}"))
-            })?;
-            ferry_plugin::progress(50, "payload is valid JSON");
+fn handle(cmd: Command) -> Result<Vec<u8>, Error> {
+    ferry_plugin::progress(0, "received");
+    ferry_plugin::info!(
+        "echo: {} bytes of {}",
+        cmd.payload.len(),
+        if cmd.content_type.is_empty() {
+            "unspecified type"
         } else {
-            ferry_plugin::progress(50, "payload accepted");
+            &cmd.content_type
         }
-        ferry_plugin::progress(100, "echoed");
-        Ok(cmd.payload)
+    );
+    if cmd.is_json() {
+        json::validate(&cmd.payload).map_err(|e| {
+            Error::invalid_input(format!("the payload is declared as JSON but is not: {e}"))
+        })?;
+        ferry_plugin::progress(50, "payload is valid JSON");
+    } else {
+        ferry_plugin::progress(50, "payload accepted");
     }
+    ferry_plugin::progress(100, "echoed");
+    Ok(cmd.payload)
 }
 
-ferry_plugin::export!(Echo);
+ferry_plugin::export!(fn handle);

@@ -29,10 +29,11 @@ impl Plugin for Probe {
         match cmd.topic.as_str() {
             "probe.read" => std::fs::read(&arg).map_err(|e| denied(&format!("read {arg}"), e)),
             "probe.write" => {
-                let (path, content) = arg
-                    .split_once('\n')
-                    .ok_or_else(|| Error::invalid_input("payload must be: path, a newline, the content"))?;
-                let mut file = std::fs::File::create(path).map_err(|e| denied(&format!("create {path}"), e))?;
+                let (path, content) = arg.split_once('\n').ok_or_else(|| {
+                    Error::invalid_input("payload must be: path, a newline, the content")
+                })?;
+                let mut file = std::fs::File::create(path)
+                    .map_err(|e| denied(&format!("create {path}"), e))?;
                 file.write_all(content.as_bytes())
                     .map_err(|e| denied(&format!("write {path}"), e))?;
                 Ok(b"written".to_vec())
@@ -52,7 +53,9 @@ impl Plugin for Probe {
             "probe.connect" => std::net::TcpStream::connect(&arg)
                 .map(|_| b"connected".to_vec())
                 .map_err(|e| denied(&format!("connect {arg}"), e)),
-            other => Err(Error::invalid_input(format!("probe has no topic '{other}'"))),
+            other => Err(Error::invalid_input(format!(
+                "probe has no topic '{other}'"
+            ))),
         }
     }
 }

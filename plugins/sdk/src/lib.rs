@@ -3,8 +3,11 @@
 //! A ferry plugin is a WebAssembly component for the world `ferry:plugin/plugin@0.1.0`
 //! (`wit/0.1.0/plugin.wit` in the ferry repository). The agent creates a fresh instance of it
 //! for every command it receives on one of the plugin's topics, calls its handler once, and
-//! throws the instance away. This crate hides the generated bindings behind a trait and a macro:
-//! implement [`Plugin`] and name your type in [`export!`].
+//! throws the instance away. This crate hides the generated bindings: write a function from a
+//! [`Command`] to a result and name it in [`export!`].
+//!
+//! `ferry plugin new NAME` writes a project that uses this crate (a copy of it, since it is not
+//! published) and builds as it is; `ferry plugin test` runs the result without a server.
 //!
 //! # Example
 //!
@@ -12,7 +15,7 @@
 //!
 //! ```toml
 //! [package]
-//! name = "shout"
+//! name = "greet"
 //! version = "0.1.0"
 //! edition = "2024"
 //!
@@ -20,7 +23,8 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! ferry-plugin = "0.1"
+//! ferry-plugin = { path = "vendor/ferry-plugin" }
+//! serde = { version = "1", features = ["derive"] }
 //!
 //! [profile.release]
 //! opt-level = "s"
@@ -32,39 +36,97 @@
 //! `src/lib.rs`:
 //!
 //! ```no_run
-//! use ferry_plugin::{Command, Error, Plugin};
+//! use ferry_plugin::{Command, Error};
+//! use serde::{Deserialize, Serialize};
 //!
-//! struct Shout;
+//! #[derive(Deserialize)]
+//! struct Request {
+//!     name: String,
+//!     #[serde(default = "one")]
+//!     times: u32,
+//! }
 //!
-//! impl Plugin for Shout {
-//!     fn handle(cmd: Command) -> Result<Vec<u8>, Error> {
-//!         let text = cmd.payload_str()?;
-//!         if text.is_empty() {
-//!             return Err(Error::invalid_input("the payload is empty; send some text"));
-//!         }
-//!         ferry_plugin::info!("command {}: shouting {} bytes", cmd.id, text.len());
-//!         ferry_plugin::progress(50, "shouting");
+//! fn one() -> u32 {
+//!     1
+//! }
+//!
+//! #[derive(Serialize)]
+//! struct Reply {
+//!     greeting: String,
+//! }
+//!
+//! fn handle(cmd: Command) -> Result<Vec<u8>, Error> {
+//!     // A payload that does not fit `Request` ends the command as invalid-input, with serde's
+//!     // message: "missing field `name`", "at `times`: invalid type: string, expected u32".
+//!     let request: Request = cmd.decode()?;
+//!     if request.times > 100 {
+//!         return Err(Error::invalid_input("`times` must be at most 100"));
+//!     }
+//!     ferry_plugin::info!("command {}: greeting {}", cmd.id, request.name);
+//!     let mut greeting = String::new();
+//!     for i in 0..request.times {
 //!         if ferry_plugin::cancelled() {
 //!             return Err(Error::Cancelled);
 //!         }
-//!         Ok(text.to_uppercase().into_bytes())
+//!         greeting.push_str(&format!("hello, {}! ", request.name));
+//!         ferry_plugin::progress((100 * (i + 1) / request.times) as u8, "greeting");
 //!     }
+//!     // JSON back for a JSON payload, CBOR for a CBOR one.
+//!     ferry_plugin::respond(&cmd, &Reply { greeting: greeting.trim_end().to_string() })
 //! }
 //!
-//! ferry_plugin::export!(Shout);
+//! ferry_plugin::export!(fn handle);
 //! # fn main() {}
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`: the result,
-//! `target/wasm32-wasip2/release/shout.wasm`, is the component to give the agent.
+//! `target/wasm32-wasip2/release/greet.wasm`, is the component to give the agent. Try it with
+//! `ferry plugin test target/wasm32-wasip2/release/greet.wasm --topic greet --payload '{"name":"ferry"}'`.
+//!
+//! # The entry point
+//!
+//! `ferry_plugin::export!(fn handle)` exports a function `fn(Command) -> Result<R, Error>` as the
+//! component's handler, where `R` is anything that turns into the result's bytes
+//! (`Vec<u8>`, `String`, `&'static str`). [`respond`], [`to_json`] and [`to_cbor`] make those
+//! bytes from a serde value. `ferry_plugin::export!(MyType)` does the same for a type that
+//! implements [`Plugin`].
+//!
+//! `export!` is a `macro_rules!` macro rather than an attribute (`#[ferry_plugin::handler]`):
+//! an attribute needs a proc-macro crate, which every plugin would compile (with `syn`) for
+//! the sake of one line, and a plain function is as short to write and easy to unit-test.
+//! Use it once per plugin, at the top level of the crate.
+//!
+//! # Payloads
+//!
+//! A payload is bytes with a content type. [`Command::decode`] picks the format by the content
+//! type:
+//!
+//! | content type | decoded as |
+//! |---|---|
+//! | `application/json`, `…+json`, or none | JSON ([`Command::json`]) |
+//! | `application/cbor`, `…+cbor` | CBOR ([`Command::cbor`]) |
+//! | anything else | an `invalid-input` error naming the content type |
+//!
+//! A payload that is malformed or does not fit the type is an [`Error::InvalidInput`] whose
+//! message says what is wrong and where (``at `items[2].count`: invalid type: string "x",
+//! expected u32``), so returning it with `?` tells the operator what to fix. For text, use
+//! [`Command::payload_str`]; for anything else, the bytes are in `cmd.payload`.
+//!
+//! # Features
+//!
+//! `json` (serde_json) and `cbor` (ciborium) are on by default. They cost nothing in the
+//! component when unused (link-time optimisation drops them) but do cost build time; a plugin
+//! that only handles raw bytes can turn them off with `default-features = false`.
 //!
 //! # What a plugin can do
 //!
 //! Only what the agent grants. This version grants no files, no network, no environment
 //! variables and no arguments. Standard output and standard error go to the command's log
 //! (at info and warn); [`log`] and the [`info!`]-style macros are the better way, since they
-//! carry a level. A panic or any other trap ends the command as crashed; the agent carries on.
-//! The agent also ends a plugin that passes the command's deadline or its memory limit.
+//! carry a level. [`progress`] reports how far the command got, and a long-running plugin
+//! should check [`cancelled`] now and then. A panic or any other trap ends the command as
+//! crashed; the agent carries on. The agent also ends a plugin that passes the command's
+//! deadline or its memory limit.
 
 #![warn(missing_docs)]
 
@@ -79,6 +141,16 @@ pub mod bindings {
     });
 }
 
+#[cfg(any(feature = "json", feature = "cbor"))]
+mod payload;
+
+#[cfg(any(feature = "json", feature = "cbor"))]
+pub use payload::respond;
+#[cfg(feature = "cbor")]
+pub use payload::to_cbor;
+#[cfg(feature = "json")]
+pub use payload::to_json;
+
 use bindings::ferry::plugin::context;
 
 /// The level of a log message, from `Trace` to `Error`.
@@ -88,7 +160,8 @@ pub use bindings::ferry::plugin::types::Command;
 /// Why a command did not succeed; see the constructors ([`Error::invalid_input`], …).
 pub use bindings::ferry::plugin::types::Error;
 
-/// What a plugin implements: handle one command.
+/// A plugin as a type: handle one command. The same as a function given to
+/// `export!(fn …)`; use whichever reads better.
 ///
 /// There is no `self`: every command runs in a fresh instance, so there is no state to keep
 /// between commands.
@@ -97,11 +170,28 @@ pub trait Plugin {
     fn handle(cmd: Command) -> Result<Vec<u8>, Error>;
 }
 
-/// Exports a type that implements [`Plugin`] as the component's handler.
+/// Exports the plugin's handler. Use it once, at the top level of the crate, in one of two
+/// forms:
 ///
-/// Use it once per plugin, at the top level of the crate: `ferry_plugin::export!(MyPlugin);`.
+/// - `ferry_plugin::export!(fn handle);` for a function
+///   `fn handle(cmd: Command) -> Result<R, Error>` where `R: Into<Vec<u8>>` (`Vec<u8>`,
+///   `String`, `&'static str`, …); `handle` may be a path (`export!(fn handlers::main)`);
+/// - `ferry_plugin::export!(MyPlugin);` for a type that implements [`Plugin`].
 #[macro_export]
 macro_rules! export {
+    (fn $handler:path) => {
+        const _: () = {
+            struct FerryPluginHandler;
+            impl $crate::bindings::exports::ferry::plugin::handler::Guest for FerryPluginHandler {
+                fn handle(
+                    cmd: $crate::Command,
+                ) -> ::core::result::Result<::std::vec::Vec<u8>, $crate::Error> {
+                    ::core::result::Result::map($handler(cmd), ::core::convert::Into::into)
+                }
+            }
+    $crate::bindings::__export_plugin_world!(FerryPluginHandler with_types_in $crate::bindings);
+        };
+    };
     ($ty:ident) => {
         const _: () = {
             impl $crate::bindings::exports::ferry::plugin::handler::Guest for $ty {
@@ -143,12 +233,23 @@ impl Command {
     /// Whether the payload is declared as JSON: `application/json`, or any `+json` type,
     /// with or without parameters such as `charset`.
     pub fn is_json(&self) -> bool {
-        let essence = self.content_type.split(';').next().unwrap_or("").trim();
-        essence.eq_ignore_ascii_case("application/json")
-            || essence
-                .get(essence.len().saturating_sub(5)..)
-                .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+        media_type_is(&self.content_type, "application/json", "+json")
     }
+
+    /// Whether the payload is declared as CBOR: `application/cbor`, or any `+cbor` type.
+    pub fn is_cbor(&self) -> bool {
+        media_type_is(&self.content_type, "application/cbor", "+cbor")
+    }
+}
+
+/// Whether `content_type`, without its parameters, is `exact` or ends with `suffix`
+/// (`+json`), ignoring ASCII case as media types do.
+fn media_type_is(content_type: &str, exact: &str, suffix: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case(exact)
+        || essence
+            .get(essence.len().saturating_sub(suffix.len())..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
 }
 
 /// Adds a line to the command's log, which the agent streams to the operator.
@@ -221,6 +322,20 @@ mod tests {
         }
         for ct in ["", "text/plain", "application/jsonl", "json"] {
             assert!(!command(ct, b"").is_json(), "{ct}");
+        }
+    }
+
+    #[test]
+    fn recognises_cbor_content_types() {
+        for ct in [
+            "application/cbor",
+            "APPLICATION/CBOR ; x=y",
+            "application/vnd.x+cbor",
+        ] {
+            assert!(command(ct, b"").is_cbor(), "{ct}");
+        }
+        for ct in ["", "application/json", "application/cbor-seq", "cbor"] {
+            assert!(!command(ct, b"").is_cbor(), "{ct}");
         }
     }
 

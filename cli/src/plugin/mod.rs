@@ -1,0 +1,46 @@
+//! `ferry plugin`: write plugins and test them on this machine, without a server.
+
+mod cases;
+mod new;
+mod run;
+mod test;
+
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct PluginArgs {
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PluginCommand {
+    /// Run a plugin on this machine: one command (--topic), or every case in a TOML file.
+    ///
+    /// The plugin runs without a server or an agent, but in the same sandbox and with the same
+    /// limits an agent gives it.
+    ///
+    /// With --topic, runs one command: progress and logs go to stderr as they happen, the
+    /// output to stdout (pretty-printed when it is JSON), and the exit status is 0 only if the
+    /// command succeeded. The first Ctrl-C cancels the command; the plugin sees
+    /// `cancelled()` turn true.
+    ///
+    /// With a cases file, runs every case in it, checks what each produced, and prints one
+    /// line per case and then "N passed, N failed".
+    ///
+    /// Examples:
+    ///
+    ///   ferry plugin test hello.wasm --topic hello --payload '{"name":"ferry"}'
+    ///
+    ///   ferry plugin test hello.wasm cases.toml
+    Test(test::TestArgs),
+    /// Write a new plugin project that builds and passes `ferry plugin test` as it is.
+    New(new::NewArgs),
+}
+
+pub async fn run(args: PluginArgs) -> Result<()> {
+    match args.command {
+        PluginCommand::Test(args) => test::run(args).await,
+        PluginCommand::New(args) => new::run(args),
+    }
+}
