@@ -58,6 +58,9 @@ pub struct AgentArgs {
     /// Do not serve the built-in plugins.
     #[arg(long)]
     pub no_builtins: bool,
+    /// The policy file: what plugins may touch on this host (default: nothing).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -163,6 +166,9 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
     if args.no_builtins {
         config.builtins = false;
     }
+    if let Some(policy) = args.policy {
+        config.policy = Some(policy);
+    }
     if !config.builtins && config.plugins.is_empty() {
         bail!(
             "this agent would serve no topic: keep the built-in plugins or add one with --plugin PATH=topic"
@@ -230,5 +236,7 @@ mod tests {
         assert_eq!(server.listen.port(), 7443);
         let agent: AgentConfig = read_toml(&root.join("agent.toml")).unwrap();
         assert_eq!(agent.plugins[0].topics, ["hello", "hello.loud"]);
+        let policy = ferry_agent::policy::Policy::load(&root.join("policy.toml")).unwrap();
+        assert_eq!(policy.plugins["hello"].capabilities.filesystem.len(), 2);
     }
 }

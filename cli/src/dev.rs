@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// Also serve this plugin on the embedded agent, PATH=topic[,topic…]; repeat for more.
     #[arg(long = "plugin", value_parser = crate::daemons::parse_plugin)]
     pub plugins: Vec<ferry_agent::PluginConfig>,
+    /// The embedded agent's policy file: what plugins may touch (default: nothing).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     /// Run the self-check (an `echo` command end to end), print its result and exit.
     #[arg(long)]
     pub once: bool,
@@ -66,6 +69,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         data_dir: data_dir.join("agent"),
         labels: [("dev".to_string(), "true".to_string())].into(),
         plugins: args.plugins.clone(),
+        policy: args.policy.clone(),
         ..AgentConfig::default()
     })
     .await

@@ -4,4 +4,5 @@ mod commands;
 mod faults;
 mod handshake;
 mod reconnect;
+mod sdk;
 mod tls;
