@@ -222,7 +222,7 @@ impl Executor {
         };
         let (outcome, payload) = match invoked.result {
             Ok(payload) => (Outcome::Succeeded, payload),
-            Err(e) => (outcome_of(e), Vec::new()),
+            Err(e) => (Outcome::from(e), Vec::new()),
         };
         tracing::info!(parent: &span, outcome = outcome.name(), duration_us = stats.duration_us, "command ended");
         self.finish(&mut send, id, outcome, payload, stats).await;
@@ -266,14 +266,17 @@ impl Executor {
     }
 }
 
-fn outcome_of(error: InvokeError) -> Outcome {
-    match error {
-        InvokeError::InvalidInput(m) => Outcome::InvalidInput(m),
-        InvokeError::Denied(m) => Outcome::Denied(m),
-        InvokeError::Failed(m) => Outcome::Failed(m),
-        InvokeError::Cancelled => Outcome::Cancelled,
-        InvokeError::TimedOut => Outcome::TimedOut,
-        InvokeError::Crashed(m) => Outcome::Crashed(m),
-        InvokeError::Instantiate(m) => Outcome::Rejected(m),
+/// The outcome an agent reports for a plugin's error; `ferry plugin test` reports the same.
+impl From<InvokeError> for Outcome {
+    fn from(error: InvokeError) -> Outcome {
+        match error {
+            InvokeError::InvalidInput(m) => Outcome::InvalidInput(m),
+            InvokeError::Denied(m) => Outcome::Denied(m),
+            InvokeError::Failed(m) => Outcome::Failed(m),
+            InvokeError::Cancelled => Outcome::Cancelled,
+            InvokeError::TimedOut => Outcome::TimedOut,
+            InvokeError::Crashed(m) => Outcome::Crashed(m),
+            InvokeError::Instantiate(m) => Outcome::Rejected(m),
+        }
     }
 }

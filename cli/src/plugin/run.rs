@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use ferry_agent::host::{
-    CommandEvents, HostConfig, Invocation, InvokeError, InvokeStats, LoadedPlugin, LogLevel,
-    PluginHost,
+    CommandEvents, HostConfig, Invocation, InvokeStats, LoadedPlugin, LogLevel, PluginHost,
 };
 use ferry_protocol::message::Outcome;
 use serde_json::Value;
@@ -110,7 +109,7 @@ impl Local {
         };
         let (outcome, output) = match invoked.result {
             Ok(output) => (Outcome::Succeeded, output),
-            Err(e) => (outcome(e), Vec::new()),
+            Err(e) => (Outcome::from(e), Vec::new()),
         };
         let logs = std::mem::take(&mut *recorder.logs.lock().unwrap());
         let progress = std::mem::take(&mut *recorder.progress.lock().unwrap());
@@ -121,19 +120,6 @@ impl Local {
             progress,
             stats: invoked.stats,
         }
-    }
-}
-
-/// The outcome an agent would report for `e`.
-fn outcome(e: InvokeError) -> Outcome {
-    match e {
-        InvokeError::InvalidInput(m) => Outcome::InvalidInput(m),
-        InvokeError::Denied(m) => Outcome::Denied(m),
-        InvokeError::Failed(m) => Outcome::Failed(m),
-        InvokeError::Cancelled => Outcome::Cancelled,
-        InvokeError::TimedOut => Outcome::TimedOut,
-        InvokeError::Crashed(m) => Outcome::Crashed(m),
-        InvokeError::Instantiate(m) => Outcome::Rejected(m),
     }
 }
 
