@@ -16,7 +16,7 @@ use crate::config::AgentConfig;
 use crate::connection::{self, Link};
 use crate::executor::{Executor, Topics};
 use crate::host::{HostConfig, HostError, LoadOptions, PluginHost};
-use crate::metrics::MetricsSampler;
+use crate::metrics::{MetricsHistory, MetricsSampler};
 use crate::policy::{Grant, Policy, PolicyError};
 use ferry_manifest::{Capabilities, Limits, Manifest};
 
@@ -126,9 +126,18 @@ impl Agent {
             .clone()
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or_else(|| config.data_dir.join("cache").join("components"));
+        // Sampled for as long as the agent runs, connected or not, so that plugins see the
+        // history across reconnections; heartbeats keep their own sampler.
+        let history = MetricsHistory::new(
+            &config.data_dir,
+            config.metrics_interval,
+            config.metrics_history,
+        );
         let host = PluginHost::new(HostConfig {
             max_memory_bytes: config.plugin_memory_mib.saturating_mul(1024 * 1024),
             cache_dir: Some(cache_dir),
+            metrics: Some(history.clone()),
+            kv_dir: Some(config.data_dir.join("kv")),
             ..HostConfig::default()
         })?;
         let topics = load_plugins(&host, &config)?;
@@ -158,6 +167,7 @@ impl Agent {
         });
         let (status_tx, status) = watch::channel(ConnectionStatus::Connecting { attempt: 0 });
         let stop = CancellationToken::new();
+        history.spawn(stop.clone());
         let task = tokio::spawn(connection::run(link, stop.clone(), status_tx));
         Ok(Agent {
             id,

@@ -57,6 +57,13 @@ pub struct AgentConfig {
     /// The policy file: what plugins may touch on this host. Without one, plugins get no
     /// capabilities at all (no files, environment, network or programs).
     pub policy: Option<PathBuf>,
+    /// How often the agent records a metrics sample for plugins granted `metrics`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// How much metrics history the agent keeps (in memory: about 1 MiB for a day of samples
+    /// every 5 s).
+    #[serde(with = "humantime_serde")]
+    pub metrics_history: Duration,
 }
 
 /// A plugin loaded from a file.
@@ -98,6 +105,8 @@ impl Default for AgentConfig {
             plugin_memory_mib: 256,
             cache_dir: None,
             policy: None,
+            metrics_interval: Duration::from_secs(5),
+            metrics_history: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

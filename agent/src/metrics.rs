@@ -1,9 +1,15 @@
-//! Host metrics for heartbeats, read with `sysinfo`.
+//! Host metrics, read with `sysinfo`: for heartbeats ([`MetricsSampler`]), and the history that
+//! plugins granted `metrics` read ([`MetricsHistory`]).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::HostMetrics;
-use sysinfo::{Disks, System};
+use parking_lot::Mutex;
+use sysinfo::{Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use tokio_util::sync::CancellationToken;
 
 /// Samples the host. CPU use is measured between two samples, so keep one sampler and call
 /// [`MetricsSampler::sample`] once per interval.
@@ -11,6 +17,8 @@ pub struct MetricsSampler {
     system: System,
     disks: Disks,
     data_dir: PathBuf,
+    /// The agent's own process, for [`MetricsSampler::sample_with_agent`].
+    pid: Option<Pid>,
 }
 
 impl MetricsSampler {
@@ -23,6 +31,37 @@ impl MetricsSampler {
             system,
             disks: Disks::new_with_refreshed_list(),
             data_dir: std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()),
+            pid: sysinfo::get_current_pid().ok(),
+        }
+    }
+
+    /// The host's metrics now, with the agent process's CPU and memory.
+    pub fn sample_with_agent(&mut self) -> Sample {
+        let host = self.sample();
+        let (mut agent_cpu, mut agent_memory) = (0.0, 0);
+        if let Some(pid) = self.pid {
+            self.system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&[pid]),
+                false,
+                ProcessRefreshKind::nothing().with_cpu().with_memory(),
+            );
+            if let Some(process) = self.system.process(pid) {
+                // sysinfo counts a process's CPU in percent of one core; a share of the whole
+                // host compares with the host's figure.
+                let cores = self.system.cpus().len().max(1) as f32;
+                agent_cpu = (process.cpu_usage() / cores).clamp(0.0, 100.0);
+                agent_memory = process.memory();
+            }
+        }
+        Sample {
+            timestamp_ms: now_ms(),
+            cpu_percent: host.cpu_percent,
+            memory_used_bytes: host.memory_used_bytes,
+            memory_total_bytes: host.memory_total_bytes,
+            disk_used_bytes: host.disk_used_bytes,
+            disk_total_bytes: host.disk_total_bytes,
+            agent_cpu_percent: agent_cpu,
+            agent_memory_bytes: agent_memory,
         }
     }
 
@@ -51,9 +90,170 @@ impl MetricsSampler {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One measurement of the host and of the agent's process: what the `metrics` interface of
+/// `ferry:plugin` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Sample {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The host's CPU use, 0 to 100, since the previous sample.
+    pub cpu_percent: f32,
+    /// The host's memory in use, in bytes.
+    pub memory_used_bytes: u64,
+    /// The host's total memory, in bytes.
+    pub memory_total_bytes: u64,
+    /// Used space on the volume holding the data directory, in bytes.
+    pub disk_used_bytes: u64,
+    /// The size of that volume, in bytes.
+    pub disk_total_bytes: u64,
+    /// The agent process's CPU use as a share of the whole host, 0 to 100.
+    pub agent_cpu_percent: f32,
+    /// The agent process's resident memory, in bytes.
+    pub agent_memory_bytes: u64,
+}
+
+/// The agent's recent metrics: a ring buffer of [`Sample`]s, one taken every
+/// [`interval`](Self::interval) by the task [`MetricsHistory::spawn`] starts, the oldest dropped
+/// once [`capacity`](Self::capacity) are kept (by default one every 5 s for 24 h: 17,280
+/// samples, about 1 MiB). Cheap to clone; clones share the buffer.
+#[derive(Clone)]
+pub struct MetricsHistory {
+    inner: Arc<HistoryInner>,
+}
+
+struct HistoryInner {
+    interval: Duration,
+    capacity: usize,
+    samples: Mutex<VecDeque<Sample>>,
+    /// Its own sampler: CPU use is measured between two refreshes of the same `System`, so
+    /// sharing the heartbeats' sampler would skew both.
+    sampler: Mutex<MetricsSampler>,
+}
+
+impl MetricsHistory {
+    /// The default sampling interval.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    /// The default span of history kept.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// An empty history of the host (disk figures: the volume holding `data_dir`), meant to be
+    /// sampled every `interval` and to keep `retention` worth of samples (at least one).
+    pub fn new(data_dir: &Path, interval: Duration, retention: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(100));
+        let capacity = (retention.as_millis() / interval.as_millis()).clamp(1, 10_000_000) as usize;
+        MetricsHistory {
+            inner: Arc::new(HistoryInner {
+                interval,
+                capacity,
+                samples: Mutex::new(VecDeque::new()),
+                sampler: Mutex::new(MetricsSampler::new(data_dir)),
+            }),
+        }
+    }
+
+    /// How often the task of [`spawn`](Self::spawn) records a sample.
+    pub fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
+    /// How many samples are kept at most.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// A sample taken now, not recorded. Blocks for as long as `sysinfo` takes (milliseconds).
+    pub fn now(&self) -> Sample {
+        self.inner.sampler.lock().sample_with_agent()
+    }
+
+    /// Takes a sample and records it, dropping the oldest when full; returns it.
+    pub fn record(&self) -> Sample {
+        let sample = self.now();
+        let mut samples = self.inner.samples.lock();
+        if samples.len() >= self.inner.capacity {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+        sample
+    }
+
+    /// The recorded samples of the last `period`, oldest first.
+    pub fn history(&self, period: Duration) -> Vec<Sample> {
+        let since = now_ms().saturating_sub(period.as_millis().min(u64::MAX as u128) as u64);
+        let samples = self.inner.samples.lock();
+        // Samples are in time order (barring a clock step), so the period is a suffix.
+        let start = samples.partition_point(|s| s.timestamp_ms < since);
+        samples.range(start..).copied().collect()
+    }
+
+    /// Starts the task that records a sample every [`interval`](Self::interval), the first at
+    /// once, until `stop` is cancelled. Must be called inside a tokio runtime.
+    pub fn spawn(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let history = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(history.interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let history = history.clone();
+                        // sysinfo reads /proc and friends: blocking work.
+                        let _ = tokio::task::spawn_blocking(move || history.record()).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for MetricsHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsHistory")
+            .field("interval", &self.inner.interval)
+            .field("capacity", &self.inner.capacity)
+            .field("recorded", &self.inner.samples.lock().len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_is_a_bounded_ring() {
+        let history = MetricsHistory::new(
+            Path::new("."),
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+        );
+        assert_eq!(history.capacity(), 3);
+        assert!(history.history(Duration::from_secs(60)).is_empty());
+        let first = history.record();
+        for _ in 0..4 {
+            history.record();
+        }
+        let kept = history.history(Duration::from_secs(60));
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|s| s.timestamp_ms >= first.timestamp_ms));
+        assert!(
+            kept.windows(2)
+                .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms)
+        );
+        let s = kept[2];
+        assert!(
+            s.memory_total_bytes > 0 && s.agent_memory_bytes > 0,
+            "{s:?}"
+        );
+        assert!((0.0..=100.0).contains(&s.agent_cpu_percent), "{s:?}");
+    }
 
     #[test]
     fn samples_are_plausible() {

@@ -76,6 +76,13 @@ pub mod fixtures {
             "probe.list",
             "probe.env",
             "probe.connect",
+            "probe.metrics.now",
+            "probe.metrics.history",
+            "probe.kv.set",
+            "probe.kv.set-big",
+            "probe.kv.get",
+            "probe.kv.delete",
+            "probe.kv.list",
         ],
         component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
     };

@@ -54,7 +54,7 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// Creates an engine (with fuel metering when `metered`), its linker (WASI 0.2 and
-    /// `ferry:plugin/context`) and its epoch thread.
+    /// `ferry:plugin/{context, metrics, kv}`) and its epoch thread.
     pub(crate) fn new(config: &HostConfig, metered: bool) -> Result<Self, HostError> {
         let Built { engine, pooling } = build(config, metered)?;
         let mut linker = Linker::<State>::new(&engine);
@@ -67,7 +67,7 @@ impl Runtime {
         Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(
             |e| {
                 HostError::Engine(format!(
-                    "cannot add ferry:plugin/context@{WIT_VERSION} to the linker: {}",
+                    "cannot add the ferry:plugin@{WIT_VERSION} imports to the linker: {}",
                     super::invoke::chain(&e)
                 ))
             },

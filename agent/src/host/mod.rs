@@ -5,8 +5,8 @@
 //!   a second one with fuel metering once a plugin with a fuel budget is loaded.
 //! - [`PluginHost::load`] (or [`load_with`](PluginHost::load_with), for a fuel budget) compiles
 //!   a component, or takes it from the on-disk cache ([`HostConfig::cache_dir`]), checks that it
-//!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin/context` interface, and
-//!   pre-instantiates it.
+//!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin` imports (`context`, and
+//!   `metrics` and `kv`, which answer only plugins granted them), and pre-instantiates it.
 //! - [`LoadedPlugin::invoke`] runs one command in a fresh `Store`: no files, network,
 //!   environment or arguments; stdout and stderr become log lines; memory is capped; a
 //!   deadline ends it, and so does its fuel budget if it has one. A trap, a panic or a limit
@@ -49,7 +49,9 @@ mod cache;
 mod check;
 mod engine;
 mod error;
+mod interfaces;
 mod invoke;
+mod kv;
 mod output;
 mod sandbox;
 mod state;
@@ -69,7 +71,11 @@ use self::bindings::PluginPre;
 use self::cache::ComponentCache;
 use self::engine::Runtime;
 pub use self::error::{HostError, InvokeError};
+use self::interfaces::Interfaces;
+use self::kv::KvStore;
+pub use self::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use self::state::{Meter, State};
+use crate::metrics::MetricsHistory;
 
 /// The WIT package version this host serves.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -111,6 +117,15 @@ pub struct HostConfig {
     /// as native code. A cache that cannot be read or written only costs compile time, with a
     /// warning. Default: none (no cache); the agent uses `<data_dir>/cache/components`.
     pub cache_dir: Option<PathBuf>,
+    /// What the `ferry:plugin/metrics` interface reads, for plugins granted `metrics`. Default:
+    /// none, and granted plugins get an error saying no metrics source is configured; the agent
+    /// passes the history its sampling task keeps.
+    pub metrics: Option<MetricsHistory>,
+    /// Where the `ferry:plugin/kv` store lives (a redb database, `kv.redb`, with a namespace
+    /// per plugin name), for plugins granted `kv`; created on first use, readable by the
+    /// agent's user alone. Default: none, and granted plugins get an error saying no store is
+    /// configured; the agent uses `<data_dir>/kv`.
+    pub kv_dir: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -124,6 +139,8 @@ impl Default for HostConfig {
             max_output_bytes: 64 << 10,
             max_message_bytes: 16 << 10,
             cache_dir: None,
+            metrics: None,
+            kv_dir: None,
         }
     }
 }
@@ -172,6 +189,8 @@ struct Shared {
     /// Instances running now, in either engine, bounded by `config.max_instances`.
     running: AtomicU32,
     cache: Option<ComponentCache>,
+    /// The `kv` store, when [`HostConfig::kv_dir`] is set.
+    kv: Option<Arc<KvStore>>,
     /// The engine of unmetered plugins.
     plain: Arc<Runtime>,
     /// The engine of plugins with a fuel budget, created with the first of them.
@@ -179,7 +198,7 @@ struct Shared {
 }
 
 impl PluginHost {
-    /// Creates the engine, the linker (WASI 0.2 and `ferry:plugin/context`) and the thread
+    /// Creates the engine, the linker (WASI 0.2 and the `ferry:plugin` imports) and the thread
     /// that drives deadlines. The engine for plugins with a fuel budget is created with the
     /// first of them.
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
@@ -193,6 +212,7 @@ impl PluginHost {
         Ok(Self {
             shared: Arc::new(Shared {
                 cache: config.cache_dir.clone().map(ComponentCache::new),
+                kv: config.kv_dir.clone().map(|dir| Arc::new(KvStore::new(dir))),
                 config,
                 running: AtomicU32::new(0),
                 plain,
@@ -258,7 +278,7 @@ impl PluginHost {
             name: name.to_string(),
             reason: format!(
                 "{}; this agent provides WASI 0.2 (cli, clocks, filesystem, io, random, sockets; all denied \
-                 unless granted) and ferry:plugin/context@{WIT_VERSION}",
+                 unless granted) and ferry:plugin/{{context, metrics, kv}}@{WIT_VERSION}",
                 invoke::chain(&e)
             ),
         })?;
@@ -297,6 +317,12 @@ impl PluginHost {
                         m.min(self.shared.config.max_memory_bytes)
                     }),
                 timeout: options.timeout,
+                interfaces: Arc::new(Interfaces::new(
+                    name,
+                    &options.capabilities,
+                    self.shared.config.metrics.clone(),
+                    self.shared.kv.clone(),
+                )),
                 sandbox: sandbox::Sandbox::new(options.capabilities),
                 stats,
                 host: self.shared.clone(),
@@ -350,6 +376,8 @@ struct LoadedInner {
     timeout: Option<Duration>,
     /// What it may reach outside its sandbox.
     sandbox: sandbox::Sandbox,
+    /// What its `metrics` and `kv` imports may reach.
+    interfaces: Arc<Interfaces>,
     stats: LoadStats,
     host: Arc<Shared>,
 }

@@ -1,5 +1,6 @@
 //! What one invocation's `Store` holds: the sandboxed WASI context, the limits, and the
-//! command's events, which the `ferry:plugin/context` imports reach.
+//! command's events, which the `ferry:plugin/context` imports reach, and the plugin's host
+//! interfaces (`metrics`, `kv`; see `interfaces.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::ferry::plugin::{context, types};
+use super::interfaces::Interfaces;
 use super::{CommandEvents, LogLevel};
 
 /// The data of one invocation's store.
@@ -24,6 +26,8 @@ pub(crate) struct State {
     /// Set when the host interrupted the plugin for passing its deadline, so that the trap
     /// this causes is reported as a timeout rather than a crash.
     pub(crate) timed_out: bool,
+    /// What the `metrics` and `kv` imports may reach, per the plugin's grant.
+    pub(crate) interfaces: Arc<Interfaces>,
 }
 
 impl State {
@@ -34,6 +38,7 @@ impl State {
         limiter: Limiter,
         deadline: Option<Instant>,
         max_message_bytes: usize,
+        interfaces: Arc<Interfaces>,
     ) -> Self {
         Self {
             wasi,
@@ -43,6 +48,7 @@ impl State {
             max_message_bytes,
             deadline,
             timed_out: false,
+            interfaces,
         }
     }
 

@@ -9,13 +9,20 @@
 //! | `probe.list` | a directory path | the entries, one per line, sorted |
 //! | `probe.env` | a variable name | its value |
 //! | `probe.connect` | `host:port` | `connected` |
+//! | `probe.metrics.now` | (none) | the sample, one `field=value` per line |
+//! | `probe.metrics.history` | a period in seconds | one line per sample: `timestamp_ms cpu_percent memory_used_bytes agent_memory_bytes` |
+//! | `probe.kv.set` | `key` newline `value` | `stored` |
+//! | `probe.kv.get` | a key | its value, or `(none)` |
+//! | `probe.kv.delete` | a key | `deleted` or `absent` |
+//! | `probe.kv.list` | a prefix | the keys, one per line |
+//! | `probe.kv.set-big` | `key` newline a size in bytes | `stored` (a value of that many `x`) |
 //!
-//! Any failure is returned as `error.denied` with the operating system's message, so the
-//! test sees the refusal the plugin saw.
+//! Any failure is returned as `error.denied` with the operating system's (or the agent's)
+//! message, so the test sees the refusal the plugin saw.
 
 use std::io::Write;
 
-use ferry_plugin::{Command, Error, Plugin};
+use ferry_plugin::{Command, Error, Plugin, kv, metrics};
 
 struct Probe;
 
@@ -53,6 +60,72 @@ impl Plugin for Probe {
             "probe.connect" => std::net::TcpStream::connect(&arg)
                 .map(|_| b"connected".to_vec())
                 .map_err(|e| denied(&format!("connect {arg}"), e)),
+            "probe.metrics.now" => {
+                let s = metrics::now().map_err(|e| denied("metrics.now", e))?;
+                Ok(format!(
+                    "timestamp_ms={}\ncpu_percent={}\nmemory_used_bytes={}\nmemory_total_bytes={}\n\
+                     disk_used_bytes={}\ndisk_total_bytes={}\nagent_cpu_percent={}\nagent_memory_bytes={}",
+                    s.timestamp_ms,
+                    s.cpu_percent,
+                    s.memory_used_bytes,
+                    s.memory_total_bytes,
+                    s.disk_used_bytes,
+                    s.disk_total_bytes,
+                    s.agent_cpu_percent,
+                    s.agent_memory_bytes
+                )
+                .into_bytes())
+            }
+            "probe.metrics.history" => {
+                let seconds: u64 = arg
+                    .parse()
+                    .map_err(|e| Error::invalid_input(format!("period: {e}")))?;
+                let samples = metrics::history(std::time::Duration::from_secs(seconds))
+                    .map_err(|e| denied("metrics.history", e))?;
+                Ok(samples
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} {} {}",
+                            s.timestamp_ms,
+                            s.cpu_percent,
+                            s.memory_used_bytes,
+                            s.agent_memory_bytes
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .into_bytes())
+            }
+            "probe.kv.set" => {
+                let (key, value) = arg.split_once('\n').ok_or_else(|| {
+                    Error::invalid_input("payload must be: key, a newline, the value")
+                })?;
+                kv::set(key, value.as_bytes()).map_err(|e| denied("kv.set", e))?;
+                Ok(b"stored".to_vec())
+            }
+            "probe.kv.set-big" => {
+                let (key, size) = arg.split_once('\n').ok_or_else(|| {
+                    Error::invalid_input("payload must be: key, a newline, a size")
+                })?;
+                let size: usize = size
+                    .parse()
+                    .map_err(|e| Error::invalid_input(format!("size: {e}")))?;
+                kv::set(key, &vec![b'x'; size]).map_err(|e| denied("kv.set", e))?;
+                Ok(b"stored".to_vec())
+            }
+            "probe.kv.get" => match kv::get(&arg).map_err(|e| denied("kv.get", e))? {
+                Some(value) => Ok(value),
+                None => Ok(b"(none)".to_vec()),
+            },
+            "probe.kv.delete" => match kv::delete(&arg).map_err(|e| denied("kv.delete", e))? {
+                true => Ok(b"deleted".to_vec()),
+                false => Ok(b"absent".to_vec()),
+            },
+            "probe.kv.list" => Ok(kv::list_keys(&arg)
+                .map_err(|e| denied("kv.list", e))?
+                .join("\n")
+                .into_bytes()),
             other => Err(Error::invalid_input(format!(
                 "probe has no topic '{other}'"
             ))),

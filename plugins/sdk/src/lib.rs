@@ -120,8 +120,12 @@
 //!
 //! # What a plugin can do
 //!
-//! Only what the agent grants. This version grants no files, no network, no environment
-//! variables and no arguments. Standard output and standard error go to the command's log
+//! Only what the agent grants: the plugin's manifest asks for capabilities and the agent's
+//! policy allows them. Files, environment variables and network destinations come through the
+//! standard library (WASI) once granted; [`metrics`] (host and agent CPU, memory and disk, now
+//! and over a period) and [`kv`] (a key-value store of the plugin's own that survives restarts)
+//! answer with an error naming the capability until `metrics = true` or `kv = true` is granted.
+//! Nothing else: no arguments, no listening sockets. Standard output and standard error go to the command's log
 //! (at info and warn); [`log`] and the [`info!`]-style macros are the better way, since they
 //! carry a level. [`progress`] reports how far the command got, and a long-running plugin
 //! should check [`cancelled`] now and then. A panic or any other trap ends the command as
@@ -152,6 +156,97 @@ pub use payload::to_cbor;
 pub use payload::to_json;
 
 use bindings::ferry::plugin::context;
+
+/// Host and agent metrics, for plugins granted `metrics` (`metrics = true` under
+/// `[capabilities]` in the manifest, and allowed by the agent's policy). Without the grant,
+/// every function returns an `Err` saying how to grant it.
+///
+/// ```no_run
+/// use ferry_plugin::{Error, metrics};
+///
+/// # fn f() -> Result<(), Error> {
+/// let now = metrics::now().map_err(Error::failed)?;
+/// let used = now.memory_used_bytes as f64 / now.memory_total_bytes as f64;
+/// let last_hour = metrics::history(std::time::Duration::from_secs(3600)).map_err(Error::failed)?;
+/// let peak = last_hour.iter().map(|s| s.cpu_percent).fold(0.0, f32::max);
+/// ferry_plugin::info!("memory {:.0} % used; CPU peaked at {peak:.0} % this hour", used * 100.0);
+/// # Ok(())
+/// # }
+/// ```
+pub mod metrics {
+    use crate::bindings::ferry::plugin::metrics as host;
+
+    /// One measurement: `timestamp_ms` (since the Unix epoch), the host's `cpu_percent`
+    /// (0 to 100), `memory_used_bytes`/`memory_total_bytes`, `disk_used_bytes`/`disk_total_bytes`
+    /// (the volume holding the agent's data), and the agent process's `agent_cpu_percent` (as a
+    /// share of the whole host) and `agent_memory_bytes`.
+    pub use crate::bindings::ferry::plugin::metrics::Sample;
+
+    /// A sample taken now.
+    pub fn now() -> Result<Sample, String> {
+        host::now()
+    }
+
+    /// The samples the agent recorded over the last `period` (whole seconds), oldest first.
+    /// The agent records one every few seconds (5 s by default) and keeps a bounded history
+    /// (24 hours by default); the list is empty right after the agent starts.
+    pub fn history(period: std::time::Duration) -> Result<Vec<Sample>, String> {
+        host::history(u32::try_from(period.as_secs()).unwrap_or(u32::MAX))
+    }
+}
+
+/// A key-value store of the plugin's own on the agent, kept across commands and agent restarts,
+/// for plugins granted `kv` (`kv = true` under `[capabilities]` in the manifest, and allowed by
+/// the agent's policy). Without the grant, every function returns an `Err` saying how to grant
+/// it.
+///
+/// Each plugin (by name) has a namespace of its own. Keys are non-empty UTF-8, at most
+/// [`kv::MAX_KEY_BYTES`] bytes; values are bytes, at most [`kv::MAX_VALUE_BYTES`]. A write is
+/// durable once `set` or `delete` returns.
+///
+/// ```no_run
+/// use ferry_plugin::{Error, kv};
+///
+/// # fn f() -> Result<(), Error> {
+/// let runs = match kv::get("runs").map_err(Error::failed)? {
+///     Some(bytes) => String::from_utf8_lossy(&bytes).parse::<u64>().unwrap_or(0),
+///     None => 0,
+/// };
+/// kv::set("runs", (runs + 1).to_string().as_bytes()).map_err(Error::failed)?;
+/// for key in kv::list_keys("job/").map_err(Error::failed)? {
+///     kv::delete(&key).map_err(Error::failed)?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub mod kv {
+    use crate::bindings::ferry::plugin::kv as host;
+
+    /// The longest key the agent accepts, in bytes.
+    pub const MAX_KEY_BYTES: usize = 1024;
+    /// The largest value the agent accepts, in bytes (1 MiB).
+    pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+    /// The value stored under `key`, or `None`.
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, String> {
+        host::get(key)
+    }
+
+    /// Stores `value` under `key`, replacing any value it had.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+        host::set(key, value)
+    }
+
+    /// Removes `key`; `true` when it was there.
+    pub fn delete(key: &str) -> Result<bool, String> {
+        host::delete(key)
+    }
+
+    /// The keys that start with `prefix` (every key for `""`), in byte order.
+    pub fn list_keys(prefix: &str) -> Result<Vec<String>, String> {
+        host::list_keys(prefix)
+    }
+}
 
 /// The level of a log message, from `Trace` to `Error`.
 pub use bindings::ferry::plugin::context::Level;
