@@ -149,6 +149,39 @@ fn run_and_agents_talk_to_a_running_dev_server() {
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["payload"], serde_json::json!([1, 2]));
 
+    // A binary payload well over the HTTP library's default body limit round-trips intact.
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let big_file = dir.path().join("big.bin");
+    std::fs::write(&big_file, &big).unwrap();
+    let out = with_config(
+        ferry()
+            .args([
+                "run",
+                "echo",
+                "--json",
+                "--content-type",
+                "application/octet-stream",
+                "--payload-file",
+            ])
+            .arg(&big_file),
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use base64::Engine as _;
+    let returned = base64::engine::general_purpose::STANDARD
+        .decode(
+            record["payload_base64"]
+                .as_str()
+                .expect("binary output comes back as base64"),
+        )
+        .unwrap();
+    assert!(returned == big, "the 3 MiB payload came back changed");
+
     let out = with_config(ferry().args(["run", "no.such.topic"]), &config);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -38,6 +38,8 @@ struct Api {
 }
 
 pub(crate) fn router(state: Arc<ServerState>, token: String) -> Router {
+    // A payload may be as large as a frame allows, and base64 in JSON makes it a third larger.
+    let body_limit = (state.config.max_frame_bytes as usize).saturating_mul(2);
     let api = Api {
         state,
         token: token.into(),
@@ -49,7 +51,8 @@ pub(crate) fn router(state: Arc<ServerState>, token: String) -> Router {
         .route("/v1/commands/{id}", get(show_command))
         .route("/v1/commands/{id}/events", get(command_events))
         .route("/v1/commands/{id}/cancel", post(cancel_command))
-        .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit));
     Router::new()
         .route("/v1/health", get(health))
         .merge(authed)
@@ -165,7 +168,7 @@ async fn create_command(
 ) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid-request", e.body_text()),
+        Err(e) => return error(e.status(), "invalid-request", e.body_text()),
     };
     let agent = match parse_agent_id(&body.agent) {
         Ok(id) => id,
