@@ -67,7 +67,13 @@ pub mod fixtures {
     /// - `probe.read`, `probe.list`: read a file, list a directory (payload: the path);
     /// - `probe.write`: write a file (payload: the path, a newline, the content);
     /// - `probe.env`: read an environment variable (payload: its name);
-    /// - `probe.connect`: open a TCP connection (payload: `host:port`).
+    /// - `probe.connect`: open a TCP connection (payload: `host:port`);
+    /// - `probe.metrics.now`, `probe.metrics.history`, `probe.kv.*`: call the `metrics` and
+    ///   `kv` interfaces;
+    /// - `probe.process.run`: start a program (payload: its path, then one argument per line)
+    ///   and return its exit (`code=…`, `signal=…`, `stopped=…`, `truncated=…`, `stderr=…`,
+    ///   then `stdout:` and its output); `probe.process.run-timeout` takes a timeout in ms on
+    ///   a first line. A program stopped by a cancel ends the command as cancelled.
     pub const PROBE: Builtin = Builtin {
         name: "probe",
         topics: &[
@@ -83,6 +89,8 @@ pub mod fixtures {
             "probe.kv.get",
             "probe.kv.delete",
             "probe.kv.list",
+            "probe.process.run",
+            "probe.process.run-timeout",
         ],
         component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
     };

@@ -4,4 +4,6 @@ wasmtime::component::bindgen!({
     path: "../wit/0.1.0",
     world: "plugin",
     exports: { default: async },
+    // Waiting for a child process must not hold a runtime thread.
+    imports: { "ferry:plugin/process.run": async },
 });

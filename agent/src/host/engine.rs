@@ -54,7 +54,7 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// Creates an engine (with fuel metering when `metered`), its linker (WASI 0.2 and
-    /// `ferry:plugin/{context, metrics, kv}`) and its epoch thread.
+    /// `ferry:plugin/{context, metrics, kv, process}`) and its epoch thread.
     pub(crate) fn new(config: &HostConfig, metered: bool) -> Result<Self, HostError> {
         let Built { engine, pooling } = build(config, metered)?;
         let mut linker = Linker::<State>::new(&engine);

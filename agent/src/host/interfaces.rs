@@ -1,4 +1,5 @@
-//! The host capability interfaces, `ferry:plugin/metrics` and `ferry:plugin/kv`: each answers
+//! The host capability interfaces, `ferry:plugin/metrics`, `ferry:plugin/kv` and
+//! `ferry:plugin/process` (see `process.rs`): each answers
 //! only a plugin whose grant ([`LoadOptions::capabilities`](super::LoadOptions)) includes it,
 //! and every call of a plugin without the grant gets an error naming the capability and how to
 //! grant it.
@@ -6,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::ferry::plugin::{kv, metrics};
+use super::bindings::ferry::plugin::{kv, metrics, process};
 use super::kv::KvStore;
+use super::process::{self as programs, Programs};
 use super::state::State;
 use crate::metrics::{MetricsHistory, Sample};
 
@@ -18,6 +20,7 @@ pub(crate) struct Interfaces {
     kv_granted: bool,
     metrics: Option<MetricsHistory>,
     kv: Option<Arc<KvStore>>,
+    programs: Programs,
 }
 
 impl Interfaces {
@@ -26,6 +29,8 @@ impl Interfaces {
         capabilities: &ferry_manifest::Capabilities,
         metrics: Option<MetricsHistory>,
         kv: Option<Arc<KvStore>>,
+        // The granted environment, which the programs it starts get.
+        env: &[(String, String)],
     ) -> Self {
         Interfaces {
             plugin: plugin.to_string(),
@@ -33,6 +38,7 @@ impl Interfaces {
             kv_granted: capabilities.kv,
             metrics,
             kv,
+            programs: Programs::new(plugin, &capabilities.programs, env),
         }
     }
 
@@ -110,5 +116,22 @@ impl kv::Host for State {
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
         let interfaces = &self.interfaces;
         interfaces.kv()?.list_keys(&interfaces.plugin, &prefix)
+    }
+}
+
+impl process::Host for State {
+    async fn run(
+        &mut self,
+        program: String,
+        args: Vec<String>,
+        timeout_ms: Option<u32>,
+    ) -> Result<process::Exit, String> {
+        let cx = programs::Context {
+            events: self.events.clone(),
+            deadline: self.deadline,
+            max_output_bytes: self.max_output_bytes,
+        };
+        let interfaces = self.interfaces.clone();
+        programs::run(&interfaces.programs, cx, program, args, timeout_ms).await
     }
 }

@@ -66,6 +66,7 @@ pub(crate) async fn run(
         Limiter::new(plugin.max_memory_bytes, meter.clone()),
         deadline,
         config.max_message_bytes,
+        config.max_output_bytes,
         plugin.interfaces.clone(),
     );
     let mut store = Store::new(&plugin.runtime.engine, state);

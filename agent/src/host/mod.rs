@@ -6,7 +6,7 @@
 //! - [`PluginHost::load`] (or [`load_with`](PluginHost::load_with), for a fuel budget) compiles
 //!   a component, or takes it from the on-disk cache ([`HostConfig::cache_dir`]), checks that it
 //!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin` imports (`context`, and
-//!   `metrics` and `kv`, which answer only plugins granted them), and pre-instantiates it.
+//!   `metrics`, `kv` and `process`, which answer only plugins granted them), and pre-instantiates it.
 //! - [`LoadedPlugin::invoke`] runs one command in a fresh `Store`: no files, network,
 //!   environment or arguments; stdout and stderr become log lines; memory is capped; a
 //!   deadline ends it, and so does its fuel budget if it has one. A trap, a panic or a limit
@@ -53,6 +53,7 @@ mod interfaces;
 mod invoke;
 mod kv;
 mod output;
+mod process;
 mod sandbox;
 mod state;
 #[cfg(test)]
@@ -278,7 +279,7 @@ impl PluginHost {
             name: name.to_string(),
             reason: format!(
                 "{}; this agent provides WASI 0.2 (cli, clocks, filesystem, io, random, sockets; all denied \
-                 unless granted) and ferry:plugin/{{context, metrics, kv}}@{WIT_VERSION}",
+                 unless granted) and ferry:plugin/{{context, metrics, kv, process}}@{WIT_VERSION}",
                 invoke::chain(&e)
             ),
         })?;
@@ -305,6 +306,7 @@ impl PluginHost {
             elapsed = ?stats.duration,
             "plugin loaded"
         );
+        let sandbox = sandbox::Sandbox::new(options.capabilities.clone());
         Ok(LoadedPlugin {
             inner: Arc::new(LoadedInner {
                 name: name.to_string(),
@@ -322,8 +324,9 @@ impl PluginHost {
                     &options.capabilities,
                     self.shared.config.metrics.clone(),
                     self.shared.kv.clone(),
+                    sandbox.env(),
                 )),
-                sandbox: sandbox::Sandbox::new(options.capabilities),
+                sandbox,
                 stats,
                 host: self.shared.clone(),
             }),
@@ -376,7 +379,7 @@ struct LoadedInner {
     timeout: Option<Duration>,
     /// What it may reach outside its sandbox.
     sandbox: sandbox::Sandbox,
-    /// What its `metrics` and `kv` imports may reach.
+    /// What its `metrics`, `kv` and `process` imports may reach.
     interfaces: Arc<Interfaces>,
     stats: LoadStats,
     host: Arc<Shared>,

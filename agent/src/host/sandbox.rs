@@ -40,6 +40,11 @@ impl Sandbox {
         }
     }
 
+    /// The granted environment variables and their values (read at load).
+    pub(crate) fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
     /// The WASI context of one invocation.
     pub(crate) fn wasi_ctx(
         &self,

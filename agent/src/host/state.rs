@@ -1,6 +1,6 @@
 //! What one invocation's `Store` holds: the sandboxed WASI context, the limits, and the
 //! command's events, which the `ferry:plugin/context` imports reach, and the plugin's host
-//! interfaces (`metrics`, `kv`; see `interfaces.rs`).
+//! interfaces (`metrics`, `kv`, `process`; see `interfaces.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +19,16 @@ pub(crate) struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
-    events: Arc<dyn CommandEvents>,
+    pub(crate) events: Arc<dyn CommandEvents>,
     max_message_bytes: usize,
+    /// Bytes of a program's stdout, and as many of its stderr, forwarded as log lines.
+    pub(crate) max_output_bytes: usize,
     /// The wall-clock deadline, checked at every epoch tick.
     pub(crate) deadline: Option<Instant>,
     /// Set when the host interrupted the plugin for passing its deadline, so that the trap
     /// this causes is reported as a timeout rather than a crash.
     pub(crate) timed_out: bool,
-    /// What the `metrics` and `kv` imports may reach, per the plugin's grant.
+    /// What the `metrics`, `kv` and `process` imports may reach, per the plugin's grant.
     pub(crate) interfaces: Arc<Interfaces>,
 }
 
@@ -38,6 +40,7 @@ impl State {
         limiter: Limiter,
         deadline: Option<Instant>,
         max_message_bytes: usize,
+        max_output_bytes: usize,
         interfaces: Arc<Interfaces>,
     ) -> Self {
         Self {
@@ -46,6 +49,7 @@ impl State {
             limiter,
             events,
             max_message_bytes,
+            max_output_bytes,
             deadline,
             timed_out: false,
             interfaces,

@@ -16,13 +16,19 @@
 //! | `probe.kv.delete` | a key | `deleted` or `absent` |
 //! | `probe.kv.list` | a prefix | the keys, one per line |
 //! | `probe.kv.set-big` | `key` newline a size in bytes | `stored` (a value of that many `x`) |
+//! | `probe.process.run` | `program`, then one argument per line | the exit, see below |
+//! | `probe.process.run-timeout` | a timeout in ms, then as `probe.process.run` | the exit, see below |
+//!
+//! The exit is `code=C`, `signal=S`, `stopped=R`, `truncated=B`, `stderr=LINES` (joined by
+//! `|`), one per line (`-` for none), then `stdout:` and the program's stdout. A program the
+//! agent stopped because the command was cancelled makes the command end as cancelled.
 //!
 //! Any failure is returned as `error.denied` with the operating system's (or the agent's)
 //! message, so the test sees the refusal the plugin saw.
 
 use std::io::Write;
 
-use ferry_plugin::{Command, Error, Plugin, kv, metrics};
+use ferry_plugin::{Command, Error, Plugin, kv, metrics, process};
 
 struct Probe;
 
@@ -126,11 +132,47 @@ impl Plugin for Probe {
                 .map_err(|e| denied("kv.list", e))?
                 .join("\n")
                 .into_bytes()),
+            "probe.process.run" => run(&arg, None),
+            "probe.process.run-timeout" => {
+                let (ms, rest) = arg.split_once('\n').ok_or_else(|| {
+                    Error::invalid_input("payload must be: a timeout in ms, a newline, the program")
+                })?;
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|e| Error::invalid_input(format!("timeout: {e}")))?;
+                run(rest, Some(std::time::Duration::from_millis(ms)))
+            }
             other => Err(Error::invalid_input(format!(
                 "probe has no topic '{other}'"
             ))),
         }
     }
+}
+
+/// Runs the program on the first line of `arg` with the other lines as its arguments.
+fn run(arg: &str, timeout: Option<std::time::Duration>) -> Result<Vec<u8>, Error> {
+    let mut lines = arg.split('\n');
+    let program = lines.next().unwrap_or_default();
+    let args: Vec<&str> = lines.collect();
+    let exit = process::run(program, &args, timeout).map_err(|e| denied("process.run", e))?;
+    if exit.stopped == Some(process::StopReason::Cancelled) {
+        return Err(Error::Cancelled);
+    }
+    let or_none = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "code={}\nsignal={}\nstopped={}\ntruncated={}\nstderr={}\nstdout:\n",
+        or_none(exit.code.map(|c| c.to_string())),
+        or_none(exit.signal.map(|s| s.to_string())),
+        or_none(exit.stopped.map(|r| match r {
+            process::StopReason::Timeout => "timeout".into(),
+            process::StopReason::Cancelled => "cancelled".into(),
+        })),
+        exit.stdout_truncated,
+        exit.stderr_tail.join("|"),
+    )
+    .into_bytes();
+    out.extend_from_slice(&exit.stdout);
+    Ok(out)
 }
 
 ferry_plugin::export!(Probe);

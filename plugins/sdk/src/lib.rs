@@ -124,7 +124,8 @@
 //! policy allows them. Files, environment variables and network destinations come through the
 //! standard library (WASI) once granted; [`metrics`] (host and agent CPU, memory and disk, now
 //! and over a period) and [`kv`] (a key-value store of the plugin's own that survives restarts)
-//! answer with an error naming the capability until `metrics = true` or `kv = true` is granted.
+//! answer with an error naming the capability until `metrics = true` or `kv = true` is granted,
+//! and [`process`] starts only the programs listed in the grant's `programs`.
 //! Nothing else: no arguments, no listening sockets. Standard output and standard error go to the command's log
 //! (at info and warn); [`log`] and the [`info!`]-style macros are the better way, since they
 //! carry a level. [`progress`] reports how far the command got, and a long-running plugin
@@ -245,6 +246,73 @@ pub mod kv {
     /// The keys that start with `prefix` (every key for `""`), in byte order.
     pub fn list_keys(prefix: &str) -> Result<Vec<String>, String> {
         host::list_keys(prefix)
+    }
+}
+
+/// Programs on the agent's host, for plugins granted them: each program's absolute path must be
+/// listed in `programs` under `[capabilities]` in the manifest and allowed by the agent's
+/// policy (`programs` under `[plugins.<name>.capabilities]`). A program that is not granted
+/// gets an `Err` naming it and saying how to grant it. Paths are matched exactly: no `PATH`
+/// search, no relative paths.
+///
+/// The program runs as the agent's user, in `/`, with empty standard input and only the
+/// environment variables granted to the plugin. Each line of its standard output is logged at
+/// info, of its standard error at warn; the [`Exit`](process::Exit) also carries the start of
+/// its standard output (up to the agent's output limit, 64 KiB by default) and the last lines
+/// of its standard error. It is killed, with its whole process group, when `timeout` passes,
+/// when the command is cancelled (`exit.stopped` is then
+/// [`StopReason::Cancelled`](process::StopReason); return [`Error::Cancelled`]) or at the
+/// command's deadline.
+///
+/// ```no_run
+/// use ferry_plugin::{Error, process};
+/// use std::time::Duration;
+///
+/// # fn f() -> Result<(), Error> {
+/// let exit = process::run("/usr/bin/df", &["-h", "/"], Some(Duration::from_secs(10)))
+///     .map_err(Error::failed)?;
+/// if exit.stopped == Some(process::StopReason::Cancelled) {
+///     return Err(Error::Cancelled);
+/// }
+/// if !exit.success() {
+///     return Err(Error::failed(format!("df failed: {}", exit.stderr_tail.join(" "))));
+/// }
+/// let report = String::from_utf8_lossy(&exit.stdout);
+/// # let _ = report;
+/// # Ok(())
+/// # }
+/// ```
+pub mod process {
+    use crate::bindings::ferry::plugin::process as host;
+
+    /// How a program ended: its exit `code` (none when a signal ended it), the `signal` that
+    /// ended it (9 when the agent killed it), whether and why the agent `stopped` it, the start
+    /// of its `stdout` (and whether `stdout_truncated`), and the last lines of its stderr
+    /// (`stderr_tail`).
+    pub use crate::bindings::ferry::plugin::process::Exit;
+    /// Why the agent stopped a program: `Timeout` (its timeout or the command's deadline) or
+    /// `Cancelled` (the command was cancelled).
+    pub use crate::bindings::ferry::plugin::process::StopReason;
+
+    /// Runs `program` (an absolute path, exactly as granted) with `args`, and waits until it
+    /// ends, `timeout` passes (whole milliseconds; `None` for the command's deadline only), or
+    /// the command is cancelled. `Err` means it did not run: not granted, or it could not be
+    /// started; a program that ran is `Ok` whatever its exit status.
+    pub fn run(
+        program: &str,
+        args: &[impl AsRef<str>],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Exit, String> {
+        let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        let timeout_ms = timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
+        host::run(program, &args, timeout_ms)
+    }
+
+    impl Exit {
+        /// Whether it exited with code 0 by itself.
+        pub fn success(&self) -> bool {
+            self.code == Some(0) && self.stopped.is_none()
+        }
     }
 }
 
