@@ -100,6 +100,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 content_type: "application/octet-stream".into(),
                 timeout: Some(Duration::from_secs(30)),
                 idempotency_key: None,
+                data: Default::default(),
             })?;
             let view = entry.wait().await;
             let elapsed = start.elapsed();

@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// How long the command may run on the agent (e.g. 30s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Data the plugin may ask for while it runs (`request-data`), key=text; repeat for more.
+    #[arg(long = "data", value_parser = parse_data)]
+    pub data: Vec<(String, String)>,
     /// Print the command's final record as JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +66,13 @@ pub struct AgentsArgs {
     pub api: ApiArgs,
 }
 
+fn parse_data(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{text}' is not key=value")),
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let agent = match args.agent {
@@ -87,6 +97,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     if let Some(timeout) = args.timeout {
         body["timeout_ms"] = json!(timeout.as_millis() as u64);
+    }
+    if !args.data.is_empty() {
+        let data: serde_json::Map<String, Value> = args
+            .data
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        body["data"] = Value::Object(data);
     }
     let created = client.post("/v1/commands", &body).await?;
     let id = created["id"]

@@ -86,6 +86,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         content_type: "application/json".into(),
         timeout: Some(Duration::from_secs(30)),
         idempotency_key: None,
+        data: Default::default(),
     })?;
     let view = check.wait().await;
     let self_check = match (&view.status, &view.stats) {

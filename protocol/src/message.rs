@@ -43,6 +43,10 @@ pub enum Message {
     Log(Log),
     /// Agent → server, last frame of a command stream.
     Result(CommandResult),
+    /// Agent → server: the plugin asks for data by key.
+    DataRequest(DataRequest),
+    /// Server → agent: the answer to a DataRequest.
+    DataResponse(DataResponse),
 }
 
 /// Who sent a frame.
@@ -110,6 +114,8 @@ impl Message {
             Message::Progress(_) => "Progress",
             Message::Log(_) => "Log",
             Message::Result(_) => "Result",
+            Message::DataRequest(_) => "DataRequest",
+            Message::DataResponse(_) => "DataResponse",
         }
     }
 
@@ -119,10 +125,13 @@ impl Message {
         let ok = match (from, stream) {
             (Peer::Agent, StreamKind::Control) => matches!(self, Hello(_) | Heartbeat(_) | Bye(_)),
             (Peer::Server, StreamKind::Control) => matches!(self, Welcome(_) | Reject(_) | Bye(_)),
-            (Peer::Server, StreamKind::Command) => matches!(self, Command(_) | Cancel(_)),
-            (Peer::Agent, StreamKind::Command) => {
-                matches!(self, Accepted(_) | Progress(_) | Log(_) | Result(_))
+            (Peer::Server, StreamKind::Command) => {
+                matches!(self, Command(_) | Cancel(_) | DataResponse(_))
             }
+            (Peer::Agent, StreamKind::Command) => matches!(
+                self,
+                Accepted(_) | Progress(_) | Log(_) | Result(_) | DataRequest(_)
+            ),
         };
         if ok {
             return Ok(());
@@ -130,8 +139,8 @@ impl Message {
         let allowed = match (from, stream) {
             (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat or Bye",
             (Peer::Server, StreamKind::Control) => "Welcome, Reject or Bye",
-            (Peer::Server, StreamKind::Command) => "Command or Cancel",
-            (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log or Result",
+            (Peer::Server, StreamKind::Command) => "Command, Cancel or DataResponse",
+            (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log, DataRequest or Result",
         };
         Err(NotAllowed {
             kind: self.kind(),
@@ -415,4 +424,25 @@ pub struct CommandResult {
     pub payload: Vec<u8>,
     /// What it cost.
     pub stats: ResultStats,
+}
+
+/// The plugin of a running command asks the server for data it needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRequest {
+    /// Pairs the response with the request; unique within the command.
+    pub request: u32,
+    /// What the plugin asks for.
+    pub key: String,
+}
+
+/// The server's answer to a [`DataRequest`]: the data, or why there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataResponse {
+    /// The request this answers.
+    pub request: u32,
+    /// The data, when the server has it.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// Why there is no data, for the plugin to report.
+    pub error: Option<String>,
 }

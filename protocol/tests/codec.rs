@@ -381,7 +381,7 @@ fn the_allowlist_names_the_breach() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "agent sent `Cancel` on a command stream, where only Accepted, Progress, Log or Result is allowed"
+        "agent sent `Cancel` on a command stream, where only Accepted, Progress, Log, DataRequest or Result is allowed"
     );
     assert!(cmd.check_allowed(Peer::Server, StreamKind::Command).is_ok());
     let hello = Message::Hello(Hello {

@@ -10,6 +10,9 @@
 //! | GET | /v1/commands/{id} | one command |
 //! | GET | /v1/commands/{id}/events | its events as server-sent events, from the start, until it ends |
 //! | POST | /v1/commands/{id}/cancel | ask the agent to stop it |
+//! | GET | /v1/data | the keys of the data plugins may ask for, with sizes |
+//! | PUT | /v1/data/{key} | supply data (the request body, as is) for plugins to ask for |
+//! | DELETE | /v1/data/{key} | withdraw it |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,6 +54,11 @@ pub(crate) fn router(state: Arc<ServerState>, token: String) -> Router {
         .route("/v1/commands/{id}", get(show_command))
         .route("/v1/commands/{id}/events", get(command_events))
         .route("/v1/commands/{id}/cancel", post(cancel_command))
+        .route("/v1/data", get(list_data))
+        .route(
+            "/v1/data/{key}",
+            axum::routing::put(put_data).delete(delete_data),
+        )
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
     Router::new()
@@ -160,6 +168,9 @@ struct CreateCommand {
     content_type: Option<String>,
     timeout_ms: Option<u64>,
     idempotency_key: Option<String>,
+    /// Data the plugin may ask for by key: a string is sent as its text, any other JSON value
+    /// as JSON.
+    data: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 async fn create_command(
@@ -210,6 +221,18 @@ async fn create_command(
             .unwrap_or_else(|| default_type.to_string()),
         timeout: body.timeout_ms.map(Duration::from_millis),
         idempotency_key: body.idempotency_key,
+        data: body
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| {
+                let bytes = match value {
+                    serde_json::Value::String(text) => text.into_bytes(),
+                    other => serde_json::to_vec(&other).expect("a JSON value serializes"),
+                };
+                (key, bytes)
+            })
+            .collect(),
     };
     match submit(&api.state, request) {
         Ok(entry) => (StatusCode::ACCEPTED, Json(entry.view())).into_response(),
@@ -317,4 +340,44 @@ fn event_stream(
             }
         },
     )
+}
+
+async fn list_data(State(api): State<Api>) -> Response {
+    let data = api.state.data.read();
+    let keys: Vec<serde_json::Value> = data
+        .iter()
+        .map(|(key, value)| json!({"key": key, "bytes": value.len()}))
+        .collect();
+    Json(keys).into_response()
+}
+
+async fn put_data(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if key.is_empty() || key.len() > 1024 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid-key",
+            "a data key has 1 to 1024 bytes",
+        );
+    }
+    let bytes = body.len();
+    api.state
+        .data
+        .write()
+        .insert(key.clone(), body.to_vec().into());
+    Json(json!({"key": key, "bytes": bytes})).into_response()
+}
+
+async fn delete_data(State(api): State<Api>, Path(key): Path<String>) -> Response {
+    match api.state.data.write().remove(&key) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown-key",
+            format!("no data under '{key}'"),
+        ),
+    }
 }

@@ -3,22 +3,69 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use ferry_protocol::{
-    Cancel, Command, FrameError, FrameReader, Message, Peer, StreamKind, write_frame,
+    Cancel, Command, DataRequest, DataResponse, FrameError, FrameReader, Message, Peer, StreamKind,
+    write_frame,
 };
 use tokio::time::Instant;
 
 use crate::commands::{CommandEntry, CommandStatus};
+use crate::server::ServerState;
 
 /// How long past a command's own timeout the server waits for the agent's result before it
 /// gives up on it: the agent ends the plugin at the timeout and needs a moment to report.
 pub const RESULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Where a command's `DataRequest`s are answered from: the data the command carried, then the
+/// data an operator supplied to the server.
+pub(crate) struct DataSources {
+    pub(crate) command: BTreeMap<String, Vec<u8>>,
+    pub(crate) server: Arc<ServerState>,
+}
+
+/// How many DataRequests one command may make; past it, requests are refused, so a plugin in a
+/// loop cannot keep the server busy.
+pub const MAX_DATA_REQUESTS: u32 = 10_000;
+
+impl DataSources {
+    fn answer(&self, request: DataRequest, served: &mut u32) -> DataResponse {
+        *served += 1;
+        let (value, error) = if *served > MAX_DATA_REQUESTS {
+            (
+                None,
+                Some(format!(
+                    "this command has made more than {MAX_DATA_REQUESTS} data requests"
+                )),
+            )
+        } else if let Some(value) = self.command.get(&request.key) {
+            (Some(value.clone()), None)
+        } else if let Some(value) = self.server.data.read().get(&request.key) {
+            (Some(value.to_vec()), None)
+        } else {
+            (
+                None,
+                Some(format!(
+                    "no data under '{}': neither the command nor the server has it; send it with the command (`ferry run --data {}=…`) or supply it to the server (PUT /v1/data/{})",
+                    request.key, request.key, request.key
+                )),
+            )
+        };
+        DataResponse {
+            request: request.request,
+            value,
+            error,
+        }
+    }
+}
 
 /// Runs one command over `connection` until it has ended, recording everything in `entry`.
 pub(crate) async fn run(
     entry: Arc<CommandEntry>,
     connection: quinn::Connection,
     command: Command,
+    data: DataSources,
     max_frame: u32,
 ) {
     let timeout = Duration::from_millis(command.timeout_ms.unwrap_or(0));
@@ -50,6 +97,7 @@ pub(crate) async fn run(
 
     let mut recv = FrameReader::new(recv, max_frame);
     let mut cancel_sent = false;
+    let mut data_served = 0u32;
     loop {
         tokio::select! {
             frame = recv.next() => {
@@ -69,6 +117,12 @@ pub(crate) async fn run(
                                 entry.finish_with_result(result);
                                 let _ = send.finish();
                                 return;
+                            }
+                            Message::DataRequest(request) => {
+                                let response = Message::DataResponse(data.answer(request, &mut data_served));
+                                if let Err(e) = write_frame(&mut send, &response, max_frame).await {
+                                    tracing::debug!(error = %e, "could not answer a data request; the result will tell");
+                                }
                             }
                             _ => unreachable!("check_allowed admits only agent command-stream messages"),
                         }

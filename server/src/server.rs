@@ -1,5 +1,6 @@
 //! Starting and stopping a server, and what it offers to its embedder and to the operator API.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use ferry_protocol::pki::{PkiDir, write_file};
 use ferry_protocol::tls::{self, Identity, TransportSettings};
 use ferry_protocol::{AgentId, Command};
+use parking_lot::RwLock;
 use rand::RngCore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +75,9 @@ pub struct CommandRequest {
     pub timeout: Option<Duration>,
     /// An optional idempotency key.
     pub idempotency_key: Option<String>,
+    /// Data the plugin may ask for by key while it runs (`request-data`); looked up before
+    /// the server's own data.
+    pub data: BTreeMap<String, Vec<u8>>,
 }
 
 /// Shared state of a running server.
@@ -80,6 +85,8 @@ pub(crate) struct ServerState {
     pub(crate) config: ServerConfig,
     pub(crate) registry: Registry,
     pub(crate) commands: CommandStore,
+    /// Data an operator supplied for plugins to ask for by key.
+    pub(crate) data: RwLock<BTreeMap<String, Arc<[u8]>>>,
     sessions: AtomicU64,
 }
 
@@ -156,6 +163,7 @@ impl Server {
             config,
             registry: Registry::default(),
             commands: CommandStore::default(),
+            data: RwLock::new(BTreeMap::new()),
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
         });
@@ -246,6 +254,16 @@ impl Server {
         submit(&self.state, request)
     }
 
+    /// Supplies data plugins may ask for by key (`request-data`), replacing any under `key`.
+    pub fn set_data(&self, key: impl Into<String>, value: Vec<u8>) {
+        self.state.data.write().insert(key.into(), value.into());
+    }
+
+    /// Withdraws data; true if there was any under `key`.
+    pub fn remove_data(&self, key: &str) -> bool {
+        self.state.data.write().remove(key).is_some()
+    }
+
     /// A command by id.
     pub fn command(&self, id: &str) -> Option<Arc<CommandEntry>> {
         self.state.commands.get(id)
@@ -323,6 +341,10 @@ pub(crate) fn submit(
         entry.clone(),
         connection,
         command,
+        dispatch::DataSources {
+            command: request.data,
+            server: state.clone(),
+        },
         state.config.max_frame_bytes,
     ));
     Ok(entry)

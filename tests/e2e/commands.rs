@@ -93,6 +93,7 @@ async fn commands_for_an_agent_that_is_not_connected_are_refused() {
             content_type: "application/json".into(),
             timeout: None,
             idempotency_key: None,
+            data: Default::default(),
         })
         .err()
         .expect("refused");

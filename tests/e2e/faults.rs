@@ -60,6 +60,7 @@ async fn a_cancel_reaches_the_plugin() {
             content_type: "application/json".into(),
             timeout: Some(Duration::from_secs(20)),
             idempotency_key: None,
+            data: Default::default(),
         })
         .unwrap();
     ferry_tests::eventually("the command runs", || {

@@ -7,14 +7,14 @@ use ferry_protocol::{
 };
 use ferry_tests::{Harness, WAIT};
 
-struct RawAgent {
-    connection: quinn::Connection,
-    send: quinn::SendStream,
-    recv: FrameReader<quinn::RecvStream>,
+pub(crate) struct RawAgent {
+    pub(crate) connection: quinn::Connection,
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: FrameReader<quinn::RecvStream>,
     _endpoint: quinn::Endpoint,
 }
 
-async fn raw_agent(harness: &Harness, id: &str) -> RawAgent {
+pub(crate) async fn raw_agent(harness: &Harness, id: &str) -> RawAgent {
     let pki = harness.pki();
     let (cert, key) = pki.ensure_agent(&AgentId::new(id).unwrap()).unwrap();
     let client = tls::client_config(
@@ -38,7 +38,7 @@ async fn raw_agent(harness: &Harness, id: &str) -> RawAgent {
     }
 }
 
-fn hello(protocol: VersionRange) -> Message {
+pub(crate) fn hello(protocol: VersionRange) -> Message {
     Message::Hello(Hello {
         protocol,
         agent_version: "test".into(),

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real server and real agents over QUIC on loopback, one module per concern.
 
 mod commands;
+mod data;
 mod faults;
 mod handshake;
 mod reconnect;

@@ -153,6 +153,7 @@ impl Harness {
                 content_type: "application/json".into(),
                 timeout,
                 idempotency_key: None,
+                data: Default::default(),
             })
             .expect("command submitted");
         tokio::time::timeout(WAIT, entry.wait())

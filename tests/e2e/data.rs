@@ -1,0 +1,99 @@
+//! `request-data`: a running command asks the server for data by key; the server answers from
+//! the data the command carried, then from data an operator supplied.
+
+use ferry_protocol::{
+    Accepted, CommandResult, DataRequest, FrameReader, Message, Outcome, ResultStats, SUPPORTED,
+    write_frame,
+};
+use ferry_server::{CommandRequest, CommandStatus};
+use ferry_tests::{Harness, WAIT};
+
+use crate::handshake::{hello, raw_agent};
+
+#[tokio::test]
+async fn a_command_gets_its_own_data_then_the_servers() {
+    let harness = Harness::start().await;
+    let mut raw = raw_agent(&harness, "asker").await;
+    write_frame(&mut raw.send, &hello(SUPPORTED), 1 << 20)
+        .await
+        .unwrap();
+    assert!(matches!(
+        raw.recv.next().await.unwrap(),
+        Some(Message::Welcome(_))
+    ));
+    harness
+        .server()
+        .set_data("shared", b"from the operator".to_vec());
+    harness.server().set_data("both", b"the server's".to_vec());
+
+    let entry = harness
+        .server()
+        .submit(CommandRequest {
+            agent: "asker".parse().unwrap(),
+            topic: "anything".into(),
+            payload: vec![],
+            content_type: "application/json".into(),
+            timeout: None,
+            idempotency_key: None,
+            data: [
+                ("own".to_string(), b"from the command".to_vec()),
+                ("both".to_string(), b"the command's".to_vec()),
+            ]
+            .into(),
+        })
+        .unwrap();
+
+    // Play the agent's part of the command stream.
+    let (mut send, recv) = tokio::time::timeout(WAIT, raw.connection.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut recv = FrameReader::new(recv, 1 << 20);
+    let Some(Message::Command(command)) = recv.next().await.unwrap() else {
+        panic!("expected a Command")
+    };
+    write_frame(
+        &mut send,
+        &Message::Accepted(Accepted {
+            id: command.id.clone(),
+        }),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let mut answers = Vec::new();
+    for (request, key) in [(1, "own"), (2, "shared"), (3, "both"), (4, "missing")] {
+        let ask = Message::DataRequest(DataRequest {
+            request,
+            key: key.into(),
+        });
+        write_frame(&mut send, &ask, 1 << 20).await.unwrap();
+        match recv.next().await.unwrap() {
+            Some(Message::DataResponse(response)) => {
+                assert_eq!(response.request, request);
+                answers.push((response.value, response.error));
+            }
+            other => panic!("expected a DataResponse, got {other:?}"),
+        }
+    }
+    assert_eq!(answers[0].0.as_deref(), Some(&b"from the command"[..]));
+    assert_eq!(answers[1].0.as_deref(), Some(&b"from the operator"[..]));
+    assert_eq!(
+        answers[2].0.as_deref(),
+        Some(&b"the command's"[..]),
+        "the command's own data comes first"
+    );
+    assert_eq!(answers[3].0, None);
+    let why = answers[3].1.clone().unwrap();
+    assert!(why.contains("missing") && why.contains("--data"), "{why}");
+
+    let result = Message::Result(CommandResult {
+        id: command.id,
+        outcome: Outcome::Succeeded,
+        payload: b"done".to_vec(),
+        stats: ResultStats::default(),
+    });
+    write_frame(&mut send, &result, 1 << 20).await.unwrap();
+    let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
+    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+}
