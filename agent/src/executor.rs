@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_protocol::{
-    Accepted, CommandResult, FrameError, FrameReader, Log, LogLevel, Message, Outcome, Peer,
-    Progress, ResultStats, StreamKind, close, write_frame,
+    Accepted, CommandResult, DataRequest, DataResponse, FrameError, FrameReader, Log, LogLevel,
+    Message, Outcome, Peer, Progress, ResultStats, StreamKind, close, write_frame,
 };
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::host::{self, CommandEvents, InvokeError, Invoked, LoadedPlugin};
 
@@ -52,11 +53,16 @@ pub(crate) struct Executor {
     pub(crate) running: AtomicU32,
 }
 
+/// Data requests waiting for the server's answer, by request number.
+type PendingData = Arc<parking_lot::Mutex<HashMap<u32, oneshot::Sender<DataResponse>>>>;
+
 /// Forwards a plugin's events to the stream writer and carries the cancel flag.
 struct StreamEvents {
     tx: mpsc::Sender<Message>,
     cancelled: AtomicBool,
     dropped: AtomicU64,
+    next_request: AtomicU32,
+    pending: PendingData,
 }
 
 impl StreamEvents {
@@ -88,6 +94,28 @@ impl CommandEvents for StreamEvents {
 
     fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    fn request_data(&self, key: String) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        self.pending.lock().insert(request, answer);
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            // Unlike logs, a request is never dropped when the channel is full: the plugin waits.
+            tx.send(Message::DataRequest(DataRequest { request, key }))
+                .await
+                .map_err(|_| "the command's stream to the server is closed".to_string())?;
+            match answered.await {
+                Ok(DataResponse {
+                    value: Some(value), ..
+                }) => Ok(value),
+                Ok(DataResponse { error, .. }) => {
+                    Err(error.unwrap_or_else(|| "the server sent neither data nor a reason".into()))
+                }
+                Err(_) => Err("the connection to the server ended before it answered".into()),
+            }
+        })
     }
 }
 
@@ -144,6 +172,8 @@ impl Executor {
             tx,
             cancelled: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            next_request: AtomicU32::new(1),
+            pending: PendingData::default(),
         });
         let deadline = command
             .timeout_ms
@@ -173,6 +203,11 @@ impl Executor {
                 }
                 frame = recv.next(), if recv_open => {
                     match frame {
+                        Ok(Some(Message::DataResponse(response))) => {
+                            if let Some(answer) = events.pending.lock().remove(&response.request) {
+                                let _ = answer.send(response);
+                            }
+                        }
                         Ok(Some(Message::Cancel(cancel))) => {
                             tracing::info!(parent: &span, reason = %cancel.reason, "cancel requested");
                             events.cancelled.store(true, Ordering::Relaxed);

@@ -289,3 +289,42 @@ async fn a_manifest_gets_only_what_the_policy_allows() {
     );
     denied(probe(&plugin, "probe.read", refused.join("b").to_str().unwrap()).await);
 }
+
+#[tokio::test]
+async fn a_plugins_own_memory_limit_applies_and_is_named() {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let faulty = host
+        .load_with(
+            "faulty",
+            ferry_builtins::fixtures::FAULTY.component,
+            LoadOptions {
+                max_memory_bytes: Some(16 << 20),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+    let invoked = faulty
+        .invoke(
+            Invocation {
+                id: "m".into(),
+                topic: "fault.memory".into(),
+                payload: vec![],
+                content_type: String::new(),
+                deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(20)),
+            },
+            Arc::new(Events::default()),
+        )
+        .await;
+    match invoked.result {
+        Err(InvokeError::Crashed(message)) => {
+            assert!(message.contains("memory limit of 16 MiB"), "{message}");
+            assert!(message.contains("[limits] in its manifest"), "{message}");
+        }
+        other => panic!("expected a crash at the memory limit, got {other:?}"),
+    }
+    assert!(
+        invoked.stats.peak_memory_bytes <= 16 << 20,
+        "{:?}",
+        invoked.stats
+    );
+}

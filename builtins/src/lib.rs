@@ -91,6 +91,7 @@ pub mod fixtures {
             "probe.kv.list",
             "probe.process.run",
             "probe.process.run-timeout",
+            "probe.data",
         ],
         component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
     };

@@ -538,3 +538,69 @@ fn a_new_project_builds_and_passes_its_own_cases() {
         started.elapsed() - built
     );
 }
+
+/// `--grant` and `--data` stand in for the agent's policy and the server's data.
+#[test]
+fn grants_and_data_stand_in_for_policy_and_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("probe.wasm"),
+        ferry_builtins::fixtures::PROBE.component,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("note.txt"), "from a granted file").unwrap();
+    let note = dir.path().join("note.txt").display().to_string();
+    let probe = |extra: &[&str], topic: &str, arg: &str| {
+        let mut args = vec![
+            "plugin",
+            "test",
+            "probe.wasm",
+            "--topic",
+            topic,
+            "--content-type",
+            "text/plain",
+            "--payload",
+            arg,
+        ];
+        args.extend_from_slice(extra);
+        run(&args, dir.path())
+    };
+
+    let refused = probe(&[], "probe.read", &note).fails();
+    assert!(refused.stderr.contains("denied"), "{refused}");
+    let dir_grant = format!("fs={}", dir.path().display());
+    let read = probe(&["--grant", &dir_grant], "probe.read", &note).ok();
+    assert_eq!(read.stdout.trim(), "from a granted file", "{read}");
+
+    let refused = probe(&["--data", "token=abc"], "probe.data", "token").fails();
+    assert!(
+        refused.stderr.contains("request_data is not granted"),
+        "{refused}"
+    );
+    let data = probe(
+        &["--grant", "request_data", "--data", "token=abc"],
+        "probe.data",
+        "token",
+    )
+    .ok();
+    assert_eq!(data.stdout.trim(), "abc", "{data}");
+    let missing = probe(&["--grant", "request_data"], "probe.data", "token").fails();
+    assert!(missing.stderr.contains("--data token="), "{missing}");
+
+    let bad = run(
+        &[
+            "plugin",
+            "test",
+            "probe.wasm",
+            "--topic",
+            "probe.data",
+            "--grant",
+            "sudo",
+        ],
+        dir.path(),
+    );
+    assert!(
+        !bad.status.success() && bad.stderr.contains("is not a grant"),
+        "{bad}"
+    );
+}

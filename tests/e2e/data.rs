@@ -97,3 +97,84 @@ async fn a_command_gets_its_own_data_then_the_servers() {
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
     assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
 }
+
+/// Starts agent `id` serving the `probe` fixture with a manifest that asks for request-data;
+/// the policy allows it only when `allow` is true.
+async fn agent_with_probe(harness: &Harness, id: &str, allow: bool) -> ferry_agent::Agent {
+    let mut config = harness.agent_config(id);
+    let probe = harness.path("probe.wasm");
+    std::fs::write(&probe, ferry_builtins::fixtures::PROBE.component).unwrap();
+    let manifest = harness.path("probe.toml");
+    std::fs::write(
+        &manifest,
+        "[plugin]\nname = \"probe\"\nversion = \"1.0.0\"\ntopics = [\"probe.data\"]\n[capabilities]\nrequest_data = true\n",
+    )
+    .unwrap();
+    let policy = harness.path(&format!("policy-{id}.toml"));
+    std::fs::write(
+        &policy,
+        format!("[plugins.probe.capabilities]\nrequest_data = {allow}\n"),
+    )
+    .unwrap();
+    config.plugins.push(ferry_agent::PluginConfig {
+        path: probe,
+        topics: vec![],
+        name: None,
+        manifest: Some(manifest),
+    });
+    config.policy = Some(policy);
+    let agent = ferry_agent::Agent::start(config)
+        .await
+        .expect("agent starts");
+    agent.wait_connected(WAIT).await.expect("agent connects");
+    agent
+}
+
+fn ask(harness: &Harness, agent: &str, key: &str) -> std::sync::Arc<ferry_server::CommandEntry> {
+    harness
+        .server()
+        .submit(CommandRequest {
+            agent: agent.parse().unwrap(),
+            topic: "probe.data".into(),
+            payload: key.as_bytes().to_vec(),
+            content_type: "text/plain".into(),
+            timeout: None,
+            idempotency_key: None,
+            data: [("token".to_string(), b"s3cret".to_vec())].into(),
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_plugin_asks_for_data_through_a_real_agent() {
+    let harness = Harness::start().await;
+    let _agent = agent_with_probe(&harness, "data-agent", true).await;
+    harness.server().set_data("motd", b"welcome".to_vec());
+
+    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "token").wait())
+        .await
+        .unwrap();
+    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.output.payload_text.as_deref(), Some("s3cret"));
+    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "motd").wait())
+        .await
+        .unwrap();
+    assert_eq!(view.output.payload_text.as_deref(), Some("welcome"));
+    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "nothing").wait())
+        .await
+        .unwrap();
+    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert!(view.detail.unwrap().contains("no data under 'nothing'"));
+}
+
+#[tokio::test]
+async fn without_the_policy_grant_request_data_is_refused_by_name() {
+    let harness = Harness::start().await;
+    let _agent = agent_with_probe(&harness, "no-data-agent", false).await;
+    let view = tokio::time::timeout(WAIT, ask(&harness, "no-data-agent", "token").wait())
+        .await
+        .unwrap();
+    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    let detail = view.detail.unwrap();
+    assert!(detail.contains("request_data is not granted"), "{detail}");
+}

@@ -18,6 +18,7 @@ pub(crate) struct Interfaces {
     plugin: String,
     metrics_granted: bool,
     kv_granted: bool,
+    request_data_granted: bool,
     metrics: Option<MetricsHistory>,
     kv: Option<Arc<KvStore>>,
     programs: Programs,
@@ -36,6 +37,7 @@ impl Interfaces {
             plugin: plugin.to_string(),
             metrics_granted: capabilities.metrics,
             kv_granted: capabilities.kv,
+            request_data_granted: capabilities.request_data,
             metrics,
             kv,
             programs: Programs::new(plugin, &capabilities.programs, env),
@@ -48,6 +50,15 @@ impl Interfaces {
             "{capability} is not granted to plugin '{plugin}': its manifest must set `{capability} = true` under \
              [capabilities] and the agent's policy allow it (`{capability} = true` under [plugins.{plugin}.capabilities])"
         )
+    }
+
+    /// Fails unless the plugin may ask the server for data.
+    pub(crate) fn request_data(&self) -> Result<(), String> {
+        if self.request_data_granted {
+            Ok(())
+        } else {
+            Err(self.not_granted("request_data"))
+        }
     }
 
     fn metrics(&self) -> Result<&MetricsHistory, String> {

@@ -141,10 +141,10 @@ pub(crate) async fn run(
         Ended::Returned(Err(Failure::Instantiate(e))) => {
             Err(InvokeError::Instantiate(match meter.denied() {
                 Some(asked) => format!(
-                    "plugin '{name}' needs {} at start, more than the memory limit of {}; raise `plugin_memory_mib` in the agent's \
-                 config to run it",
+                    "plugin '{name}' needs {} at start, more than its memory limit of {}; {}",
                     mib(asked),
-                    mib(config.max_memory_bytes as u64)
+                    mib(plugin.max_memory_bytes as u64),
+                    raise_memory_advice(plugin.max_memory_bytes, config.max_memory_bytes)
                 ),
                 None => format!("plugin '{name}' could not be instantiated: {}", chain(&e)),
             }))
@@ -153,7 +153,14 @@ pub(crate) async fn run(
             Err(InvokeError::TimedOut)
         }
         Ended::Returned(Err(Failure::Call(e))) => {
-            let crash = crash_message(name, &e, meter, config.max_memory_bytes, &stderr.tail());
+            let crash = crash_message(
+                name,
+                &e,
+                meter,
+                plugin.max_memory_bytes,
+                config.max_memory_bytes,
+                &stderr.tail(),
+            );
             tracing::warn!(plugin = name, "{crash}");
             Err(InvokeError::Crashed(crash))
         }
@@ -238,11 +245,21 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Where a plugin's memory limit comes from, and so where to raise it.
+fn raise_memory_advice(plugin_max: usize, host_max: usize) -> &'static str {
+    if plugin_max < host_max {
+        "its own limit comes from `memory_mib` under [limits] in its manifest or the agent's policy: raise it there if it needs more"
+    } else {
+        "raise `plugin_memory_mib` in the agent's config if it needs more"
+    }
+}
+
 fn crash_message(
     name: &str,
     error: &wasmtime::Error,
     meter: &Meter,
     max_memory: usize,
+    host_max_memory: usize,
     stderr: &[String],
 ) -> String {
     let trap = error.downcast_ref::<Trap>();
@@ -259,10 +276,10 @@ fn crash_message(
     };
     let mut message = match (meter.denied(), trap) {
         (Some(asked), _) => format!(
-            "plugin '{name}' exceeded the memory limit of {} (it asked for {}) and crashed: {what}; raise `plugin_memory_mib` in \
-             the agent's config if it needs more",
+            "plugin '{name}' exceeded its memory limit of {} (it asked for {}) and crashed: {what}; {}",
             mib(max_memory as u64),
-            mib(asked)
+            mib(asked),
+            raise_memory_advice(max_memory, host_max_memory)
         ),
         (None, Some(_)) => format!("plugin '{name}' trapped: {what}"),
         (None, None) => format!("plugin '{name}' crashed: {what}"),

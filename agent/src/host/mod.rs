@@ -489,6 +489,16 @@ pub trait CommandEvents: Send + Sync {
     fn progress(&self, percent: u8, message: String);
     /// Whether the command has been cancelled.
     fn cancelled(&self) -> bool;
+    /// The plugin asks for data by key (`request-data`; the grant is already checked). The
+    /// agent asks the server; where there is no server, the default says so.
+    fn request_data(
+        &self,
+        key: String,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        Box::pin(std::future::ready(Err(format!(
+            "no data under '{key}': this command is not running under a ferry server, so there is no data to ask for"
+        ))))
+    }
 }
 
 /// How an invocation ended, with its statistics.

@@ -99,6 +99,11 @@ impl context::Host for State {
     fn cancelled(&mut self) -> bool {
         self.events.cancelled()
     }
+
+    async fn request_data(&mut self, key: String) -> Result<Vec<u8>, String> {
+        self.interfaces.request_data()?;
+        self.events.request_data(key).await
+    }
 }
 
 impl types::Host for State {}

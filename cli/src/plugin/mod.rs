@@ -1,6 +1,7 @@
 //! `ferry plugin`: write plugins and test them on this machine, without a server.
 
 mod cases;
+mod grant;
 mod new;
 mod run;
 mod test;

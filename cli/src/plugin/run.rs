@@ -1,6 +1,7 @@
 //! Running a plugin on this machine, with the agent's plugin host but no agent and no server:
 //! the same sandbox, limits and deadline a command gets on an agent.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use ferry_agent::host::{
-    CommandEvents, HostConfig, Invocation, InvokeStats, LoadedPlugin, LogLevel, PluginHost,
+    CommandEvents, HostConfig, Invocation, InvokeStats, LoadOptions, LoadedPlugin, LogLevel,
+    PluginHost,
 };
+use ferry_agent::metrics::MetricsHistory;
+use ferry_manifest::Capabilities;
 use ferry_protocol::message::Outcome;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use tracing::instrument::WithSubscriber as _;
 
@@ -18,6 +23,8 @@ use tracing::instrument::WithSubscriber as _;
 pub struct Local {
     plugin: LoadedPlugin,
     next_id: AtomicU64,
+    data: Arc<BTreeMap<String, Vec<u8>>>,
+    _scratch: tempfile::TempDir,
 }
 
 /// One command to run.
@@ -43,8 +50,13 @@ pub struct Ran {
 }
 
 impl Local {
-    /// Reads, compiles and checks the plugin at `path`.
-    pub fn load(path: &Path) -> Result<Local> {
+    /// Reads, compiles and checks the plugin at `path`, granting it `capabilities`; `data`
+    /// answers its `request-data` calls, as a server would.
+    pub fn load(
+        path: &Path,
+        capabilities: Capabilities,
+        data: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Local> {
         let bytes = std::fs::read(path).map_err(|e| {
             anyhow!(
                 "cannot read the plugin {}: {e}; give the path of a .wasm component (a Rust \
@@ -59,14 +71,30 @@ impl Local {
             .unwrap_or_else(|| path.display().to_string());
         // One command runs at a time here, so the pool needs one slot, and reserves the
         // address space of one instance rather than an agent's 64.
+        // The key-value store and metrics a granted plugin uses live only as long as this run.
+        let scratch = tempfile::Builder::new()
+            .prefix("ferry-plugin-test-")
+            .tempdir()?;
         let host = PluginHost::new(HostConfig {
             max_instances: 1,
+            kv_dir: Some(scratch.path().join("kv")),
+            metrics: Some(MetricsHistory::new(
+                scratch.path(),
+                Duration::from_secs(5),
+                Duration::from_secs(3600),
+            )),
             ..HostConfig::default()
         })?;
-        let plugin = host.load(&name, &bytes)?;
+        let options = LoadOptions {
+            capabilities,
+            ..LoadOptions::default()
+        };
+        let plugin = host.load_with(&name, &bytes, options)?;
         Ok(Local {
             plugin,
             next_id: Default::default(),
+            data: Arc::new(data),
+            _scratch: scratch,
         })
     }
 
@@ -86,6 +114,7 @@ impl Local {
             progress: Mutex::default(),
             cancel,
             cancel_at: request.cancel_after.map(|after| started + after),
+            data: self.data.clone(),
         });
         let invocation = self.plugin.invoke(
             Invocation {
@@ -132,6 +161,7 @@ struct Recorder {
     progress: Mutex<Vec<(u8, String)>>,
     cancel: Arc<AtomicBool>,
     cancel_at: Option<Instant>,
+    data: Arc<BTreeMap<String, Vec<u8>>>,
 }
 
 impl CommandEvents for Recorder {
@@ -151,6 +181,13 @@ impl CommandEvents for Recorder {
 
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.cancel_at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn request_data(&self, key: String) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let answer = self.data.get(&key).cloned().ok_or_else(|| {
+            format!("no data under '{key}': pass it with `ferry plugin test … --data {key}=VALUE`")
+        });
+        Box::pin(std::future::ready(answer))
     }
 }
 

@@ -47,6 +47,32 @@ pub struct TestArgs {
     /// on stderr.
     #[arg(long)]
     pub json: bool,
+    /// Grant the plugin a capability, as an agent's policy would: fs=PATH (read-only),
+    /// fs=PATH:rw, env=NAME, net=HOST:PORT, program=PATH, metrics, kv or request_data.
+    /// Nothing is granted by default. Repeat for more.
+    #[arg(long = "grant", value_parser = super::grant::parse_grant)]
+    pub grants: Vec<ferry_manifest::Capabilities>,
+    /// Data the plugin may ask for with request-data, key=text, as a server would answer it
+    /// (the plugin also needs --grant request_data). Repeat for more.
+    #[arg(long = "data", value_parser = parse_data)]
+    pub data: Vec<(String, String)>,
+}
+
+fn parse_data(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{text}' is not key=value")),
+    }
+}
+
+/// Loads the plugin with the run's grants and data.
+fn load(args: &TestArgs) -> Result<Local> {
+    let data = args
+        .data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    Local::load(&args.plugin, super::grant::merge(&args.grants), data)
 }
 
 pub async fn run(args: TestArgs) -> Result<()> {
@@ -62,7 +88,7 @@ async fn run_one(args: TestArgs) -> Result<()> {
         .clone()
         .context("give --topic to run one command, or a cases file")?;
     let (payload, content_type) = payload(&args)?;
-    let plugin = Local::load(&args.plugin)?;
+    let plugin = load(&args)?;
     let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let human = !args.json;
     if human {
@@ -222,7 +248,7 @@ const FAILED_CASE_LOG_LINES: usize = 20;
 
 async fn run_cases(args: TestArgs, file: PathBuf) -> Result<()> {
     let cases = cases::load(&file)?;
-    let plugin = Local::load(&args.plugin)?;
+    let plugin = load(&args)?;
     let never = Arc::new(AtomicBool::new(false));
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut reports = Vec::new();

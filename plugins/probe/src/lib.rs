@@ -9,6 +9,7 @@
 //! | `probe.list` | a directory path | the entries, one per line, sorted |
 //! | `probe.env` | a variable name | its value |
 //! | `probe.connect` | `host:port` | `connected` |
+//! | `probe.data` | a key | the data `request-data` returns for it |
 //! | `probe.metrics.now` | (none) | the sample, one `field=value` per line |
 //! | `probe.metrics.history` | a period in seconds | one line per sample: `timestamp_ms cpu_percent memory_used_bytes agent_memory_bytes` |
 //! | `probe.kv.set` | `key` newline `value` | `stored` |
@@ -132,6 +133,8 @@ impl Plugin for Probe {
                 .map_err(|e| denied("kv.list", e))?
                 .join("\n")
                 .into_bytes()),
+            "probe.data" => ferry_plugin::request_data(&arg)
+                .map_err(|e| denied(&format!("request-data {arg}"), e)),
             "probe.process.run" => run(&arg, None),
             "probe.process.run-timeout" => {
                 let (ms, rest) = arg.split_once('\n').ok_or_else(|| {

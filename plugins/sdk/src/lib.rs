@@ -431,6 +431,20 @@ pub fn cancelled() -> bool {
     context::cancelled()
 }
 
+/// Asks the server for data the command needs, by key: data sent with the command
+/// (`ferry run --data key=text`) or supplied to the server by an operator. Needs
+/// `request_data = true` under `[capabilities]` in the manifest (and the agent's policy); the
+/// error says why there is no data.
+///
+/// ```no_run
+/// let token = ferry_plugin::request_data("api-token")
+///     .map_err(|e| ferry_plugin::Error::failed(format!("no token: {e}")))?;
+/// # Ok::<(), ferry_plugin::Error>(())
+/// ```
+pub fn request_data(key: &str) -> Result<Vec<u8>, String> {
+    context::request_data(key)
+}
+
 /// Logs a formatted message at trace level: `ferry_plugin::trace!("x = {x}")`.
 #[macro_export]
 macro_rules! trace {
