@@ -73,3 +73,53 @@ async fn a_cancel_reaches_the_plugin() {
         .unwrap();
     assert_eq!(view.status, CommandStatus::Cancelled, "{view:?}");
 }
+
+#[tokio::test]
+async fn a_fuel_budget_from_the_manifest_ends_a_runaway_plugin_and_is_reported() {
+    let harness = Harness::start().await;
+    let mut config = harness.agent_config("metered");
+    let manifest = harness.path("faulty.toml");
+    std::fs::write(
+        &manifest,
+        "[plugin]\nname = \"faulty\"\nversion = \"1.0.0\"\ntopics = [\"fault.loop\", \"fault.fail\"]\n[limits]\nfuel = 5_000_000\n",
+    )
+    .unwrap();
+    config.plugins[0].manifest = Some(manifest);
+    let agent = ferry_agent::Agent::start(config).await.unwrap();
+    agent.wait_connected(ferry_tests::WAIT).await.unwrap();
+
+    let view = harness
+        .run(
+            "metered",
+            "fault.loop",
+            b"{}",
+            Some(Duration::from_secs(20)),
+        )
+        .await;
+    assert_eq!(view.status, CommandStatus::Crashed, "{view:?}");
+    assert!(
+        view.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("ran out of fuel"),
+        "{view:?}"
+    );
+    assert_eq!(
+        view.stats.unwrap().fuel,
+        Some(5_000_000),
+        "the Result reports the fuel used"
+    );
+
+    let view = harness.run("metered", "fault.fail", b"{}", None).await;
+    assert_eq!(
+        view.status,
+        CommandStatus::Failed,
+        "the agent keeps serving: {view:?}"
+    );
+    let fuel = view
+        .stats
+        .unwrap()
+        .fuel
+        .expect("metered commands report fuel");
+    assert!(fuel > 0 && fuel < 5_000_000, "{fuel}");
+}
