@@ -231,7 +231,9 @@ impl Drop for Guard {
 /// Kills the process group `group`, if any.
 fn kill_group(group: Option<u32>) {
     #[cfg(unix)]
-    if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
+    // kill(-0) would signal the agent's own group and kill(-1) every process it may signal;
+    // a child never has those pids, and this makes sure of it.
+    if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 1) {
         // SAFETY: kill(2) has no memory-safety preconditions. The group id is the program's
         // pid; while the program is unreaped (or any member of its group lives) the kernel
         // does not reuse it, so this reaches only the program's group.
