@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use ferry_protocol::identity::agent_id_from_cert;
+use ferry_protocol::package::PublicKey;
 use ferry_protocol::tls::{self, Identity, TransportSettings};
 use ferry_protocol::{AgentId, Hello, SUPPORTED};
 use parking_lot::Mutex;
@@ -14,11 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::connection::{self, Link};
-use crate::executor::{Executor, Topics};
-use crate::host::{HostConfig, HostError, LoadOptions, PluginHost};
+use crate::deploy::Deployer;
+use crate::executor::Executor;
+use crate::host::{HostConfig, HostError, LoadOptions, LoadedPlugin, PluginHost};
 use crate::metrics::{MetricsHistory, MetricsSampler};
 use crate::policy::{Grant, Policy, PolicyError};
+use crate::routes::Routes;
 use ferry_manifest::{Capabilities, Limits, Manifest};
+use std::collections::HashMap;
 
 /// The WIT versions of `ferry:plugin` this agent's plugin host serves.
 pub const WIT_VERSIONS: &[&str] = &[crate::host::WIT_VERSION];
@@ -88,7 +92,7 @@ pub enum AgentError {
 /// A running agent.
 pub struct Agent {
     id: AgentId,
-    topics: Vec<String>,
+    routes: Arc<Routes>,
     status: watch::Receiver<ConnectionStatus>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -140,20 +144,43 @@ impl Agent {
             kv_dir: Some(config.data_dir.join("kv")),
             ..HostConfig::default()
         })?;
-        let topics = load_plugins(&host, &config)?;
-        let topic_names = topics.names();
-        tracing::info!(agent = %id, topics = ?topic_names, "agent starting");
+        let policy = Arc::new(match &config.policy {
+            Some(path) => Policy::load(path)?,
+            None => Policy::deny_all(),
+        });
+        let routes = Arc::new(Routes::new(load_plugins(&host, &policy, &config)?));
+        let key = match config.effective_plugin_key() {
+            Some(path) => PublicKey::from_file(&path).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "this agent has no plugin signing key, so it cannot check pushed plugins; copy the server's pki/plugin-signing.pub to {} (or set plugin_key in the agent's configuration)",
+                config.ca.with_file_name("plugin-signing.pub").display()
+            )),
+        };
+        if let Err(why) = &key {
+            tracing::warn!("{why}");
+        }
+        let deployer = Arc::new(Deployer::new(
+            routes.clone(),
+            host.clone(),
+            policy,
+            key,
+            config.data_dir.join("packages"),
+            config.max_frame_bytes,
+            config.max_plugin_bytes,
+        ));
+        deployer.restore().await;
+        tracing::info!(agent = %id, topics = ?routes.topics(), "agent starting");
 
         let hello = Hello {
             protocol: SUPPORTED,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             labels: config.labels.clone(),
             wit_versions: WIT_VERSIONS.iter().map(|v| v.to_string()).collect(),
-            topics: topic_names.clone(),
+            topics: Vec::new(),
             cached_plugins: Vec::new(),
         };
         let executor = Arc::new(Executor {
-            topics,
+            routes: routes.clone(),
             max_frame: config.max_frame_bytes,
             running: AtomicU32::new(0),
         });
@@ -164,14 +191,16 @@ impl Agent {
             hello,
             executor,
             sampler,
+            deployer: deployer.clone(),
         });
         let (status_tx, status) = watch::channel(ConnectionStatus::Connecting { attempt: 0 });
         let stop = CancellationToken::new();
         history.spawn(stop.clone());
+        tokio::spawn(deployer.run(stop.clone()));
         let task = tokio::spawn(connection::run(link, stop.clone(), status_tx));
         Ok(Agent {
             id,
-            topics: topic_names,
+            routes,
             status,
             stop,
             task,
@@ -183,9 +212,9 @@ impl Agent {
         &self.id
     }
 
-    /// The topics it serves.
-    pub fn topics(&self) -> &[String] {
-        &self.topics
+    /// The topics it serves now (its own plugins' and the pushed ones that are ready), sorted.
+    pub fn topics(&self) -> Vec<String> {
+        self.routes.topics()
     }
 
     /// Where its connection stands now.
@@ -224,12 +253,12 @@ impl Agent {
     }
 }
 
-fn load_plugins(host: &PluginHost, config: &AgentConfig) -> Result<Topics, AgentError> {
-    let policy = match &config.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::deny_all(),
-    };
-    let mut topics = Topics::default();
+fn load_plugins(
+    host: &PluginHost,
+    policy: &Policy,
+    config: &AgentConfig,
+) -> Result<HashMap<String, LoadedPlugin>, AgentError> {
+    let mut topics = HashMap::new();
     if config.builtins {
         // Built-ins ask for no capabilities; the policy's limits still apply to them.
         for builtin in ferry_builtins::all() {
@@ -299,7 +328,7 @@ fn load_plugins(host: &PluginHost, config: &AgentConfig) -> Result<Topics, Agent
     Ok(topics)
 }
 
-fn load_options(grant: Grant) -> LoadOptions {
+pub(crate) fn load_options(grant: Grant) -> LoadOptions {
     LoadOptions {
         fuel: grant.limits.fuel,
         capabilities: grant.capabilities,

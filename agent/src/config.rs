@@ -21,6 +21,13 @@ pub struct AgentConfig {
     pub key: PathBuf,
     /// The CA that signed the server's certificate (PEM).
     pub ca: PathBuf,
+    /// The server's plugin signing key (`plugin-signing.pub`, written by the server next to its
+    /// CA and by `ferry cert issue`): only packages signed with it are run. When absent,
+    /// `plugin-signing.pub` next to `ca` is used if it exists; without a key the agent refuses
+    /// every pushed plugin and says why.
+    pub plugin_key: Option<PathBuf>,
+    /// The largest plugin package the agent fetches, in bytes.
+    pub max_plugin_bytes: u64,
     /// Where the agent keeps its state.
     pub data_dir: PathBuf,
     /// Labels for targeting (`env = "prod"`).
@@ -91,6 +98,8 @@ impl Default for AgentConfig {
             cert: PathBuf::from("agent.pem"),
             key: PathBuf::from("agent.key"),
             ca: PathBuf::from("ca.pem"),
+            plugin_key: None,
+            max_plugin_bytes: 256 << 20,
             data_dir: PathBuf::from("ferry-agent"),
             labels: BTreeMap::new(),
             builtins: true,
@@ -112,6 +121,15 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
+    /// The plugin signing key file to use, if there is one.
+    pub fn effective_plugin_key(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.plugin_key {
+            return Some(path.clone());
+        }
+        let beside_ca = self.ca.with_file_name("plugin-signing.pub");
+        beside_ca.exists().then_some(beside_ca)
+    }
+
     /// The TLS server name to verify.
     pub fn effective_server_name(&self) -> String {
         if !self.server_name.is_empty() {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::ConnectionStatus;
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::deploy::{Deployer, Session as PluginSession};
 use crate::executor::Executor;
 use crate::metrics::MetricsSampler;
 
@@ -28,6 +29,7 @@ pub(crate) struct Link {
     pub(crate) hello: Hello,
     pub(crate) executor: Arc<Executor>,
     pub(crate) sampler: Arc<Mutex<MetricsSampler>>,
+    pub(crate) deployer: Arc<Deployer>,
 }
 
 /// Why a connection attempt or a session ended.
@@ -186,7 +188,12 @@ async fn handshake(
         }
     };
     let mut recv = FrameReader::new(recv, max_frame);
-    if let Err(e) = write_frame(&mut send, &Message::Hello(link.hello.clone()), max_frame).await {
+    let hello = Hello {
+        topics: link.executor.routes.topics(),
+        cached_plugins: link.deployer.stored(),
+        ..link.hello.clone()
+    };
+    if let Err(e) = write_frame(&mut send, &Message::Hello(hello), max_frame).await {
         return Err(Ended::Failed(format!("cannot send Hello: {e}")));
     }
     let welcome = match tokio::time::timeout(config.connect_timeout, recv.next()).await {
@@ -246,6 +253,9 @@ async fn serve(
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Plugin reports of this session; the deployer drops its sender when the set changes, and
+    // a report for an ended session goes nowhere (the next session gets a fresh one).
+    let (reports, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
     let ended = loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -266,6 +276,11 @@ async fn serve(
                     break format!("cannot send a heartbeat: {e}");
                 }
             }
+            Some(report) = report_rx.recv() => {
+                if let Err(e) = write_frame(&mut send, &report, max_frame).await {
+                    break format!("cannot send a plugin report: {e}");
+                }
+            }
             incoming = connection.accept_bi() => match incoming {
                 Ok((cmd_send, cmd_recv)) => {
                     tokio::spawn(link.executor.clone().serve(cmd_send, cmd_recv));
@@ -278,10 +293,14 @@ async fn serve(
                         connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                         break format!("protocol error from the server: {e}");
                     }
-                    if let Message::Bye(Bye { reason }) = message {
-                        break format!("the server said goodbye: {reason}");
+                    match message {
+                        Message::Bye(Bye { reason }) => break format!("the server said goodbye: {reason}"),
+                        Message::PluginAssign(assign) => link.deployer.assign(
+                            assign.plugins,
+                            PluginSession { connection: connection.clone(), reports: reports.clone() },
+                        ),
+                        other => tracing::warn!(kind = other.kind(), "ignoring an unexpected control message"),
                     }
-                    tracing::warn!(kind = message.kind(), "ignoring an unexpected control message");
                 }
                 Ok(None) => break "the server closed the control stream".to_string(),
                 Err(e) => break format!("control stream failed: {}", explain(&e, &connection)),

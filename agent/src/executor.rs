@@ -13,7 +13,8 @@ use ferry_protocol::{
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::host::{self, CommandEvents, InvokeError, Invoked, LoadedPlugin};
+use crate::host::{self, CommandEvents, InvokeError, Invoked};
+use crate::routes::Routes;
 
 /// How long the server has to send the Command frame after opening a stream.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,34 +22,9 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// so a plugin that logs in a tight loop cannot exhaust the agent's memory.
 const EVENT_BUFFER: usize = 1024;
 
-/// Which plugin serves which topic.
-#[derive(Clone, Default)]
-pub struct Topics {
-    by_topic: HashMap<String, LoadedPlugin>,
-}
-
-impl Topics {
-    /// Routes `topic` to `plugin`, replacing any earlier route.
-    pub fn insert(&mut self, topic: String, plugin: LoadedPlugin) {
-        self.by_topic.insert(topic, plugin);
-    }
-
-    /// The plugin for `topic`.
-    pub fn get(&self, topic: &str) -> Option<&LoadedPlugin> {
-        self.by_topic.get(topic)
-    }
-
-    /// Every topic, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.by_topic.keys().cloned().collect();
-        names.sort();
-        names
-    }
-}
-
 /// What the executor needs from the agent.
 pub(crate) struct Executor {
-    pub(crate) topics: Topics,
+    pub(crate) routes: Arc<Routes>,
     pub(crate) max_frame: u32,
     pub(crate) running: AtomicU32,
 }
@@ -156,15 +132,17 @@ impl Executor {
             tracing::warn!(parent: &span, "server went away before the command was accepted");
             return;
         }
-        let Some(plugin) = self.topics.get(&command.topic).cloned() else {
-            let outcome = Outcome::UnknownTopic(format!(
-                "no plugin on this agent handles topic '{}'; it serves: {}",
-                command.topic,
-                self.topics.names().join(", ")
-            ));
-            self.finish(&mut send, id, outcome, Vec::new(), ResultStats::default())
-                .await;
-            return;
+        let deadline = command
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let plugin = match self.routes.resolve(&command.topic, deadline).await {
+            Ok(plugin) => plugin,
+            Err(why) => {
+                let outcome = Outcome::UnknownTopic(why);
+                self.finish(&mut send, id, outcome, Vec::new(), ResultStats::default())
+                    .await;
+                return;
+            }
         };
 
         let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
@@ -175,9 +153,6 @@ impl Executor {
             next_request: AtomicU32::new(1),
             pending: PendingData::default(),
         });
-        let deadline = command
-            .timeout_ms
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
         let invocation = host::Invocation {
             id: id.clone(),
             topic: command.topic,

@@ -8,10 +8,12 @@ mod agent;
 mod backoff;
 pub mod config;
 mod connection;
+mod deploy;
 mod executor;
 pub mod host;
 pub mod metrics;
 pub mod policy;
+mod routes;
 
 pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
 pub use config::{AgentConfig, PluginConfig};

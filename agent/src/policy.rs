@@ -293,13 +293,10 @@ mod tests {
     }
 
     fn policy(text: &str) -> Policy {
-        let dir = std::env::temp_dir().join(format!("ferry-policy-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", text.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).unwrap();
-        let policy = Policy::load(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        policy
+        Policy::load(&path).unwrap()
     }
 
     #[test]
@@ -377,7 +374,7 @@ mod tests {
             ]
         );
         assert!(
-            grant.refusals[0].message.contains("policy-test"),
+            grant.refusals[0].message.contains("policy.toml"),
             "names the policy file: {}",
             grant.refusals[0].message
         );

@@ -14,8 +14,9 @@ pub struct CertArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCommand {
-    /// Issue a client certificate for an agent from the server's CA; writes <id>.pem, <id>.key
-    /// and ca.pem into --out, ready for `ferry agent --cert --key --ca`.
+    /// Issue a client certificate for an agent from the server's CA; writes <id>.pem, <id>.key,
+    /// ca.pem and plugin-signing.pub (the key pushed plugins are checked with) into --out, ready
+    /// for `ferry agent --cert --key --ca`.
     Issue {
         /// The agent's id; it goes into the certificate as ferry://agent/<id>.
         agent_id: String,
@@ -61,9 +62,19 @@ pub fn run(args: CertArgs) -> Result<()> {
             write_file(&cert, issued.cert_pem.as_bytes(), false)?;
             std::fs::copy(pki.ca_cert_path(), &ca)
                 .with_context(|| format!("cannot write {}", ca.display()))?;
+            let signing_key = pki_dir.join(ferry_server::PLUGIN_KEY_PUB);
+            let plugin_key = out.join(ferry_server::PLUGIN_KEY_PUB);
+            std::fs::copy(&signing_key, &plugin_key).with_context(|| {
+                format!(
+                    "cannot copy {} to {}; start the server once to create it",
+                    signing_key.display(),
+                    plugin_key.display()
+                )
+            })?;
             println!("{}", cert.display());
             println!("{}", key.display());
             println!("{}", ca.display());
+            println!("{}", plugin_key.display());
             eprintln!(
                 "start the agent with: ferry agent --server <host:port> --cert {} --key {} --ca {}",
                 cert.display(),

@@ -119,6 +119,20 @@ impl Client {
             .await?)
     }
 
+    /// `POST path` with a binary body, answered with JSON.
+    pub async fn post_bytes(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<Value> {
+        Ok(self
+            .send(
+                self.http
+                    .post(format!("{}{path}", self.base))
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body),
+            )
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Follows a server-sent-event stream, calling `on_event(kind, data)` for each event until the
     /// stream ends.
     pub async fn follow(&self, path: &str, mut on_event: impl FnMut(&str, Value)) -> Result<()> {

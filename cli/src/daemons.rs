@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// The CA certificate that signed the server's certificate (PEM).
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// The server's plugin signing key (plugin-signing.pub; default: beside --ca). Only plugins
+    /// it signed are run.
+    #[arg(long)]
+    pub plugin_key: Option<PathBuf>,
     /// Where the agent keeps its state (default ./ferry-agent).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -154,6 +158,9 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
     }
     if let Some(v) = args.key {
         config.key = v;
+    }
+    if let Some(v) = args.plugin_key {
+        config.plugin_key = Some(v);
     }
     if let Some(v) = args.ca {
         config.ca = v;

@@ -9,6 +9,7 @@ mod daemons;
 mod dev;
 mod output;
 mod plugin;
+mod progress;
 
 use std::path::PathBuf;
 

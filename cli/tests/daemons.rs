@@ -177,6 +177,60 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
         serde_json::json!({"n": 1})
     );
 
+    // A plugin pushed with the CLI reaches the agent, which serves its new topic at once.
+    let component = setup.dir.path().join("greeter.wasm");
+    std::fs::write(&component, ferry_builtins::ECHO.component).unwrap();
+    std::fs::write(
+        setup.dir.path().join("ferry.toml"),
+        "[plugin]\nname = \"greeter\"\nversion = \"1.0.0\"\ntopics = [\"greet\"]\n",
+    )
+    .unwrap();
+    let out = setup.api(&[
+        "plugin",
+        "push",
+        component.to_str().unwrap(),
+        "--to",
+        "env=test",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("pushed greeter 1.0.0"), "{stdout}");
+    assert!(stderr.contains("edge-9: ready"), "{stderr}");
+    let greet = |n: u32| {
+        let out = setup.api(&[
+            "run",
+            "greet",
+            "--agent",
+            "edge-9",
+            "--payload",
+            &format!(r#"{{"greeted":{n}}}"#),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            serde_json::json!({ "greeted": n })
+        );
+    };
+    greet(1);
+    // A file that is not a component is refused with the reason, and nothing is stored.
+    let bad = setup.dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"not a component").unwrap();
+    let out = setup.api(&["plugin", "push", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not WebAssembly"), "{stderr}");
+    let out = setup.api(&["plugin", "show", "nope"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no plugin named nope"), "{stderr}");
+
     // Kill, not stop: no close frames reach the agent.
     server.0.kill().unwrap();
     server.0.wait().unwrap();
@@ -196,6 +250,24 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The registry survived the kill, and the agent still serves the plugin.
+    let out = setup.api(&["plugin", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "greeter");
+    assert_eq!(list[0]["assigned"]["to"], "env=test");
+    greet(2);
+    // The restarted server learns again what the agent has (its reports are not persisted).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = setup.api(&["plugin", "show", "greeter", "--json"]);
+        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(shown["agents"][0]["agent"], "edge-9");
+        if shown["agents"][0]["state"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // SIGTERM stops the agent cleanly, and the server sees it go.
     let status = Command::new("kill")

@@ -7,6 +7,7 @@
 //! - [`identity`]: agent ids, read from the agent's certificate.
 //! - [`tls`]: rustls/quinn configuration for mutual TLS with ALPN `ferry/1`.
 //! - [`pki`]: a certificate authority and the on-disk certificate layout.
+//! - [`package`]: plugin packages, their digests and ed25519 signatures.
 //!
 //! The crate does no I/O policy of its own: both sides decide when to read and write.
 
@@ -24,10 +25,15 @@ pub mod close {
     pub const SHUTDOWN: u32 = 4;
 }
 
+/// The `ferry:plugin` WIT world versions this release of ferry defines, oldest first. Each
+/// released version stays, frozen, under `wit/<version>/`.
+pub const WIT_VERSIONS: &[&str] = &["0.1.0"];
+
 pub mod codec;
 pub mod frame;
 pub mod identity;
 pub mod message;
+pub mod package;
 pub mod pki;
 pub mod tls;
 pub mod version;

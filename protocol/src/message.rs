@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::package::Digest;
 use crate::version::VersionRange;
 
 /// Every frame exchanged between a server and an agent.
@@ -29,6 +30,12 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// Either side, before it closes the connection on purpose.
     Bye(Bye),
+    /// Server → agent: the complete set of pushed plugins the agent must serve; sent after
+    /// Welcome and again whenever that set changes.
+    PluginAssign(PluginAssign),
+    /// Agent → server: where each assigned plugin stands on the agent, and the topics it
+    /// serves now; sent whenever that changes.
+    PluginReport(PluginReport),
 
     // Command streams (one bidirectional stream per command, opened by the server).
     /// Server → agent, first frame of a command stream.
@@ -47,6 +54,14 @@ pub enum Message {
     DataRequest(DataRequest),
     /// Server → agent: the answer to a DataRequest.
     DataResponse(DataResponse),
+
+    // Fetch streams (one bidirectional stream per package, opened by the agent).
+    /// Agent → server, first frame of a fetch stream: send this package.
+    Fetch(Fetch),
+    /// Server → agent: the package's size, or why it cannot be sent; its bytes follow.
+    FetchReply(FetchReply),
+    /// Server → agent: the next bytes of the package.
+    PackageChunk(PackageChunk),
 }
 
 /// Who sent a frame.
@@ -65,6 +80,8 @@ pub enum StreamKind {
     Control,
     /// A per-command bidirectional stream, opened by the server.
     Command,
+    /// A bidirectional stream on which the agent fetches one plugin package.
+    Fetch,
 }
 
 impl fmt::Display for Peer {
@@ -81,6 +98,7 @@ impl fmt::Display for StreamKind {
         f.write_str(match self {
             StreamKind::Control => "control",
             StreamKind::Command => "command",
+            StreamKind::Fetch => "fetch",
         })
     }
 }
@@ -108,6 +126,8 @@ impl Message {
             Message::Reject(_) => "Reject",
             Message::Heartbeat(_) => "Heartbeat",
             Message::Bye(_) => "Bye",
+            Message::PluginAssign(_) => "PluginAssign",
+            Message::PluginReport(_) => "PluginReport",
             Message::Command(_) => "Command",
             Message::Cancel(_) => "Cancel",
             Message::Accepted(_) => "Accepted",
@@ -116,6 +136,9 @@ impl Message {
             Message::Result(_) => "Result",
             Message::DataRequest(_) => "DataRequest",
             Message::DataResponse(_) => "DataResponse",
+            Message::Fetch(_) => "Fetch",
+            Message::FetchReply(_) => "FetchReply",
+            Message::PackageChunk(_) => "PackageChunk",
         }
     }
 
@@ -123,8 +146,12 @@ impl Message {
     pub fn check_allowed(&self, from: Peer, stream: StreamKind) -> Result<(), NotAllowed> {
         use Message::*;
         let ok = match (from, stream) {
-            (Peer::Agent, StreamKind::Control) => matches!(self, Hello(_) | Heartbeat(_) | Bye(_)),
-            (Peer::Server, StreamKind::Control) => matches!(self, Welcome(_) | Reject(_) | Bye(_)),
+            (Peer::Agent, StreamKind::Control) => {
+                matches!(self, Hello(_) | Heartbeat(_) | PluginReport(_) | Bye(_))
+            }
+            (Peer::Server, StreamKind::Control) => {
+                matches!(self, Welcome(_) | Reject(_) | PluginAssign(_) | Bye(_))
+            }
             (Peer::Server, StreamKind::Command) => {
                 matches!(self, Command(_) | Cancel(_) | DataResponse(_))
             }
@@ -132,15 +159,19 @@ impl Message {
                 self,
                 Accepted(_) | Progress(_) | Log(_) | Result(_) | DataRequest(_)
             ),
+            (Peer::Agent, StreamKind::Fetch) => matches!(self, Fetch(_)),
+            (Peer::Server, StreamKind::Fetch) => matches!(self, FetchReply(_) | PackageChunk(_)),
         };
         if ok {
             return Ok(());
         }
         let allowed = match (from, stream) {
-            (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat or Bye",
-            (Peer::Server, StreamKind::Control) => "Welcome, Reject or Bye",
+            (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat, PluginReport or Bye",
+            (Peer::Server, StreamKind::Control) => "Welcome, Reject, PluginAssign or Bye",
             (Peer::Server, StreamKind::Command) => "Command, Cancel or DataResponse",
             (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log, DataRequest or Result",
+            (Peer::Agent, StreamKind::Fetch) => "Fetch",
+            (Peer::Server, StreamKind::Fetch) => "FetchReply or PackageChunk",
         };
         Err(NotAllowed {
             kind: self.kind(),
@@ -445,4 +476,89 @@ pub struct DataResponse {
     pub value: Option<Vec<u8>>,
     /// Why there is no data, for the plugin to report.
     pub error: Option<String>,
+}
+
+/// The pushed plugins an agent must serve: the complete set, replacing any set sent before.
+/// A plugin missing from it is no longer served (commands already running finish).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginAssign {
+    /// One entry per plugin name.
+    pub plugins: Vec<AssignedPlugin>,
+}
+
+/// One plugin version assigned to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignedPlugin {
+    /// The plugin's name (from its manifest).
+    pub name: String,
+    /// Its version (from its manifest).
+    pub version: String,
+    /// The sha256 of its package, which the agent fetches by it.
+    pub digest: Digest,
+    /// The server's ed25519 signature over the digest.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    /// The package's size in bytes.
+    pub size: u64,
+    /// The topics it serves (from its manifest, repeated so the agent can route them while the
+    /// package is still on its way).
+    pub topics: Vec<String>,
+}
+
+/// Where the agent's assigned plugins stand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginReport {
+    /// One entry per assigned plugin.
+    pub plugins: Vec<PluginStatus>,
+    /// Every topic the agent serves now, its own plugins' and pushed ones'.
+    pub topics: Vec<String>,
+}
+
+/// How an assigned plugin fares on the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// The plugin's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its package digest.
+    pub digest: Digest,
+    /// Ready, or why not.
+    pub state: PluginState,
+}
+
+/// Where an assigned plugin stands on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PluginState {
+    /// Being fetched, verified or compiled.
+    Pending,
+    /// Verified, loaded and serving its topics.
+    Ready,
+    /// It could not be fetched, verified or loaded; the text says why and what to do.
+    Failed(String),
+}
+
+/// The agent asks for a package by its digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fetch {
+    /// The package's sha256.
+    pub digest: Digest,
+}
+
+/// The server's answer to [`Fetch`]: the size of the package that follows in
+/// [`PackageChunk`]s, or why it cannot be sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchReply {
+    /// The package's size in bytes, when it follows.
+    pub size: Option<u64>,
+    /// Why it does not, for a person.
+    pub error: Option<String>,
+}
+
+/// A piece of a package; the chunks, in order, are the package's bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageChunk {
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }

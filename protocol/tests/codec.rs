@@ -76,6 +76,87 @@ fn metrics() -> impl Strategy<Value = HostMetrics> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![session_message(), plugin_message()]
+}
+
+fn digest() -> impl Strategy<Value = package::Digest> {
+    any::<[u8; 32]>().prop_map(package::Digest)
+}
+
+/// DataRequest/DataResponse and the plugin-distribution messages.
+fn plugin_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u32>(), text())
+            .prop_map(|(request, key)| Message::DataRequest(DataRequest { request, key })),
+        (
+            any::<u32>(),
+            proptest::option::of(bytes()),
+            proptest::option::of(text())
+        )
+            .prop_map(
+                |(request, value, error)| Message::DataResponse(DataResponse {
+                    request,
+                    value,
+                    error
+                })
+            ),
+        vec(
+            (
+                text(),
+                text(),
+                digest(),
+                bytes(),
+                any::<u64>(),
+                vec(text(), 0..3)
+            ),
+            0..3
+        )
+        .prop_map(|plugins| {
+            Message::PluginAssign(PluginAssign {
+                plugins: plugins
+                    .into_iter()
+                    .map(
+                        |(name, version, digest, signature, size, topics)| AssignedPlugin {
+                            name,
+                            version,
+                            digest,
+                            signature,
+                            size,
+                            topics,
+                        },
+                    )
+                    .collect(),
+            })
+        }),
+        (
+            vec(
+                (text(), text(), digest(), proptest::option::of(text())),
+                0..3
+            ),
+            vec(text(), 0..3)
+        )
+            .prop_map(|(plugins, topics)| {
+                Message::PluginReport(PluginReport {
+                    plugins: plugins
+                        .into_iter()
+                        .map(|(name, version, digest, failed)| PluginStatus {
+                            name,
+                            version,
+                            digest,
+                            state: failed.map_or(PluginState::Ready, PluginState::Failed),
+                        })
+                        .collect(),
+                    topics,
+                })
+            }),
+        digest().prop_map(|digest| Message::Fetch(Fetch { digest })),
+        (any::<Option<u64>>(), proptest::option::of(text()))
+            .prop_map(|(size, error)| Message::FetchReply(FetchReply { size, error })),
+        bytes().prop_map(|bytes| Message::PackageChunk(PackageChunk { bytes })),
+    ]
+}
+
+fn session_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (
             range(),
@@ -401,5 +482,27 @@ fn the_allowlist_names_the_breach() {
         hello
             .check_allowed(Peer::Agent, StreamKind::Command)
             .is_err()
+    );
+    let fetch = Message::Fetch(Fetch {
+        digest: package::Digest([0; 32]),
+    });
+    assert!(fetch.check_allowed(Peer::Agent, StreamKind::Fetch).is_ok());
+    assert!(
+        fetch
+            .check_allowed(Peer::Agent, StreamKind::Control)
+            .is_err()
+    );
+    let assign = Message::PluginAssign(PluginAssign { plugins: vec![] });
+    assert_eq!(
+        assign
+            .check_allowed(Peer::Agent, StreamKind::Control)
+            .unwrap_err()
+            .to_string(),
+        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, PluginReport or Bye is allowed"
+    );
+    assert!(
+        assign
+            .check_allowed(Peer::Server, StreamKind::Control)
+            .is_ok()
     );
 }

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// QUIC idle timeout: a silent peer is gone after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// The largest plugin package (manifest and component) accepted by `ferry plugin push`, in
+    /// bytes. JavaScript and Python components are 10–20 MB.
+    pub max_plugin_bytes: u64,
 }
 
 /// Certificate files for the server.
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             default_command_timeout: Duration::from_secs(60),
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
+            max_plugin_bytes: 256 << 20,
         }
     }
 }

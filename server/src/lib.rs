@@ -7,11 +7,14 @@ mod api;
 pub mod commands;
 pub mod config;
 mod dispatch;
+mod fetch;
 mod listener;
+pub mod plugins;
 pub mod registry;
 mod server;
 
 pub use commands::{CommandEntry, CommandEvent, CommandStatus, CommandView};
 pub use config::{ServerConfig, TlsPaths};
+pub use plugins::{PluginError, PluginRegistry, Selector};
 pub use registry::{AgentInfo, AgentStatus};
-pub use server::{CommandRequest, Server, StartError, SubmitError};
+pub use server::{CommandRequest, PLUGIN_KEY, PLUGIN_KEY_PUB, Server, StartError, SubmitError};

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use ferry_protocol::identity::agent_id_of;
 use ferry_protocol::{
-    AgentId, FrameError, FrameReader, Limits, Message, Peer, Reject, RejectCode, StreamKind,
-    Welcome, close, version, write_frame,
+    AgentId, AssignedPlugin, FrameError, FrameReader, Hello, Limits, Message, Peer, PluginAssign,
+    Reject, RejectCode, StreamKind, Welcome, close, version, write_frame,
 };
 
+use crate::fetch;
 use crate::server::ServerState;
 
 /// How long a peer has for the QUIC/TLS handshake and then for its Hello.
@@ -117,53 +118,110 @@ async fn serve_connection(
     }
     tracing::info!(agent = %id, remote = %connection.remote_address(), labels = ?hello.labels, "agent connected");
 
-    let result = control_loop(&state, &id, session, &connection, &mut recv).await;
+    let mut control = Control {
+        state: &state,
+        id: &id,
+        session,
+        connection: &connection,
+        hello: &hello,
+        send: &mut send,
+        sent: None,
+    };
+    let result = control.run(&mut recv).await;
     state.registry.disconnect(&id, session);
     tracing::info!(agent = %id, "agent disconnected");
     result
 }
 
-async fn control_loop(
-    state: &ServerState,
-    id: &AgentId,
+/// One agent's control stream after Welcome.
+struct Control<'a> {
+    state: &'a Arc<ServerState>,
+    id: &'a AgentId,
     session: u64,
-    connection: &quinn::Connection,
-    recv: &mut FrameReader<quinn::RecvStream>,
-) -> Result<(), String> {
-    loop {
-        tokio::select! {
-            frame = recv.next() => match frame {
-                Ok(Some(message)) => {
-                    if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Control) {
+    connection: &'a quinn::Connection,
+    hello: &'a Hello,
+    send: &'a mut quinn::SendStream,
+    /// The plugin set last sent, so that an unrelated change sends nothing.
+    sent: Option<Vec<AssignedPlugin>>,
+}
+
+impl Control<'_> {
+    async fn run(&mut self, recv: &mut FrameReader<quinn::RecvStream>) -> Result<(), String> {
+        let id = self.id;
+        let connection = self.connection;
+        let mut plugin_changes = self.state.plugins.subscribe();
+        // Sent even when empty: the agent then drops pushed plugins unassigned while it was away.
+        self.send_plugins().await?;
+        loop {
+            tokio::select! {
+                frame = recv.next() => match frame {
+                    Ok(Some(message)) => {
+                        if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Control) {
+                            connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                            return Err(format!("agent '{id}': {e}"));
+                        }
+                        match message {
+                            Message::Heartbeat(hb) => self.state.registry.heartbeat(id, self.session, &hb),
+                            Message::PluginReport(report) => {
+                                self.state.plugins.record(id.as_str(), &report.plugins);
+                                self.state.registry.set_topics(id, self.session, report.topics);
+                            }
+                            Message::Bye(bye) => {
+                                tracing::info!(agent = %id, reason = %bye.reason, "agent said goodbye");
+                                return Ok(());
+                            }
+                            Message::Hello(_) => {
+                                connection.close(close::PROTOCOL_ERROR.into(), b"Hello sent twice");
+                                return Err(format!("agent '{id}' sent Hello twice"));
+                            }
+                            _ => unreachable!("check_allowed admits only agent control messages"),
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    // The close reason (e.g. "agent stopping") says more than the stream error.
+                    Err(FrameError::Io(e)) => {
+                        let why = connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string());
+                        return Err(format!("agent '{id}': {why}"));
+                    }
+                    Err(e) => {
                         connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                         return Err(format!("agent '{id}': {e}"));
                     }
-                    match message {
-                        Message::Heartbeat(hb) => state.registry.heartbeat(id, session, &hb),
-                        Message::Bye(bye) => {
-                            tracing::info!(agent = %id, reason = %bye.reason, "agent said goodbye");
-                            return Ok(());
-                        }
-                        Message::Hello(_) => {
-                            connection.close(close::PROTOCOL_ERROR.into(), b"Hello sent twice");
-                            return Err(format!("agent '{id}' sent Hello twice"));
-                        }
-                        _ => unreachable!("check_allowed admits only agent control messages"),
+                },
+                Ok(()) = plugin_changes.changed() => self.send_plugins().await?,
+                incoming = connection.accept_bi() => match incoming {
+                    Ok((send, recv)) => {
+                        tokio::spawn(fetch::serve(self.state.clone(), id.clone(), send, recv));
                     }
-                }
-                Ok(None) => return Ok(()),
-                // The close reason (e.g. "agent stopping") says more than the stream error.
-                Err(FrameError::Io(e)) => {
-                    let why = connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string());
-                    return Err(format!("agent '{id}': {why}"));
-                }
-                Err(e) => {
-                    connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
-                    return Err(format!("agent '{id}': {e}"));
-                }
-            },
-            reason = connection.closed() => return Err(reason.to_string()),
+                    Err(e) => return Err(format!("agent '{id}': {e}")),
+                },
+                reason = connection.closed() => return Err(reason.to_string()),
+            }
         }
+    }
+
+    /// Sends the agent the plugins assigned to it, if that set changed since the last time.
+    async fn send_plugins(&mut self) -> Result<(), String> {
+        let (plugins, refused) = self
+            .state
+            .plugins
+            .desired_for(&self.hello.labels, &self.hello.wit_versions);
+        let mut names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+        names.extend(refused.iter().map(|p| p.name.as_str()));
+        self.state.plugins.retain_reports(self.id.as_str(), &names);
+        self.state.plugins.record(self.id.as_str(), &refused);
+        if self.sent.as_ref() == Some(&plugins) {
+            return Ok(());
+        }
+        let message = Message::PluginAssign(PluginAssign {
+            plugins: plugins.clone(),
+        });
+        write_frame(self.send, &message, self.state.config.max_frame_bytes)
+            .await
+            .map_err(|e| format!("agent '{}': cannot send its plugins: {e}", self.id))?;
+        tracing::info!(agent = %self.id, plugins = ?plugins.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>(), "plugins assigned");
+        self.sent = Some(plugins);
+        Ok(())
     }
 }
 

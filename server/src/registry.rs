@@ -120,6 +120,21 @@ impl Registry {
         }
     }
 
+    /// Records the topics an agent said it serves now; ignored if that session was replaced.
+    pub fn set_topics(&self, id: &AgentId, session: u64, mut topics: Vec<String>) {
+        let mut agents = self.agents.lock();
+        if let Some(entry) = agents.get_mut(id)
+            && entry
+                .connection
+                .as_ref()
+                .is_some_and(|(s, _)| *s == session)
+        {
+            topics.sort();
+            topics.dedup();
+            entry.info.topics = topics;
+        }
+    }
+
     /// Records that `session` ended; ignored if the agent has a newer one.
     pub fn disconnect(&self, id: &AgentId, session: u64) {
         let mut agents = self.agents.lock();

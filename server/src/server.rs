@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ferry_protocol::package::SigningKey;
 use ferry_protocol::pki::{PkiDir, write_file};
 use ferry_protocol::tls::{self, Identity, TransportSettings};
 use ferry_protocol::{AgentId, Command};
@@ -17,8 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::{CommandEntry, CommandStore};
 use crate::config::ServerConfig;
+use crate::plugins::PluginRegistry;
 use crate::registry::{AgentInfo, NotConnected, Registry};
 use crate::{api, dispatch, listener};
+
+/// The server's plugin signing key, under `<data_dir>/pki/`.
+pub const PLUGIN_KEY: &str = "plugin-signing.key";
+/// Its public half, which agents pin.
+pub const PLUGIN_KEY_PUB: &str = "plugin-signing.pub";
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,14 @@ pub enum StartError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] ferry_protocol::tls::TlsError),
+    /// The plugin registry or its signing key could not be opened.
+    #[error("plugin registry in {path}: {reason}")]
+    Plugins {
+        /// The data directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// An address could not be bound.
     #[error(
         "cannot listen on {addr}: {source}; is another server running there? choose another address with --listen / --api-listen"
@@ -85,6 +100,7 @@ pub(crate) struct ServerState {
     pub(crate) config: ServerConfig,
     pub(crate) registry: Registry,
     pub(crate) commands: CommandStore,
+    pub(crate) plugins: PluginRegistry,
     /// Data an operator supplied for plugins to ask for by key.
     pub(crate) data: RwLock<BTreeMap<String, Arc<[u8]>>>,
     sessions: AtomicU64,
@@ -104,6 +120,7 @@ pub struct Server {
     api_addr: Option<SocketAddr>,
     api_token: String,
     ca_cert_path: std::path::PathBuf,
+    plugin_key_path: std::path::PathBuf,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -133,8 +150,9 @@ impl Server {
         let transport = TransportSettings {
             keep_alive: config.keep_alive,
             idle_timeout: config.idle_timeout,
-            // Agents open only their control stream; commands go the other way.
-            max_incoming_bidi_streams: 4,
+            // Agents open their control stream and a stream per package they fetch; commands go
+            // the other way.
+            max_incoming_bidi_streams: 8,
         };
         let server_config = tls::server_config(identity, client_roots, &transport)?;
         let secret = load_or_create_secret(&data_dir.join("server.secret"))?;
@@ -159,10 +177,24 @@ impl Server {
         })?;
 
         let api_token = load_or_create_token(&data_dir.join("operator.token"))?;
+        // The signing key sits with the CA: both are what agents trust this server by, and
+        // `ferry cert issue` hands out both public halves together.
+        let pki_dir = data_dir.join("pki");
+        std::fs::create_dir_all(&pki_dir).map_err(|e| data_dir_error(&pki_dir, e))?;
+        let plugin_key_path = pki_dir.join(PLUGIN_KEY_PUB);
+        let plugins_error = |reason: String| StartError::Plugins {
+            path: data_dir.display().to_string(),
+            reason,
+        };
+        let signing_key = SigningKey::load_or_create(&pki_dir.join(PLUGIN_KEY), &plugin_key_path)
+            .map_err(|e| plugins_error(e.to_string()))?;
+        let plugins = PluginRegistry::open(&data_dir, signing_key, config.max_plugin_bytes)
+            .map_err(plugins_error)?;
         let state = Arc::new(ServerState {
             config,
             registry: Registry::default(),
             commands: CommandStore::default(),
+            plugins,
             data: RwLock::new(BTreeMap::new()),
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -214,9 +246,20 @@ impl Server {
             api_addr,
             api_token,
             ca_cert_path,
+            plugin_key_path,
             stop,
             tasks,
         })
+    }
+
+    /// The public key agents check plugin packages with (`ed25519:<hex>` in a file).
+    pub fn plugin_key_path(&self) -> &Path {
+        &self.plugin_key_path
+    }
+
+    /// The plugin registry: push, assign, roll back, list.
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.state.plugins
     }
 
     /// The UDP address agents connect to.

@@ -4,6 +4,7 @@ mod commands;
 mod data;
 mod faults;
 mod handshake;
+mod plugins;
 mod reconnect;
 mod sdk;
 mod tls;

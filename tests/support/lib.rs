@@ -161,6 +161,51 @@ impl Harness {
             .expect("command ends in time")
     }
 
+    /// Pushes a plugin (its manifest text and component), assigns it to the agents `to`
+    /// selects, and waits until each connected one has loaded it or failed to; returns each
+    /// agent's state.
+    pub async fn deploy(
+        &self,
+        manifest: &str,
+        component: &[u8],
+        to: &str,
+    ) -> Vec<ferry_server::plugins::AgentRollout> {
+        let plugins = self.server().plugins();
+        let package = ferry_protocol::package::Package::new(manifest.into(), component.to_vec());
+        let pushed = plugins
+            .push(&package.encode())
+            .expect("the plugin is accepted");
+        let name = pushed.package.name;
+        plugins
+            .assign(
+                &name,
+                Some(&pushed.package.version),
+                to.parse().expect("a valid selector"),
+                &self.server().agents(),
+            )
+            .expect("the plugin is assigned");
+        self.settle(&name, to).await
+    }
+
+    /// Waits until every connected agent `to` selects has settled on plugin `name`'s current
+    /// assignment.
+    pub async fn settle(&self, name: &str, to: &str) -> Vec<ferry_server::plugins::AgentRollout> {
+        let selector: ferry_server::Selector = to.parse().expect("a valid selector");
+        let agents: Vec<String> = self
+            .server()
+            .agents()
+            .into_iter()
+            .filter(|a| {
+                a.status != ferry_server::AgentStatus::Offline && selector.matches(&a.labels)
+            })
+            .map(|a| a.id)
+            .collect();
+        self.server()
+            .plugins()
+            .wait_settled(name, &agents, WAIT)
+            .await
+    }
+
     /// The directory for the test's own files.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

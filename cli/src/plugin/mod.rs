@@ -1,8 +1,10 @@
-//! `ferry plugin`: write plugins and test them on this machine, without a server.
+//! `ferry plugin`: write plugins and test them on this machine, without a server; push them to a
+//! server and assign them to agents.
 
 mod cases;
 mod grant;
 mod new;
+mod registry;
 mod run;
 mod test;
 
@@ -37,11 +39,39 @@ enum PluginCommand {
     Test(test::TestArgs),
     /// Write a new plugin project that builds and passes `ferry plugin test` as it is.
     New(new::NewArgs),
+    /// Upload a plugin (component and manifest) to the server, which checks, stores and signs
+    /// it; with --to, assign it to agents at once.
+    ///
+    /// Examples:
+    ///
+    ///   ferry plugin push target/wasm32-wasip2/release/hello.wasm --manifest ferry.toml --to all
+    ///
+    ///   ferry plugin push hello.wasm --to env=prod,region=eu
+    Push(registry::PushArgs),
+    /// Assign a pushed version to agents (all, or those with every given label); agents fetch
+    /// it and serve its topics without a restart, and commands already running finish on the
+    /// version they started with.
+    Assign(registry::AssignArgs),
+    /// Go back to the plugin's previous assignment.
+    Rollback(registry::RollbackArgs),
+    /// Stop serving the plugin on every agent.
+    Unassign(registry::NameArgs),
+    /// List the pushed plugins, their versions and assignments.
+    List(registry::ListArgs),
+    /// Show one plugin: versions, digests, assignment history, and which agent has which
+    /// version (or why it could not get it).
+    Show(registry::NameArgs),
 }
 
 pub async fn run(args: PluginArgs) -> Result<()> {
     match args.command {
         PluginCommand::Test(args) => test::run(args).await,
         PluginCommand::New(args) => new::run(args),
+        PluginCommand::Push(args) => registry::push(args).await,
+        PluginCommand::Assign(args) => registry::assign(args).await,
+        PluginCommand::Rollback(args) => registry::rollback(args).await,
+        PluginCommand::Unassign(args) => registry::unassign(args).await,
+        PluginCommand::List(args) => registry::list(args).await,
+        PluginCommand::Show(args) => registry::show(args).await,
     }
 }

@@ -13,6 +13,14 @@
 //! | GET | /v1/data | the keys of the data plugins may ask for, with sizes |
 //! | PUT | /v1/data/{key} | supply data (the request body, as is) for plugins to ask for |
 //! | DELETE | /v1/data/{key} | withdraw it |
+//! | POST | /v1/plugins | push a plugin package (body: the package's CBOR encoding) |
+//! | GET | /v1/plugins | every plugin, its versions and assignment |
+//! | GET | /v1/plugins/{name} | one plugin, its assignment history and which agent has what |
+//! | POST | /v1/plugins/{name}/assign | assign a version (`{"version", "to"}`) |
+//! | POST | /v1/plugins/{name}/rollback | go back to the previous assignment |
+//! | POST | /v1/plugins/{name}/unassign | stop serving it anywhere |
+
+mod plugins;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,6 +51,7 @@ struct Api {
 pub(crate) fn router(state: Arc<ServerState>, token: String) -> Router {
     // A payload may be as large as a frame allows, and base64 in JSON makes it a third larger.
     let body_limit = (state.config.max_frame_bytes as usize).saturating_mul(2);
+    let plugin_limit = usize::try_from(state.config.max_plugin_bytes).unwrap_or(usize::MAX);
     let api = Api {
         state,
         token: token.into(),
@@ -54,6 +63,16 @@ pub(crate) fn router(state: Arc<ServerState>, token: String) -> Router {
         .route("/v1/commands/{id}", get(show_command))
         .route("/v1/commands/{id}/events", get(command_events))
         .route("/v1/commands/{id}/cancel", post(cancel_command))
+        .route(
+            "/v1/plugins",
+            post(plugins::push)
+                .layer(axum::extract::DefaultBodyLimit::max(plugin_limit))
+                .get(plugins::list),
+        )
+        .route("/v1/plugins/{name}", get(plugins::show))
+        .route("/v1/plugins/{name}/assign", post(plugins::assign))
+        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
+        .route("/v1/plugins/{name}/unassign", post(plugins::unassign))
         .route("/v1/data", get(list_data))
         .route(
             "/v1/data/{key}",

@@ -1,0 +1,161 @@
+//! `/v1/plugins`: push, list, show, assign, roll back, unassign.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use std::time::Duration;
+
+use super::{Api, error};
+use crate::plugins::{AgentRollout, PluginError, Selector};
+use crate::registry::AgentStatus;
+
+fn plugin_error(e: PluginError) -> Response {
+    let (status, code) = match &e {
+        PluginError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-plugin"),
+        PluginError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown-plugin"),
+        PluginError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        PluginError::Incompatible(_) => (StatusCode::CONFLICT, "incompatible-agent"),
+        PluginError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+    };
+    error(status, code, e.to_string())
+}
+
+pub(super) async fn push(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let state = api.state.clone();
+    // Validating a 20 MB component and writing it take a while: off the async workers.
+    let pushed = tokio::task::spawn_blocking(move || state.plugins.push(&body)).await;
+    match pushed {
+        Ok(Ok(outcome)) => {
+            let status = if outcome.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            tracing::info!(plugin = %outcome.package.name, version = %outcome.package.version, digest = %outcome.package.digest, created = outcome.created, "plugin pushed");
+            (status, Json(outcome)).into_response()
+        }
+        Ok(Err(e)) => plugin_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("checking the plugin failed: {e}"),
+        ),
+    }
+}
+
+pub(super) async fn list(State(api): State<Api>) -> Response {
+    Json(api.state.plugins.list()).into_response()
+}
+
+pub(super) async fn show(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let agents = api.state.registry.list();
+    match api.state.plugins.show(&name, &agents) {
+        Some(details) => Json(details).into_response(),
+        None => plugin_error(PluginError::NotFound(format!(
+            "no plugin named {name} was pushed to this server; `ferry plugin list` shows the plugins"
+        ))),
+    }
+}
+
+/// The body of `POST /v1/plugins/{name}/assign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AssignBody {
+    /// The version; the newest pushed when absent.
+    version: Option<String>,
+    /// `all`, or `key=value[,key=value…]`.
+    to: String,
+    /// Wait up to this long for the connected agents it selects to load it (or fail to), and
+    /// answer with each one's state.
+    wait_ms: Option<u64>,
+}
+
+/// The body of `POST /v1/plugins/{name}/rollback`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RollbackBody {
+    /// As for assign.
+    wait_ms: Option<u64>,
+}
+
+/// The most an API call waits for agents.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Waits for the connected agents the current assignment of `name` selects.
+async fn rollout(api: &Api, name: &str, wait_ms: Option<u64>) -> Option<Vec<AgentRollout>> {
+    let wait = Duration::from_millis(wait_ms?).min(MAX_WAIT);
+    let plugins = api.state.plugins.list();
+    let selector = plugins
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.assigned.as_ref())
+        .map(|a| a.to.clone())?;
+    let agents: Vec<String> = api
+        .state
+        .registry
+        .list()
+        .into_iter()
+        .filter(|a| a.status != AgentStatus::Offline && selector.matches(&a.labels))
+        .map(|a| a.id)
+        .collect();
+    Some(api.state.plugins.wait_settled(name, &agents, wait).await)
+}
+
+pub(super) async fn assign(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<AssignBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), "invalid-request", e.body_text()),
+    };
+    let to: Selector = match body.to.parse() {
+        Ok(to) => to,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid-selector", e),
+    };
+    let agents = api.state.registry.list();
+    match api
+        .state
+        .plugins
+        .assign(&name, body.version.as_deref(), to, &agents)
+    {
+        Ok(assignment) => {
+            tracing::info!(plugin = %name, version = %assignment.version, to = %assignment.to, "plugin assigned");
+            let agents = rollout(&api, &name, body.wait_ms).await;
+            let mut out = serde_json::to_value(&assignment).expect("an assignment serializes");
+            out["agents"] = serde_json::json!(agents);
+            Json(out).into_response()
+        }
+        Err(e) => plugin_error(e),
+    }
+}
+
+pub(super) async fn rollback(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    match api.state.plugins.rollback(&name) {
+        Ok(current) => {
+            tracing::info!(plugin = %name, now = ?current, "plugin rolled back");
+            let agents = match current {
+                Some(_) => rollout(&api, &name, body.wait_ms).await,
+                None => None,
+            };
+            Json(serde_json::json!({ "assigned": current, "agents": agents })).into_response()
+        }
+        Err(e) => plugin_error(e),
+    }
+}
+
+pub(super) async fn unassign(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.state.plugins.unassign(&name) {
+        Ok(()) => Json(serde_json::json!({ "assigned": null })).into_response(),
+        Err(e) => plugin_error(e),
+    }
+}

@@ -1,0 +1,111 @@
+//! Fetch streams: an agent opens one per package it needs, sends `Fetch { digest }`, and gets
+//! `FetchReply { size }` followed by the package in `PackageChunk`s.
+//!
+//! The server sends what it stored, as stored; it does not vouch for the bytes on the way. The
+//! agent checks the digest and the signature before it keeps any of them, so a package changed
+//! on this server's disk is caught there (and reported back in a `PluginReport`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::{
+    AgentId, Fetch, FetchReply, FrameReader, Message, PackageChunk, Peer, StreamKind, close,
+    write_frame,
+};
+use tokio::io::AsyncReadExt;
+
+use crate::server::ServerState;
+
+/// How long an agent has to name the package after opening the stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per chunk: large enough that framing costs nothing, small enough to interleave with
+/// other streams.
+const CHUNK: usize = 256 * 1024;
+
+pub(crate) async fn serve(
+    state: Arc<ServerState>,
+    agent: AgentId,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let max_frame = state.config.max_frame_bytes;
+    let mut recv = FrameReader::new(recv, max_frame);
+    let digest = match tokio::time::timeout(REQUEST_TIMEOUT, recv.next()).await {
+        Ok(Ok(Some(message))) => match message.check_allowed(Peer::Agent, StreamKind::Fetch) {
+            Ok(()) => match message {
+                Message::Fetch(Fetch { digest }) => digest,
+                _ => unreachable!("check_allowed admits only Fetch"),
+            },
+            Err(e) => return refuse(&agent, &mut send, &e.to_string()),
+        },
+        Ok(Ok(None)) => return refuse(&agent, &mut send, "fetch stream ended before Fetch"),
+        Ok(Err(e)) => return refuse(&agent, &mut send, &e.to_string()),
+        Err(_) => return refuse(&agent, &mut send, "no Fetch in time"),
+    };
+    let reply = |size, error| Message::FetchReply(FetchReply { size, error });
+    let opened = match state.plugins.package_path(&digest) {
+        Some(path) => tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| format!("the server cannot read package sha256:{digest}: {e}")),
+        None => Err(format!(
+            "this server has no package sha256:{digest}; it may have been pushed to another server"
+        )),
+    };
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(why) => {
+            tracing::warn!(%agent, "fetch refused: {why}");
+            let _ = write_frame(&mut send, &reply(None, Some(why)), max_frame).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let size = match file.metadata().await {
+        Ok(meta) => meta.len(),
+        Err(e) => {
+            let why = format!("the server cannot read package sha256:{digest}: {e}");
+            let _ = write_frame(&mut send, &reply(None, Some(why)), max_frame).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if write_frame(&mut send, &reply(Some(size), None), max_frame)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let chunk = CHUNK.min((max_frame as usize).saturating_sub(64)).max(1);
+    let mut buf = vec![0u8; chunk];
+    let mut sent = 0u64;
+    while sent < size {
+        let n = match file.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%agent, %digest, error = %e, "reading a package failed mid-fetch");
+                let _ = send.reset(close::PROTOCOL_ERROR.into());
+                return;
+            }
+        };
+        let bytes = buf[..n].to_vec();
+        if write_frame(
+            &mut send,
+            &Message::PackageChunk(PackageChunk { bytes }),
+            max_frame,
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+        sent += n as u64;
+    }
+    let _ = send.finish();
+    tracing::debug!(%agent, %digest, size, "package sent");
+}
+
+fn refuse(agent: &AgentId, send: &mut quinn::SendStream, why: &str) {
+    tracing::warn!(%agent, "refusing a fetch stream: {why}");
+    let _ = send.reset(close::PROTOCOL_ERROR.into());
+}
