@@ -16,6 +16,12 @@ const TARGET: &str = "wasm32-wasip2";
 /// The plugins to embed: (cargo package, artifact file, environment variable for lib.rs).
 const PLUGINS: &[(&str, &str, &str)] = &[
     ("echo", "echo.wasm", "FERRY_BUILTIN_ECHO"),
+    ("runtimes", "runtimes.wasm", "FERRY_BUILTIN_RUNTIMES"),
+    (
+        "orchestrator",
+        "orchestrator.wasm",
+        "FERRY_BUILTIN_ORCHESTRATOR",
+    ),
     ("faulty", "faulty.wasm", "FERRY_FIXTURE_FAULTY"),
     ("probe", "probe.wasm", "FERRY_FIXTURE_PROBE"),
 ];

@@ -21,6 +21,7 @@ use crate::host::{HostConfig, HostError, LoadOptions, LoadedPlugin, PluginHost};
 use crate::metrics::{MetricsHistory, MetricsSampler};
 use crate::policy::{Grant, Policy, PolicyError};
 use crate::routes::Routes;
+use crate::runtimes::Runtimes;
 use ferry_manifest::{Capabilities, Limits, Manifest};
 use std::collections::HashMap;
 
@@ -137,11 +138,20 @@ impl Agent {
             config.metrics_interval,
             config.metrics_history,
         );
+        let stop = CancellationToken::new();
+        let runtimes = Runtimes::open(&config.data_dir, history.capacity(), stop.clone()).map_err(
+            |reason| AgentError::DataDir {
+                path: config.data_dir.join("runtimes").display().to_string(),
+                source: std::io::Error::other(reason),
+            },
+        )?;
+        crate::runtimes::spawn_sampler(runtimes.clone(), config.metrics_interval, stop.clone());
         let host = PluginHost::new(HostConfig {
             max_memory_bytes: config.plugin_memory_mib.saturating_mul(1024 * 1024),
             cache_dir: Some(cache_dir),
             metrics: Some(history.clone()),
             kv_dir: Some(config.data_dir.join("kv")),
+            runtimes: Some(runtimes),
             ..HostConfig::default()
         })?;
         let policy = Arc::new(match &config.policy {
@@ -194,7 +204,6 @@ impl Agent {
             deployer: deployer.clone(),
         });
         let (status_tx, status) = watch::channel(ConnectionStatus::Connecting { attempt: 0 });
-        let stop = CancellationToken::new();
         history.spawn(stop.clone());
         tokio::spawn(deployer.run(stop.clone()));
         let task = tokio::spawn(connection::run(link, stop.clone(), status_tx));
@@ -260,9 +269,14 @@ fn load_plugins(
 ) -> Result<HashMap<String, LoadedPlugin>, AgentError> {
     let mut topics = HashMap::new();
     if config.builtins {
-        // Built-ins ask for no capabilities; the policy's limits still apply to them.
+        // Built-ins ask for what the policy allows them by name (nothing by default); the
+        // policy's limits apply to them too.
         for builtin in ferry_builtins::all() {
-            let grant = policy.grant_to(builtin.name, &Capabilities::default(), &Limits::default());
+            let grant = policy.grant_to(
+                builtin.name,
+                &policy.allowance(builtin.name),
+                &Limits::default(),
+            );
             let plugin = host
                 .load_with(builtin.name, builtin.component, load_options(grant))
                 .map_err(|e| AgentError::Plugin {

@@ -14,6 +14,7 @@ pub mod host;
 pub mod metrics;
 pub mod policy;
 mod routes;
+pub mod runtimes;
 
 pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
 pub use config::{AgentConfig, PluginConfig};

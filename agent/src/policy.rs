@@ -125,6 +125,25 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Everything the policy allows the plugin `name` (`[all]` and `[plugins.<name>]`
+    /// together). Built-in plugins ask for exactly this: they are ferry's own code, and what
+    /// they may touch is the owner's call alone.
+    pub fn allowance(&self, name: &str) -> Capabilities {
+        let mut all = self.all.capabilities.clone();
+        if let Some(entry) = self.plugins.get(name) {
+            let c = &entry.capabilities;
+            all.filesystem.extend(c.filesystem.iter().cloned());
+            all.env.extend(c.env.iter().cloned());
+            all.network.extend(c.network.iter().cloned());
+            all.programs.extend(c.programs.iter().cloned());
+            all.metrics |= c.metrics;
+            all.kv |= c.kv;
+            all.request_data |= c.request_data;
+            all.runtimes |= c.runtimes;
+        }
+        all
+    }
+
     /// What the plugin described by `manifest` may do here.
     pub fn grant(&self, manifest: &Manifest) -> Grant {
         self.grant_to(
@@ -207,7 +226,7 @@ impl Policy {
                 );
             }
         }
-        let flags: [Interface; 3] = [
+        let flags: [Interface; 4] = [
             (
                 "metrics",
                 asked.metrics,
@@ -220,6 +239,12 @@ impl Policy {
                 asked.request_data,
                 |c| c.request_data,
                 |c| c.request_data = true,
+            ),
+            (
+                "runtimes",
+                asked.runtimes,
+                |c| c.runtimes,
+                |c| c.runtimes = true,
             ),
         ];
         for (field, wanted, allowed, set) in flags {

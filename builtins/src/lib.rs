@@ -27,9 +27,36 @@ pub const ECHO: Builtin = Builtin {
     component: include_bytes!(env!("FERRY_BUILTIN_ECHO")),
 };
 
+/// `runtimes`: the runtime topics of an edge orchestrator agent (`create_new_runtime`,
+/// `start_device`, `stop_device`, `restart_device`, `delete_device`, `get_consumption_device`)
+/// on the `runtimes` interface; JSON payloads checked against each topic's contract (see
+/// `plugins/runtimes/src/lib.rs`). It can do only what the agent's policy grants the plugin
+/// named `runtimes`: `runtimes = true` and the programs runtimes may run.
+pub const RUNTIMES: Builtin = Builtin {
+    name: "runtimes",
+    topics: &[
+        "create_new_runtime",
+        "start_device",
+        "stop_device",
+        "restart_device",
+        "delete_device",
+        "get_consumption_device",
+    ],
+    component: include_bytes!(env!("FERRY_BUILTIN_RUNTIMES")),
+};
+
+/// `orchestrator`: the agent's own consumption (`get_consumption_orchestrator`) from the
+/// `metrics` history; needs `metrics = true` for the plugin named `orchestrator` in the
+/// agent's policy.
+pub const ORCHESTRATOR: Builtin = Builtin {
+    name: "orchestrator",
+    topics: &["get_consumption_orchestrator"],
+    component: include_bytes!(env!("FERRY_BUILTIN_ORCHESTRATOR")),
+};
+
 /// The plugins an agent serves unless its configuration turns built-ins off.
 pub fn all() -> &'static [Builtin] {
-    &[ECHO]
+    &[ECHO, RUNTIMES, ORCHESTRATOR]
 }
 
 /// Plugins that exist for tests. No agent serves them unless a test loads them.

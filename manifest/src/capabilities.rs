@@ -136,6 +136,10 @@ pub struct Capabilities {
     /// Asking the server for data through `request-data`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub request_data: bool,
+    /// Creating, starting, stopping and deleting supervised runtimes on the host through the
+    /// `runtimes` interface (a process runtime's command must also be in `programs`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub runtimes: bool,
 }
 
 fn is_false(b: &bool) -> bool {

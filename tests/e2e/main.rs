@@ -6,5 +6,6 @@ mod faults;
 mod handshake;
 mod plugins;
 mod reconnect;
+mod runtimes;
 mod sdk;
 mod tls;

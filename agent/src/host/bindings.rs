@@ -8,5 +8,9 @@ wasmtime::component::bindgen!({
     imports: {
         "ferry:plugin/process.run": async,
         "ferry:plugin/context.request-data": async,
+        // Stopping a runtime waits for its process group to go.
+        "ferry:plugin/runtimes.stop": async,
+        "ferry:plugin/runtimes.restart": async,
+        "ferry:plugin/runtimes.delete": async,
     },
 });

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::ferry::plugin::{kv, metrics, process};
+use super::bindings::ferry::plugin::{kv, metrics, process, runtimes};
 use super::kv::KvStore;
 use super::process::{self as programs, Programs};
 use super::state::State;
@@ -22,6 +22,8 @@ pub(crate) struct Interfaces {
     metrics: Option<MetricsHistory>,
     kv: Option<Arc<KvStore>>,
     programs: Programs,
+    runtimes_granted: bool,
+    runtimes: Option<crate::runtimes::Runtimes>,
 }
 
 impl Interfaces {
@@ -30,6 +32,7 @@ impl Interfaces {
         capabilities: &ferry_manifest::Capabilities,
         metrics: Option<MetricsHistory>,
         kv: Option<Arc<KvStore>>,
+        runtimes: Option<crate::runtimes::Runtimes>,
         // The granted environment, which the programs it starts get.
         env: &[(String, String)],
     ) -> Self {
@@ -41,7 +44,18 @@ impl Interfaces {
             metrics,
             kv,
             programs: Programs::new(plugin, &capabilities.programs, env),
+            runtimes_granted: capabilities.runtimes,
+            runtimes,
         }
+    }
+
+    fn runtimes(&self) -> Result<&crate::runtimes::Runtimes, String> {
+        if !self.runtimes_granted {
+            return Err(self.not_granted("runtimes"));
+        }
+        self.runtimes.as_ref().ok_or_else(|| {
+            "runtimes are unavailable: no runtime supervisor is configured on this agent".into()
+        })
     }
 
     fn not_granted(&self, capability: &str) -> String {
@@ -144,5 +158,114 @@ impl process::Host for State {
         };
         let interfaces = self.interfaces.clone();
         programs::run(&interfaces.programs, cx, program, args, timeout_ms).await
+    }
+}
+
+fn runtime_info(info: crate::runtimes::Info) -> runtimes::Info {
+    use crate::runtimes::Status as S;
+    runtimes::Info {
+        name: info.name,
+        status: match info.status {
+            S::Running => runtimes::Status::Running,
+            S::Stopped => runtimes::Status::Stopped,
+            S::Exited => runtimes::Status::Exited,
+            S::Restarting => runtimes::Status::Restarting,
+            S::Failed => runtimes::Status::Failed,
+        },
+        pid: info.pid,
+        restarts: info.restarts,
+        last_exit_code: info.last_exit_code,
+        port: info.spec.port,
+        created_ms: info.created_ms,
+        started_ms: info.started_ms,
+        detail: info.detail,
+    }
+}
+
+impl runtimes::Host for State {
+    fn create(
+        &mut self,
+        name: String,
+        spec: runtimes::Spec,
+        start: bool,
+    ) -> Result<runtimes::Info, String> {
+        let interfaces = self.interfaces.clone();
+        let supervisor = interfaces.runtimes()?;
+        // A runtime runs a program: the same grant as starting it through `process`.
+        let command = interfaces
+            .programs
+            .granted(&spec.process.command)?
+            .to_path_buf();
+        let spec = crate::runtimes::Spec {
+            command,
+            args: spec.process.args,
+            env: spec.process.env,
+            cwd: spec.process.cwd.map(Into::into),
+            restart: match spec.restart {
+                runtimes::RestartPolicy::Never => crate::runtimes::RestartPolicy::Never,
+                runtimes::RestartPolicy::OnFailure => crate::runtimes::RestartPolicy::OnFailure,
+                runtimes::RestartPolicy::Always => crate::runtimes::RestartPolicy::Always,
+            },
+            port: spec.port,
+        };
+        supervisor.create(&name, spec, start).map(runtime_info)
+    }
+
+    fn start(&mut self, name: String) -> Result<runtimes::Info, String> {
+        let interfaces = self.interfaces.clone();
+        interfaces.runtimes()?.start(&name).map(runtime_info)
+    }
+
+    async fn stop(&mut self, name: String) -> Result<runtimes::Info, String> {
+        let interfaces = self.interfaces.clone();
+        interfaces.runtimes()?.stop(&name).await.map(runtime_info)
+    }
+
+    async fn restart(&mut self, name: String) -> Result<runtimes::Info, String> {
+        let interfaces = self.interfaces.clone();
+        interfaces
+            .runtimes()?
+            .restart(&name)
+            .await
+            .map(runtime_info)
+    }
+
+    async fn delete(&mut self, name: String) -> Result<(), String> {
+        let interfaces = self.interfaces.clone();
+        interfaces.runtimes()?.delete(&name).await
+    }
+
+    fn get(&mut self, name: String) -> Result<runtimes::Info, String> {
+        let interfaces = self.interfaces.clone();
+        interfaces.runtimes()?.get(&name).map(runtime_info)
+    }
+
+    fn all(&mut self) -> Result<Vec<runtimes::Info>, String> {
+        let interfaces = self.interfaces.clone();
+        Ok(interfaces
+            .runtimes()?
+            .list()
+            .into_iter()
+            .map(runtime_info)
+            .collect())
+    }
+
+    fn consumption(
+        &mut self,
+        name: String,
+        period_seconds: u32,
+    ) -> Result<Vec<runtimes::Sample>, String> {
+        let interfaces = self.interfaces.clone();
+        let samples = interfaces
+            .runtimes()?
+            .consumption(&name, Duration::from_secs(u64::from(period_seconds)))?;
+        Ok(samples
+            .into_iter()
+            .map(|s| runtimes::Sample {
+                timestamp_ms: s.timestamp_ms,
+                cpu_percent: s.cpu_percent,
+                memory_bytes: s.memory_bytes,
+            })
+            .collect())
     }
 }

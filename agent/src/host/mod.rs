@@ -127,6 +127,10 @@ pub struct HostConfig {
     /// agent's user alone. Default: none, and granted plugins get an error saying no store is
     /// configured; the agent uses `<data_dir>/kv`.
     pub kv_dir: Option<PathBuf>,
+    /// What the `ferry:plugin/runtimes` interface manages, for plugins granted `runtimes`.
+    /// Default: none, and granted plugins get an error saying no runtimes are configured; the
+    /// agent passes its supervisor (`<data_dir>/runtimes`).
+    pub runtimes: Option<crate::runtimes::Runtimes>,
 }
 
 impl Default for HostConfig {
@@ -142,6 +146,7 @@ impl Default for HostConfig {
             cache_dir: None,
             metrics: None,
             kv_dir: None,
+            runtimes: None,
         }
     }
 }
@@ -324,6 +329,7 @@ impl PluginHost {
                     &options.capabilities,
                     self.shared.config.metrics.clone(),
                     self.shared.kv.clone(),
+                    self.shared.config.runtimes.clone(),
                     sandbox.env(),
                 )),
                 sandbox,

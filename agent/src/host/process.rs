@@ -53,7 +53,7 @@ impl Programs {
     /// The granted path `program` names, or why it may not be started. Paths compare by
     /// component (`/bin//echo` is `/bin/echo`), never resolved: no `PATH` search, and neither
     /// `..` nor a symlink makes another path match a granted one.
-    fn granted(&self, program: &str) -> Result<&Path, String> {
+    pub(crate) fn granted(&self, program: &str) -> Result<&Path, String> {
         let asked = Path::new(program);
         if asked.is_absolute()
             && let Some(path) = self.granted.iter().find(|p| p.as_path() == asked)

@@ -316,6 +316,75 @@ pub mod process {
     }
 }
 
+/// Supervised runtimes on the agent's host: create, start, stop, restart, delete, and their
+/// consumption. Granted with `runtimes = true` (manifest and policy); a runtime's command must
+/// also be granted in `programs`.
+///
+/// ```no_run
+/// use ferry_plugin::runtimes::{self, ProcessSpec, RestartPolicy, Spec};
+/// # fn demo() -> Result<(), String> {
+/// let spec = Spec {
+///     process: ProcessSpec {
+///         command: "/usr/bin/python3".into(),
+///         args: vec!["-m".into(), "http.server".into(), "8080".into()],
+///         env: vec![],
+///         cwd: Some("/srv/www".into()),
+///     },
+///     restart: RestartPolicy::OnFailure,
+///     port: Some(8080),
+/// };
+/// let info = runtimes::create("web", &spec, true)?;
+/// # let _ = info;
+/// # Ok(())
+/// # }
+/// ```
+pub mod runtimes {
+    use crate::bindings::ferry::plugin::runtimes as host;
+    pub use crate::bindings::ferry::plugin::runtimes::{
+        Info, ProcessSpec, RestartPolicy, Sample, Spec, Status,
+    };
+
+    /// Creates a runtime, started at once when `start`; fails if the name is taken.
+    pub fn create(name: &str, spec: &Spec, start: bool) -> Result<Info, String> {
+        host::create(name, spec, start)
+    }
+
+    /// Starts a runtime that is not running.
+    pub fn start(name: &str) -> Result<Info, String> {
+        host::start(name)
+    }
+
+    /// Stops a runtime (SIGTERM to its process group, SIGKILL after a grace period).
+    pub fn stop(name: &str) -> Result<Info, String> {
+        host::stop(name)
+    }
+
+    /// Stops and starts a runtime again.
+    pub fn restart(name: &str) -> Result<Info, String> {
+        host::restart(name)
+    }
+
+    /// Stops a runtime and forgets it.
+    pub fn delete(name: &str) -> Result<(), String> {
+        host::delete(name)
+    }
+
+    /// One runtime.
+    pub fn get(name: &str) -> Result<Info, String> {
+        host::get(name)
+    }
+
+    /// Every runtime on the agent, by name.
+    pub fn all() -> Result<Vec<Info>, String> {
+        host::all()
+    }
+
+    /// A runtime's samples over the last `period`, oldest first.
+    pub fn consumption(name: &str, period: std::time::Duration) -> Result<Vec<Sample>, String> {
+        host::consumption(name, u32::try_from(period.as_secs()).unwrap_or(u32::MAX))
+    }
+}
+
 /// The level of a log message, from `Trace` to `Error`.
 pub use bindings::ferry::plugin::context::Level;
 /// One command, as the operator sent it: `id`, `topic`, `payload` bytes and `content_type`.

@@ -1,0 +1,283 @@
+//! The edge-orchestrator topics served by the built-in `runtimes` and `orchestrator` plugins:
+//! supervised runtimes created, stopped, started, restarted and deleted through commands,
+//! kept alive across an agent restart, their consumption and the agent's, and every payload
+//! checked against its topic's contract.
+
+use std::time::Duration;
+
+use ferry_agent::{Agent, AgentConfig};
+use ferry_server::{CommandStatus, CommandView};
+use ferry_tests::{Harness, WAIT};
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+[plugins.runtimes.capabilities]
+runtimes = true
+programs = ["/bin/sh"]
+
+[plugins.orchestrator.capabilities]
+metrics = true
+"#;
+
+fn config(harness: &Harness, id: &str) -> AgentConfig {
+    let policy = harness.path("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut config = harness.agent_config(id);
+    config.policy = Some(policy);
+    config.metrics_interval = Duration::from_millis(100);
+    config
+}
+
+async fn start(config: AgentConfig) -> Agent {
+    let agent = Agent::start(config).await.expect("agent starts");
+    agent.wait_connected(WAIT).await.expect("agent connects");
+    agent
+}
+
+async fn run(harness: &Harness, topic: &str, payload: Value) -> CommandView {
+    let bytes = serde_json::to_vec(&payload).unwrap();
+    harness.run("edge-1", topic, &bytes, None).await
+}
+
+/// Runs a command that must succeed; returns its JSON answer, after checking it carries the
+/// command's id.
+async fn ok(harness: &Harness, topic: &str, payload: Value) -> Value {
+    let view = run(harness, topic, payload).await;
+    assert_eq!(view.status, CommandStatus::Succeeded, "{topic}: {view:?}");
+    let answer = view.output.payload.clone().expect("a JSON answer");
+    assert_eq!(answer["correlation_id"], view.id.as_str(), "{answer}");
+    answer
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+async fn gone(pid: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pid {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes what a test created even when it fails half-way, so no workload outlives it.
+struct Cleanup(Vec<u64>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_live_through_their_topics_and_an_agent_restart() {
+    let harness = Harness::start().await;
+    let agent = start(config(&harness, "edge-1")).await;
+    let mut cleanup = Cleanup(Vec::new());
+
+    let created = ok(
+        &harness,
+        "create_new_runtime",
+        json!({
+            "name": "web",
+            "command": "/bin/sh",
+            "args": ["-c", "echo started; exec sleep 120"],
+            "env": {"MODE": "test"},
+            "restart": "on-failure",
+            "port": 8080
+        }),
+    )
+    .await;
+    let runtime = &created["runtime"];
+    assert_eq!(runtime["status"], "running", "{created}");
+    assert_eq!(runtime["port"], 8080);
+    let first = runtime["pid"].as_u64().unwrap();
+    cleanup.0.push(first);
+    assert!(alive(first));
+
+    let stopped = ok(&harness, "stop_device", json!({"name": "web"})).await;
+    assert_eq!(stopped["runtime"]["status"], "stopped");
+    gone(first).await;
+
+    let started = ok(&harness, "start_device", json!({"name": "web"})).await;
+    assert_eq!(started["runtime"]["status"], "running");
+    let second = started["runtime"]["pid"].as_u64().unwrap();
+    cleanup.0.push(second);
+    assert_ne!(second, first);
+
+    let restarted = ok(&harness, "restart_device", json!({"name": "web"})).await;
+    assert_eq!(restarted["runtime"]["restarts"], 1);
+    let third = restarted["runtime"]["pid"].as_u64().unwrap();
+    cleanup.0.push(third);
+    gone(second).await;
+
+    // Consumption, from samples the agent takes every 100 ms here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let device = ok(
+        &harness,
+        "get_consumption_device",
+        json!({"name": "web", "period_seconds": 60}),
+    )
+    .await;
+    assert!(device["samples"].as_u64().unwrap() >= 2, "{device}");
+    assert!(
+        device["memory_bytes"]["max"].as_u64().unwrap() > 0,
+        "{device}"
+    );
+    assert!(device["cpu_percent"]["avg"].is_number(), "{device}");
+    let agent_use = ok(
+        &harness,
+        "get_consumption_orchestrator",
+        json!({"period_seconds": 60}),
+    )
+    .await;
+    assert!(agent_use["samples"].as_u64().unwrap() >= 2, "{agent_use}");
+    assert!(
+        agent_use["agent"]["memory_bytes"]["max"].as_u64().unwrap() > 1 << 20,
+        "{agent_use}"
+    );
+    assert!(agent_use["host"]["memory_total_bytes"].as_u64().unwrap() > 0);
+
+    // The agent restarts; the runtime does not.
+    agent.shutdown().await;
+    assert!(alive(third), "the runtime outlives its agent");
+    let agent = start(config(&harness, "edge-1")).await;
+    assert!(alive(third));
+    // The new agent supervises it: stopping it through a command ends that same process.
+    let stopped = ok(&harness, "stop_device", json!({"name": "web"})).await;
+    assert_eq!(stopped["runtime"]["status"], "stopped");
+    gone(third).await;
+
+    let deleted = ok(&harness, "delete_device", json!({"name": "web"})).await;
+    assert_eq!(deleted["deleted"], "web");
+    let again = run(&harness, "start_device", json!({"name": "web"})).await;
+    assert_eq!(again.status, CommandStatus::InvalidInput, "{again:?}");
+    assert!(again.detail.unwrap().contains("no runtime named 'web'"));
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_topic_checks_its_payload_against_its_contract() {
+    let harness = Harness::start().await;
+    let agent = start(config(&harness, "edge-1")).await;
+    let cases = [
+        (
+            "create_new_runtime",
+            json!({"command": "/bin/sh"}),
+            "missing field `name`",
+        ),
+        (
+            "create_new_runtime",
+            json!({"name": "x", "command": "/bin/sh", "port": "eighty"}),
+            "at `port`: invalid type: string \"eighty\", expected u16",
+        ),
+        (
+            "create_new_runtime",
+            json!({"name": "x", "command": "/bin/sh", "args": [1]}),
+            "at `args[0]`: invalid type: integer `1`, expected a string",
+        ),
+        (
+            "create_new_runtime",
+            json!({"name": "x", "command": "/bin/sh", "restart": "sometimes"}),
+            "at `restart`: unknown variant `sometimes`",
+        ),
+        (
+            "create_new_runtime",
+            json!({"name": "x", "command": "/bin/sh", "env": {"A": 1}}),
+            "at `env.A`: invalid type: integer `1`, expected a string",
+        ),
+        ("start_device", json!({}), "missing field `name`"),
+        (
+            "stop_device",
+            json!({"name": 7}),
+            "at `name`: invalid type: integer `7`, expected a string",
+        ),
+        (
+            "restart_device",
+            json!({"name": "x", "force": true}),
+            "unknown field `force`",
+        ),
+        ("delete_device", json!([]), "expected struct Named"),
+        (
+            "get_consumption_device",
+            json!({"name": "x"}),
+            "missing field `period_seconds`",
+        ),
+        (
+            "get_consumption_device",
+            json!({"name": "x", "period_seconds": -5}),
+            "at `period_seconds`: invalid value: integer `-5`, expected u32",
+        ),
+        (
+            "get_consumption_orchestrator",
+            json!({"period_seconds": "1h"}),
+            "at `period_seconds`: invalid type: string \"1h\", expected u32",
+        ),
+    ];
+    for (topic, payload, expected) in cases {
+        let view = run(&harness, topic, payload.clone()).await;
+        assert_eq!(
+            view.status,
+            CommandStatus::InvalidInput,
+            "{topic} {payload}: {view:?}"
+        );
+        let detail = view.detail.clone().unwrap();
+        assert!(detail.contains(expected), "{topic} {payload}: {detail}");
+        assert!(
+            detail.contains(&format!("command {}", view.id)),
+            "the correlation id: {detail}"
+        );
+    }
+    // A program the policy does not grant is refused, naming it.
+    let view = run(
+        &harness,
+        "create_new_runtime",
+        json!({"name": "x", "command": "/usr/bin/env"}),
+    )
+    .await;
+    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert!(view.detail.unwrap().contains("/usr/bin/env"));
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_grant_the_topics_are_denied_and_say_how_to_grant_them() {
+    let harness = Harness::start().await;
+    let agent = harness.start_agent("edge-1").await;
+    let view = run(
+        &harness,
+        "create_new_runtime",
+        json!({"name": "x", "command": "/bin/sh"}),
+    )
+    .await;
+    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    let detail = view.detail.unwrap();
+    assert!(
+        detail.contains("[plugins.runtimes.capabilities]"),
+        "{detail}"
+    );
+    let view = run(
+        &harness,
+        "get_consumption_orchestrator",
+        json!({"period_seconds": 5}),
+    )
+    .await;
+    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert!(view.detail.unwrap().contains("metrics"));
+    agent.shutdown().await;
+}
