@@ -151,7 +151,7 @@ impl Agent {
             cache_dir: Some(cache_dir),
             metrics: Some(history.clone()),
             kv_dir: Some(config.data_dir.join("kv")),
-            runtimes: Some(runtimes),
+            runtimes: Some(runtimes.clone()),
             ..HostConfig::default()
         })?;
         let policy = Arc::new(match &config.policy {
@@ -202,6 +202,7 @@ impl Agent {
             executor,
             sampler,
             deployer: deployer.clone(),
+            runtimes,
         });
         let (status_tx, status) = watch::channel(ConnectionStatus::Connecting { attempt: 0 });
         history.spawn(stop.clone());

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_protocol::{
-    Bye, FrameError, FrameReader, Heartbeat, Hello, Message, Peer, Reject, StreamKind, Welcome,
-    close, write_frame,
+    Bye, FrameError, FrameReader, Health, Heartbeat, Hello, Message, Peer, Reject, RuntimeState,
+    StreamKind, Welcome, close, write_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use crate::config::AgentConfig;
 use crate::deploy::{Deployer, Session as PluginSession};
 use crate::executor::Executor;
 use crate::metrics::MetricsSampler;
+use crate::runtimes::{Runtimes, Status as RuntimeStatus};
 
 /// What the loop needs, built once at start.
 pub(crate) struct Link {
@@ -30,6 +31,7 @@ pub(crate) struct Link {
     pub(crate) executor: Arc<Executor>,
     pub(crate) sampler: Arc<Mutex<MetricsSampler>>,
     pub(crate) deployer: Arc<Deployer>,
+    pub(crate) runtimes: Runtimes,
 }
 
 /// Why a connection attempt or a session ended.
@@ -268,9 +270,15 @@ async fn serve(
             _ = heartbeat.tick() => {
                 let sampler = link.sampler.clone();
                 let metrics = tokio::task::spawn_blocking(move || sampler.lock().sample()).await.unwrap_or_default();
+                let (health, runtimes) = runtime_states(&link.runtimes);
                 let beat = Message::Heartbeat(Heartbeat {
                     metrics,
                     running_commands: link.executor.running.load(Ordering::Relaxed),
+                    sent_at: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    health,
+                    runtimes,
                 });
                 if let Err(e) = write_frame(&mut send, &beat, max_frame).await {
                     break format!("cannot send a heartbeat: {e}");
@@ -308,6 +316,30 @@ async fn serve(
         }
     };
     Ended::SessionLost(ended)
+}
+
+/// The runtimes for a heartbeat, and whether any that should run does not.
+fn runtime_states(runtimes: &Runtimes) -> (Health, Vec<RuntimeState>) {
+    let mut health = Health::Ok;
+    let states = runtimes
+        .list()
+        .into_iter()
+        .map(|info| {
+            if info.wanted && info.status != RuntimeStatus::Running {
+                health = Health::Degraded;
+            }
+            RuntimeState {
+                status: serde_json::to_value(info.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                name: info.name,
+                pid: info.pid,
+                restarts: info.restarts,
+            }
+        })
+        .collect();
+    (health, states)
 }
 
 /// Prefer the connection's close reason (it carries the TLS alert, e.g. an unknown CA) over the

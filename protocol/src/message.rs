@@ -261,6 +261,38 @@ pub struct Heartbeat {
     pub metrics: HostMetrics,
     /// How many commands the agent is running.
     pub running_commands: u32,
+    /// When the agent sent it, ISO-8601 (RFC 3339) by the agent's clock.
+    #[serde(default)]
+    pub sent_at: String,
+    /// How the agent sees itself.
+    #[serde(default)]
+    pub health: Health,
+    /// The runtimes it supervises.
+    #[serde(default)]
+    pub runtimes: Vec<RuntimeState>,
+}
+
+/// How an agent sees itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// Everything it should run runs.
+    #[default]
+    Ok,
+    /// A runtime that should run does not (it failed, ended, or is being restarted).
+    Degraded,
+}
+
+/// A supervised runtime, as a heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// Its name.
+    pub name: String,
+    /// `running`, `stopped`, `exited`, `restarting` or `failed`.
+    pub status: String,
+    /// Its workload's pid while it runs.
+    pub pid: Option<u32>,
+    /// How many times it was started again.
+    pub restarts: u32,
 }
 
 /// A snapshot of the agent host's resources.

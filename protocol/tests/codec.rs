@@ -219,12 +219,30 @@ fn session_message() -> impl Strategy<Value = Message> {
                     })
                 }
             ),
-        (metrics(), any::<u32>()).prop_map(|(metrics, running_commands)| Message::Heartbeat(
-            Heartbeat {
-                metrics,
-                running_commands
-            }
-        )),
+        (
+            metrics(),
+            any::<u32>(),
+            text(),
+            any::<bool>(),
+            vec((text(), text(), any::<Option<u32>>(), any::<u32>()), 0..3)
+        )
+            .prop_map(|(metrics, running_commands, sent_at, ok, runtimes)| {
+                Message::Heartbeat(Heartbeat {
+                    metrics,
+                    running_commands,
+                    sent_at,
+                    health: if ok { Health::Ok } else { Health::Degraded },
+                    runtimes: runtimes
+                        .into_iter()
+                        .map(|(name, status, pid, restarts)| RuntimeState {
+                            name,
+                            status,
+                            pid,
+                            restarts,
+                        })
+                        .collect(),
+                })
+            }),
         text().prop_map(|reason| Message::Bye(Bye { reason })),
         (
             text(),

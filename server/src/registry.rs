@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use ferry_protocol::{AgentId, Heartbeat, Hello, HostMetrics};
+use ferry_protocol::{AgentId, Health, Heartbeat, Hello, HostMetrics, RuntimeState};
 use parking_lot::Mutex;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -47,6 +47,37 @@ pub struct AgentInfo {
     pub metrics: Option<HostMetrics>,
     /// Commands it said it was running in its last heartbeat.
     pub running_commands: u32,
+    /// Its last heartbeat, in the shape edge-orchestrator tools expect (sizes in GB).
+    pub heartbeat: Option<HeartbeatView>,
+}
+
+/// A heartbeat as edge-orchestrator tools read it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatView {
+    /// The agent's id (from its certificate, not from the heartbeat).
+    pub agent_id: String,
+    /// Host CPU use, 0–100.
+    pub cpu_usage_percent: f32,
+    /// Host memory in use, GB (10^9 bytes).
+    pub memory_usage_gb: f64,
+    /// Host memory, GB.
+    pub memory_total_gb: f64,
+    /// Used space on the agent's data volume, GB.
+    pub disk_usage_gb: f64,
+    /// Size of that volume, GB.
+    pub disk_total_gb: f64,
+    /// Seconds since the host booted.
+    pub uptime_s: u64,
+    /// `ok`, or `degraded` when a runtime that should run does not.
+    pub status: &'static str,
+    /// When the agent sent it (ISO-8601, the agent's clock).
+    pub timestamp: String,
+    /// The runtimes it supervises.
+    pub runtimes: Vec<RuntimeState>,
+}
+
+fn gb(bytes: u64) -> f64 {
+    (bytes as f64 / 1e9 * 1000.0).round() / 1000.0
 }
 
 struct Entry {
@@ -90,6 +121,7 @@ impl Registry {
             last_heartbeat: None,
             metrics: None,
             running_commands: 0,
+            heartbeat: None,
         };
         let mut agents = self.agents.lock();
         let previous = agents.insert(
@@ -116,6 +148,22 @@ impl Registry {
             entry.info.last_heartbeat = Some(OffsetDateTime::now_utc());
             entry.info.metrics = Some(heartbeat.metrics.clone());
             entry.info.running_commands = heartbeat.running_commands;
+            let m = &heartbeat.metrics;
+            entry.info.heartbeat = Some(HeartbeatView {
+                agent_id: entry.info.id.clone(),
+                cpu_usage_percent: m.cpu_percent,
+                memory_usage_gb: gb(m.memory_used_bytes),
+                memory_total_gb: gb(m.memory_total_bytes),
+                disk_usage_gb: gb(m.disk_used_bytes),
+                disk_total_gb: gb(m.disk_total_bytes),
+                uptime_s: m.uptime_secs,
+                status: match heartbeat.health {
+                    Health::Ok => "ok",
+                    Health::Degraded => "degraded",
+                },
+                timestamp: heartbeat.sent_at.clone(),
+                runtimes: heartbeat.runtimes.clone(),
+            });
             entry.info.status = AgentStatus::Online;
         }
     }

@@ -88,6 +88,9 @@ async fn a_first_frame_other_than_hello_is_rejected() {
     let beat = Message::Heartbeat(Heartbeat {
         metrics: HostMetrics::default(),
         running_commands: 0,
+        sent_at: String::new(),
+        health: Default::default(),
+        runtimes: vec![],
     });
     write_frame(&mut raw.send, &beat, 1 << 20).await.unwrap();
     match answer(&mut raw).await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferry_agent::{Agent, AgentConfig};
 use ferry_server::{CommandStatus, CommandView};
-use ferry_tests::{Harness, WAIT};
+use ferry_tests::{Harness, WAIT, eventually};
 use serde_json::{Value, json};
 
 const POLICY: &str = r#"
@@ -109,6 +109,41 @@ async fn runtimes_live_through_their_topics_and_an_agent_restart() {
     let first = runtime["pid"].as_u64().unwrap();
     cleanup.0.push(first);
     assert!(alive(first));
+
+    // Heartbeats carry the runtime, in the shape edge-orchestrator tools read.
+    let id = ferry_protocol::AgentId::new("edge-1").unwrap();
+    eventually("a heartbeat reports the runtime", || {
+        harness
+            .server()
+            .agent(&id)
+            .and_then(|a| a.heartbeat)
+            .is_some_and(|h| {
+                h.runtimes
+                    .iter()
+                    .any(|r| r.name == "web" && r.status == "running")
+            })
+    })
+    .await;
+    let beat = harness.server().agent(&id).unwrap().heartbeat.unwrap();
+    let beat = serde_json::to_value(&beat).unwrap();
+    assert_eq!(beat["agent_id"], "edge-1");
+    assert_eq!(beat["status"], "ok");
+    for field in [
+        "cpu_usage_percent",
+        "memory_usage_gb",
+        "memory_total_gb",
+        "disk_usage_gb",
+        "disk_total_gb",
+        "uptime_s",
+    ] {
+        assert!(beat[field].is_number(), "{field}: {beat}");
+    }
+    assert!(beat["memory_total_gb"].as_f64().unwrap() > 0.0, "{beat}");
+    let sent = beat["timestamp"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(sent, &time::format_description::well_known::Rfc3339).is_ok(),
+        "ISO-8601: {sent}"
+    );
 
     let stopped = ok(&harness, "stop_device", json!({"name": "web"})).await;
     assert_eq!(stopped["runtime"]["status"], "stopped");

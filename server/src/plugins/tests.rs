@@ -38,6 +38,7 @@ fn agent(id: &str, labels: &[(&str, &str)], wit: &[&str]) -> AgentInfo {
         last_heartbeat: None,
         metrics: None,
         running_commands: 0,
+        heartbeat: None,
     }
 }
 
