@@ -22,6 +22,11 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "orchestrator.wasm",
         "FERRY_BUILTIN_ORCHESTRATOR",
     ),
+    (
+        "run-command",
+        "run_command.wasm",
+        "FERRY_BUILTIN_RUN_COMMAND",
+    ),
     ("faulty", "faulty.wasm", "FERRY_FIXTURE_FAULTY"),
     ("probe", "probe.wasm", "FERRY_FIXTURE_PROBE"),
 ];

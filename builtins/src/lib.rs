@@ -54,9 +54,20 @@ pub const ORCHESTRATOR: Builtin = Builtin {
     component: include_bytes!(env!("FERRY_BUILTIN_ORCHESTRATOR")),
 };
 
+/// `run-command`: `run_command` runs an allowed program (arguments, environment, working
+/// directory, stdin, timeout) and answers with its exit code and bounded output, or sends an
+/// HTTP request to a runtime's port. Needs `programs` (and `filesystem` for a working
+/// directory), or `runtimes` and `network = ["127.0.0.1:*"]`, for the plugin named
+/// `run-command` in the agent's policy.
+pub const RUN_COMMAND: Builtin = Builtin {
+    name: "run-command",
+    topics: &["run_command"],
+    component: include_bytes!(env!("FERRY_BUILTIN_RUN_COMMAND")),
+};
+
 /// The plugins an agent serves unless its configuration turns built-ins off.
 pub fn all() -> &'static [Builtin] {
-    &[ECHO, RUNTIMES, ORCHESTRATOR]
+    &[ECHO, RUNTIMES, ORCHESTRATOR, RUN_COMMAND]
 }
 
 /// Plugins that exist for tests. No agent serves them unless a test loads them.

@@ -10,18 +10,46 @@ use ferry_server::{CommandStatus, CommandView};
 use ferry_tests::{Harness, WAIT, eventually};
 use serde_json::{Value, json};
 
-const POLICY: &str = r#"
-[plugins.runtimes.capabilities]
-runtimes = true
-programs = ["/bin/sh"]
+/// The programs runtimes and `run_command` may use here: `/bin/sh`, and python3 (for an HTTP
+/// server) where the host has it.
+fn programs() -> Vec<String> {
+    let mut programs = vec!["/bin/sh".to_string()];
+    programs.extend(python3());
+    programs
+}
 
-[plugins.orchestrator.capabilities]
-metrics = true
-"#;
+fn python3() -> Option<String> {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(str::to_string)
+}
 
 fn config(harness: &Harness, id: &str) -> AgentConfig {
     let policy = harness.path("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let work = harness.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let programs = format!("{:?}", programs());
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+[plugins.runtimes.capabilities]
+runtimes = true
+programs = {programs}
+
+[plugins.orchestrator.capabilities]
+metrics = true
+
+[plugins.run-command.capabilities]
+programs = {programs}
+filesystem = [{{ path = {work:?}, access = "read-only" }}]
+runtimes = true
+network = ["127.0.0.1:*"]
+"#
+        ),
+    )
+    .unwrap();
     let mut config = harness.agent_config(id);
     config.policy = Some(policy);
     config.metrics_interval = Duration::from_millis(100);
@@ -71,15 +99,36 @@ async fn gone(pid: u64) {
     }
 }
 
-/// Deletes what a test created even when it fails half-way, so no workload outlives it.
-struct Cleanup(Vec<u64>);
+/// When `pid` started (clock ticks since boot), so that a pid reused by another process is
+/// never mistaken for a workload.
+fn start_time(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Kills the workloads a test started if it fails half-way, so none outlives it; each only if
+/// its pid still names the same process (pids are reused quickly on a busy host).
+struct Cleanup(Vec<(u64, Option<u64>)>);
+
+impl Cleanup {
+    fn add(&mut self, pid: u64) {
+        self.0.push((pid, start_time(pid)));
+    }
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
+        for &(pid, started) in &self.0 {
+            if started.is_some() && start_time(pid) == started {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+            }
         }
     }
 }
@@ -107,7 +156,7 @@ async fn runtimes_live_through_their_topics_and_an_agent_restart() {
     assert_eq!(runtime["status"], "running", "{created}");
     assert_eq!(runtime["port"], 8080);
     let first = runtime["pid"].as_u64().unwrap();
-    cleanup.0.push(first);
+    cleanup.add(first);
     assert!(alive(first));
 
     // Heartbeats carry the runtime, in the shape edge-orchestrator tools read.
@@ -152,13 +201,13 @@ async fn runtimes_live_through_their_topics_and_an_agent_restart() {
     let started = ok(&harness, "start_device", json!({"name": "web"})).await;
     assert_eq!(started["runtime"]["status"], "running");
     let second = started["runtime"]["pid"].as_u64().unwrap();
-    cleanup.0.push(second);
+    cleanup.add(second);
     assert_ne!(second, first);
 
     let restarted = ok(&harness, "restart_device", json!({"name": "web"})).await;
     assert_eq!(restarted["runtime"]["restarts"], 1);
     let third = restarted["runtime"]["pid"].as_u64().unwrap();
-    cleanup.0.push(third);
+    cleanup.add(third);
     gone(second).await;
 
     // Consumption, from samples the agent takes every 100 ms here.
@@ -314,5 +363,150 @@ async fn without_a_policy_grant_the_topics_are_denied_and_say_how_to_grant_them(
     .await;
     assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
     assert!(view.detail.unwrap().contains("metrics"));
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_command_runs_a_program_with_input_environment_and_directory() {
+    let harness = Harness::start().await;
+    let agent = start(config(&harness, "edge-1")).await;
+    let work = harness.path("work");
+    let answer = ok(
+        &harness,
+        "run_command",
+        json!({
+            "program": "/bin/sh",
+            "args": ["-c", "read line; echo \"got $line in $(pwd) as $GREETING\"; echo oops >&2; exit 3"],
+            "stdin": "hello\n",
+            "env": {"GREETING": "hi"},
+            "cwd": work,
+        }),
+    )
+    .await;
+    assert_eq!(answer["exit_code"], 3, "{answer}");
+    assert_eq!(
+        answer["stdout"],
+        format!("got hello in {} as hi\n", work.display())
+    );
+    assert_eq!(answer["stderr"], "oops\n");
+    assert_eq!(answer["stdout_truncated"], false);
+    assert_eq!(answer["timed_out"], false);
+
+    let slow = ok(
+        &harness,
+        "run_command",
+        json!({"program": "/bin/sh", "args": ["-c", "sleep 10"], "timeout_ms": 200}),
+    )
+    .await;
+    assert_eq!(slow["timed_out"], true, "{slow}");
+
+    let big = ok(
+        &harness,
+        "run_command",
+        json!({"program": "/bin/sh", "args": ["-c", "yes ferry | head -c 200000"]}),
+    )
+    .await;
+    assert_eq!(big["stdout_truncated"], true, "the truncation is said");
+    assert!(big["stdout"].as_str().unwrap().len() < 200_000);
+
+    for (payload, status, expected) in [
+        (
+            json!({}),
+            CommandStatus::InvalidInput,
+            "give either `program` or `runtime`",
+        ),
+        (
+            json!({"program": 5}),
+            CommandStatus::InvalidInput,
+            "at `program`: invalid type: integer `5`, expected a string",
+        ),
+        (
+            json!({"program": "/bin/sh", "shell": true}),
+            CommandStatus::InvalidInput,
+            "unknown field `shell`",
+        ),
+        (
+            json!({"program": "/bin/sh", "env": {"LD_PRELOAD": "/x.so"}}),
+            CommandStatus::Denied,
+            "LD_PRELOAD",
+        ),
+        (
+            json!({"program": "/bin/sh", "cwd": "/etc"}),
+            CommandStatus::Denied,
+            "\"/etc\"",
+        ),
+        (
+            json!({"program": "/usr/bin/env"}),
+            CommandStatus::Denied,
+            "/usr/bin/env",
+        ),
+        (
+            json!({"runtime": "nope"}),
+            CommandStatus::InvalidInput,
+            "`runtime` needs `http`",
+        ),
+    ] {
+        let view = run(&harness, "run_command", payload.clone()).await;
+        assert_eq!(view.status, status, "{payload}: {view:?}");
+        let detail = view.detail.unwrap();
+        assert!(detail.contains(expected), "{payload}: {detail}");
+    }
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_command_sends_http_requests_to_a_runtime() {
+    let Some(python) = python3() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 is needed for this test and CI installs it"
+        );
+        eprintln!(
+            "SKIPPED run_command_sends_http_requests_to_a_runtime: no python3 on this host to serve HTTP"
+        );
+        return;
+    };
+    let harness = Harness::start().await;
+    let agent = start(config(&harness, "edge-1")).await;
+    let work = harness.path("work");
+    std::fs::write(work.join("hello.txt"), "hello from the runtime").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let created = ok(
+        &harness,
+        "create_new_runtime",
+        json!({
+            "name": "files",
+            "command": python,
+            "args": ["-m", "http.server", port.to_string(), "--bind", "127.0.0.1"],
+            "cwd": work,
+            "port": port,
+        }),
+    )
+    .await;
+    let mut cleanup = Cleanup(Vec::new());
+    cleanup.add(created["runtime"]["pid"].as_u64().unwrap());
+    // The server needs a moment to listen: retry, boundedly.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let answer = loop {
+        let view = run(
+            &harness,
+            "run_command",
+            json!({"runtime": "files", "http": {"method": "GET", "path": "/hello.txt"}, "timeout_ms": 5000}),
+        )
+        .await;
+        if view.status == CommandStatus::Succeeded {
+            break view.output.payload.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{view:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"], "hello from the runtime");
+    assert!(answer["headers"]["content-length"].is_string(), "{answer}");
+    ok(&harness, "delete_device", json!({"name": "files"})).await;
     agent.shutdown().await;
 }

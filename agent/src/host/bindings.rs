@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
     // Waiting for a child process, or for the server's answer, must not hold a runtime thread.
     imports: {
         "ferry:plugin/process.run": async,
+        "ferry:plugin/process.run-with": async,
         "ferry:plugin/context.request-data": async,
         // Stopping a runtime waits for its process group to go.
         "ferry:plugin/runtimes.stop": async,

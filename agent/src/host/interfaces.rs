@@ -43,7 +43,13 @@ impl Interfaces {
             request_data_granted: capabilities.request_data,
             metrics,
             kv,
-            programs: Programs::new(plugin, &capabilities.programs, env),
+            programs: Programs::new(plugin, &capabilities.programs, env).with_dirs(
+                capabilities
+                    .filesystem
+                    .iter()
+                    .map(|e| e.path.clone())
+                    .collect(),
+            ),
             runtimes_granted: capabilities.runtimes,
             runtimes,
         }
@@ -157,7 +163,33 @@ impl process::Host for State {
             max_output_bytes: self.max_output_bytes,
         };
         let interfaces = self.interfaces.clone();
-        programs::run(&interfaces.programs, cx, program, args, timeout_ms).await
+        let request = programs::Request {
+            program,
+            args,
+            stdin: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            timeout_ms,
+        };
+        programs::run(&interfaces.programs, cx, request).await
+    }
+
+    async fn run_with(&mut self, request: process::Request) -> Result<process::Exit, String> {
+        let cx = programs::Context {
+            events: self.events.clone(),
+            deadline: self.deadline,
+            max_output_bytes: self.max_output_bytes,
+        };
+        let interfaces = self.interfaces.clone();
+        let request = programs::Request {
+            program: request.program,
+            args: request.args,
+            stdin: request.stdin,
+            env: request.env,
+            cwd: request.cwd,
+            timeout_ms: request.timeout_ms,
+        };
+        programs::run(&interfaces.programs, cx, request).await
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct Programs {
     plugin: String,
     granted: Vec<PathBuf>,
     env: Vec<(String, String)>,
+    /// Directories granted to the plugin: where a program may be started (`run-with`'s cwd).
+    dirs: Vec<PathBuf>,
 }
 
 impl Programs {
@@ -47,7 +49,30 @@ impl Programs {
             plugin: plugin.to_string(),
             granted: granted.to_vec(),
             env: env.to_vec(),
+            dirs: Vec::new(),
         }
+    }
+
+    /// The directories granted to the plugin, where its programs may run.
+    pub(crate) fn with_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.dirs = dirs;
+        self
+    }
+
+    /// `cwd` if it lies inside a granted directory (compared by component, `..` refused).
+    fn working_dir(&self, cwd: &str) -> Result<PathBuf, String> {
+        let asked = Path::new(cwd);
+        let clean = asked.is_absolute()
+            && !asked
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if clean && self.dirs.iter().any(|d| asked.starts_with(d)) {
+            return Ok(asked.to_path_buf());
+        }
+        let plugin = &self.plugin;
+        Err(format!(
+            "running a program in {cwd:?} is not granted to plugin '{plugin}': the working directory must be an absolute path inside a directory granted in `filesystem` (manifest and policy [plugins.{plugin}.capabilities])"
+        ))
     }
 
     /// The granted path `program` names, or why it may not be started. Paths compare by
@@ -83,15 +108,45 @@ pub(crate) struct Context {
     pub(crate) max_output_bytes: usize,
 }
 
+/// What to run: `run` gives only a program, its arguments and a timeout; `run-with` the rest.
+pub(crate) struct Request {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: Vec<u8>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) timeout_ms: Option<u32>,
+}
+
 /// Runs `program` if granted, until it ends or is stopped.
 pub(crate) async fn run(
     programs: &Programs,
     cx: Context,
-    program: String,
-    args: Vec<String>,
-    timeout_ms: Option<u32>,
+    request: Request,
 ) -> Result<Exit, String> {
+    let Request {
+        program,
+        args,
+        stdin,
+        env,
+        cwd,
+        timeout_ms,
+    } = request;
     let path = programs.granted(&program)?;
+    let cwd = match &cwd {
+        Some(cwd) => programs.working_dir(cwd)?,
+        None => PathBuf::from("/"),
+    };
+    for (key, _) in &env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            return Err(format!("{key:?} is not an environment variable name"));
+        }
+        if key.starts_with("LD_") || key.starts_with("DYLD_") {
+            return Err(format!(
+                "the environment variable {key} is refused: loader variables would run other code inside a granted program"
+            ));
+        }
+    }
     let stop_at = match (
         cx.deadline,
         timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms.into())),
@@ -108,8 +163,13 @@ pub(crate) async fn run(
         .args(&args)
         .env_clear()
         .envs(programs.env.iter().map(|(k, v)| (k, v)))
-        .current_dir("/")
-        .stdin(Stdio::null())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cwd)
+        .stdin(if stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -140,12 +200,15 @@ pub(crate) async fn run(
         LogLevel::Warn,
         cx.events.clone(),
         cx.max_output_bytes,
-        false,
+        true,
     ));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let input = child.stdin.take();
+    // Input is written while output is read: a program that answers before it has read all
+    // its input would otherwise block on a full pipe, and so would the host.
     let mut readers = std::pin::pin!(async {
-        tokio::join!(pump(stdout, &out), pump(stderr, &err));
+        tokio::join!(pump(stdout, &out), pump(stderr, &err), feed(input, &stdin));
     });
 
     let mut status: Option<std::io::Result<ExitStatus>> = None;
@@ -184,7 +247,7 @@ pub(crate) async fn run(
         .expect("the loop ends only once the program was reaped")
         .map_err(|e| format!("cannot wait for {program}: {e}"))?;
     let (stdout, stdout_truncated) = out.lock().finish();
-    err.lock().finish();
+    let (stderr, stderr_truncated) = err.lock().finish();
     let stderr_tail = err.lock().tail.drain(..).collect();
     #[cfg(unix)]
     let signal = std::os::unix::process::ExitStatusExt::signal(&status);
@@ -198,7 +261,19 @@ pub(crate) async fn run(
         stdout,
         stdout_truncated,
         stderr_tail,
+        stderr,
+        stderr_truncated,
     })
+}
+
+/// Writes `input` to the program's standard input and closes it; a program that exits
+/// without reading it all is not an error.
+async fn feed(pipe: Option<tokio::process::ChildStdin>, input: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.write_all(input).await;
+        let _ = pipe.shutdown().await;
+    }
 }
 
 /// The running program: on drop (the invocation stopped while it ran), its process group is

@@ -91,12 +91,41 @@ pub(super) async fn terminate(pid: u32, start: Option<u64>, grace: Duration) {
     while alive(pid, start) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The leader may be gone with others of its group left: kill the group regardless.
-    signal_group(pid, Signal::Kill);
+    // The leader may be gone with others of its group left. A group id cannot be reused while
+    // the group has members, so it is safe to signal only while some remain; once it is empty
+    // the id may already name someone else's new group.
+    if alive(pid, start) || group_has_members(pid) {
+        signal_group(pid, Signal::Kill);
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while alive(pid, start) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether any process is in process group `pgid` (field 5 of `/proc/<pid>/stat`).
+fn group_has_members(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.rsplit(')').next()?.to_string();
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                // Field 3 is the state, field 5 the process group.
+                Some(fields.first() != Some(&"Z") && fields.get(2)?.parse::<u32>().ok()? == pgid)
+            })
+            .unwrap_or(false)
+    })
 }
 
 enum Signal {

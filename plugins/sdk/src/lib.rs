@@ -308,6 +308,16 @@ pub mod process {
         host::run(program, &args, timeout_ms)
     }
 
+    /// What to run with [`run_with`]: program, arguments, standard input, added environment
+    /// variables, working directory (inside a granted directory) and timeout.
+    pub use crate::bindings::ferry::plugin::process::Request;
+
+    /// Runs a program as [`run`] does, with the input, environment and working directory of
+    /// `request`.
+    pub fn run_with(request: &Request) -> Result<Exit, String> {
+        host::run_with(request)
+    }
+
     impl Exit {
         /// Whether it exited with code 0 by itself.
         pub fn success(&self) -> bool {
