@@ -29,6 +29,7 @@ const PLUGINS: &[(&str, &str, &str)] = &[
     ),
     ("faulty", "faulty.wasm", "FERRY_FIXTURE_FAULTY"),
     ("probe", "probe.wasm", "FERRY_FIXTURE_PROBE"),
+    ("ticker", "ticker.wasm", "FERRY_FIXTURE_TICKER"),
 ];
 
 /// Environment variables that configure a cargo build and must not leak from the outer one.

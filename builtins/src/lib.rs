@@ -133,6 +133,11 @@ pub mod fixtures {
         ],
         component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
     };
+
+    /// `ticker`: a `wasi:cli` program, not a plugin, for component runtimes: `ticker [MILLIS]`
+    /// prints `tick N $GREETING` every MILLIS (100 by default) forever; `ticker exit CODE`
+    /// exits with CODE.
+    pub const TICKER: &[u8] = include_bytes!(env!("FERRY_FIXTURE_TICKER"));
 }
 
 #[cfg(test)]

@@ -29,7 +29,11 @@ fn config(harness: &Harness, id: &str) -> AgentConfig {
     let policy = harness.path("policy.toml");
     let work = harness.path("work");
     std::fs::create_dir_all(&work).unwrap();
-    let programs = format!("{:?}", programs());
+    let ticker = harness.path("ticker.wasm");
+    std::fs::write(&ticker, ferry_builtins::fixtures::TICKER).unwrap();
+    let mut allowed = programs();
+    allowed.push(ticker.display().to_string());
+    let programs = format!("{allowed:?}");
     std::fs::write(
         &policy,
         format!(
@@ -508,5 +512,45 @@ async fn run_command_sends_http_requests_to_a_runtime() {
     assert_eq!(answer["body"], "hello from the runtime");
     assert!(answer["headers"]["content-length"].is_string(), "{answer}");
     ok(&harness, "delete_device", json!({"name": "files"})).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_runtime_is_created_stopped_and_deleted_through_its_topics() {
+    let harness = Harness::start().await;
+    let agent = start(config(&harness, "edge-1")).await;
+    let created = ok(
+        &harness,
+        "create_new_runtime",
+        json!({
+            "name": "ticker",
+            "backend": "component",
+            "command": harness.path("ticker.wasm"),
+            "args": ["20"],
+            "env": {"GREETING": "hi"},
+        }),
+    )
+    .await;
+    assert_eq!(created["runtime"]["status"], "running", "{created}");
+    assert!(
+        created["runtime"]["pid"].is_null(),
+        "it runs inside the agent"
+    );
+    let log = harness.path("agent-edge-1/runtimes/ticker/output.log");
+    eventually("the component ticks", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("tick 2 hi"))
+    })
+    .await;
+    let stopped = ok(&harness, "stop_device", json!({"name": "ticker"})).await;
+    assert_eq!(stopped["runtime"]["status"], "stopped");
+    let view = run(
+        &harness,
+        "create_new_runtime",
+        json!({"name": "x", "backend": "component", "command": harness.path("ticker.wasm"), "cwd": "/"}),
+    )
+    .await;
+    assert_eq!(view.status, CommandStatus::InvalidInput, "{view:?}");
+    assert!(view.detail.unwrap().contains("at `cwd`"));
+    ok(&harness, "delete_device", json!({"name": "ticker"})).await;
     agent.shutdown().await;
 }

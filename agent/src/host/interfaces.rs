@@ -223,22 +223,32 @@ impl runtimes::Host for State {
     ) -> Result<runtimes::Info, String> {
         let interfaces = self.interfaces.clone();
         let supervisor = interfaces.runtimes()?;
-        // A runtime runs a program: the same grant as starting it through `process`.
-        let command = interfaces
-            .programs
-            .granted(&spec.process.command)?
-            .to_path_buf();
-        let spec = crate::runtimes::Spec {
-            command,
-            args: spec.process.args,
-            env: spec.process.env,
-            cwd: spec.process.cwd.map(Into::into),
-            restart: match spec.restart {
-                runtimes::RestartPolicy::Never => crate::runtimes::RestartPolicy::Never,
-                runtimes::RestartPolicy::OnFailure => crate::runtimes::RestartPolicy::OnFailure,
-                runtimes::RestartPolicy::Always => crate::runtimes::RestartPolicy::Always,
+        // A runtime runs a program (or a component file): the same grant as starting it
+        // through `process`.
+        let restart = match spec.restart {
+            runtimes::RestartPolicy::Never => crate::runtimes::RestartPolicy::Never,
+            runtimes::RestartPolicy::OnFailure => crate::runtimes::RestartPolicy::OnFailure,
+            runtimes::RestartPolicy::Always => crate::runtimes::RestartPolicy::Always,
+        };
+        let spec = match spec.workload {
+            runtimes::Workload::Process(p) => crate::runtimes::Spec {
+                command: interfaces.programs.granted(&p.command)?.to_path_buf(),
+                args: p.args,
+                env: p.env,
+                cwd: p.cwd.map(Into::into),
+                restart,
+                port: spec.port,
+                component: false,
             },
-            port: spec.port,
+            runtimes::Workload::Component(c) => crate::runtimes::Spec {
+                command: interfaces.programs.granted(&c.path)?.to_path_buf(),
+                args: c.args,
+                env: c.env,
+                cwd: None,
+                restart,
+                port: spec.port,
+                component: true,
+            },
         };
         supervisor.create(&name, spec, start).map(runtime_info)
     }

@@ -15,6 +15,7 @@
 //! applies the restart policy with a backoff. Every change bumps the runtime's generation, so
 //! a watcher that lost a race with `stop` or `restart` does nothing.
 
+mod component;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -65,6 +66,9 @@ pub struct Spec {
     pub restart: RestartPolicy,
     /// The port it serves on, for others.
     pub port: Option<u16>,
+    /// `command` is a `wasi:cli` component the agent runs itself, not a program.
+    #[serde(default)]
+    pub component: bool,
 }
 
 /// Where a runtime stands.
@@ -126,6 +130,8 @@ struct Entry {
     /// Bumped on every start, stop and delete: a watcher of an older generation does nothing.
     generation: u64,
     samples: VecDeque<Sample>,
+    /// A component runtime's task, which runs it; aborting it stops the component.
+    task: Option<tokio::task::AbortHandle>,
 }
 
 struct Inner {
@@ -136,6 +142,11 @@ struct Inner {
     max_samples: usize,
     stop: CancellationToken,
 }
+
+/// How a workload ended: exit code, success, description; `None` when unknown.
+type Ended = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<(Option<i32>, bool, String)>> + Send>,
+>;
 
 /// The agent's runtimes. Cheap to clone.
 #[derive(Clone)]
@@ -194,6 +205,7 @@ impl Runtimes {
                     info,
                     generation: 0,
                     samples: VecDeque::new(),
+                    task: None,
                 },
             );
             if alive {
@@ -258,6 +270,7 @@ impl Runtimes {
                     },
                     generation: 0,
                     samples: VecDeque::new(),
+                    task: None,
                 },
             );
         }
@@ -292,6 +305,9 @@ impl Runtimes {
             entry.info.wanted = false;
             entry.info.status = Status::Stopped;
             entry.info.detail = "stopped on request".into();
+            if let Some(task) = entry.task.take() {
+                task.abort();
+            }
             entry
                 .info
                 .pid
@@ -406,6 +422,9 @@ impl Runtimes {
             (entry.info.spec.clone(), entry.generation)
         };
         let log_dir = self.inner.dir.join(name);
+        if spec.component {
+            return self.launch_component(name, spec, generation, &log_dir);
+        }
         match process::spawn(&spec, &log_dir) {
             Ok(child) => {
                 let pid = child.id().unwrap_or_default();
@@ -436,23 +455,65 @@ impl Runtimes {
 
     /// Waits for a workload to end, then applies its restart policy.
     fn watch(&self, name: String, generation: u64, pid: u32, child: Option<tokio::process::Child>) {
+        let start = self_start(self, &name);
+        let ended = async move {
+            match child {
+                Some(mut child) => child.wait().await.ok().map(process::describe),
+                None => {
+                    while process::alive(pid, start) {
+                        tokio::time::sleep(ADOPTED_POLL).await;
+                    }
+                    // Not our child: how it ended is not ours to know.
+                    None
+                }
+            }
+        };
+        self.supervise(name, generation, Box::pin(ended));
+    }
+
+    /// Compiles and starts a component runtime in a task of its own.
+    fn launch_component(
+        &self,
+        name: &str,
+        spec: Spec,
+        generation: u64,
+        log_dir: &Path,
+    ) -> Result<(), String> {
+        let prepared = std::fs::create_dir_all(log_dir)
+            .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))
+            .and_then(|()| component::prepare(&spec));
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(why) => {
+                if let Some(entry) = self.inner.entries.lock().get_mut(name) {
+                    entry.info.status = Status::Failed;
+                    entry.info.detail = why.clone();
+                }
+                return Err(why);
+            }
+        };
+        let log = log_dir.join("output.log");
+        let task_name = name.to_string();
+        let ended = async move { Some(component::run(prepared, task_name, spec, &log).await) };
+        // The entry is updated before the task can end and look at it.
+        let mut entries = self.inner.entries.lock();
+        let entry = entries.get_mut(name).ok_or_else(|| unknown(name))?;
+        entry.info.status = Status::Running;
+        entry.info.pid = None;
+        entry.info.pid_start = None;
+        entry.info.started_ms = Some(now_ms());
+        entry.info.detail = String::new();
+        entry.task = Some(self.supervise(name.to_string(), generation, Box::pin(ended)));
+        tracing::info!(runtime = %name, "component runtime started");
+        Ok(())
+    }
+
+    /// Waits for `ended` (how a workload ended, when known), then applies the restart policy.
+    fn supervise(&self, name: String, generation: u64, ended: Ended) -> tokio::task::AbortHandle {
         let runtimes = self.clone();
         let stop = self.inner.stop.clone();
         tokio::spawn(async move {
-            let start = self_start(&runtimes, &name);
             let started = std::time::Instant::now();
-            let ended = async {
-                match child {
-                    Some(mut child) => child.wait().await.ok().map(process::describe),
-                    None => {
-                        while process::alive(pid, start) {
-                            tokio::time::sleep(ADOPTED_POLL).await;
-                        }
-                        // Not our child: how it ended is not ours to know.
-                        None
-                    }
-                }
-            };
             let how = tokio::select! {
                 how = ended => how,
                 // The agent stops supervising; the workload keeps running.
@@ -510,7 +571,8 @@ impl Runtimes {
                     runtimes.save();
                 }
             }
-        });
+        })
+        .abort_handle()
     }
 
     /// Writes the state file; a failure is logged (the runtimes keep running either way).

@@ -12,6 +12,7 @@ fn shell(script: &str, restart: RestartPolicy) -> Spec {
         cwd: None,
         restart,
         port: None,
+        component: false,
     }
 }
 
@@ -174,4 +175,63 @@ fn bad_names_and_loader_variables_are_refused() {
     let mut spec = shell("true", RestartPolicy::Never);
     spec.command = "sh".into();
     assert!(check_spec(&spec).unwrap_err().contains("absolute"));
+}
+
+#[tokio::test]
+async fn a_component_runtime_runs_in_the_agent_and_follows_its_restart_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ticker.wasm");
+    std::fs::write(&file, ferry_builtins::fixtures::TICKER).unwrap();
+    let component = |args: &[&str], restart| Spec {
+        command: file.clone(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![("GREETING".into(), "from-wasm".into())],
+        cwd: None,
+        restart,
+        port: None,
+        component: true,
+    };
+    let runtimes = Runtimes::open(dir.path(), 10, CancellationToken::new()).unwrap();
+    let info = runtimes
+        .create("tick", component(&["20"], RestartPolicy::Never), true)
+        .unwrap();
+    assert_eq!(info.status, Status::Running);
+    assert_eq!(info.pid, None, "it runs inside the agent");
+    let log = dir.path().join("runtimes/tick/output.log");
+    until("the component writes its log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("tick 3 from-wasm"))
+    })
+    .await;
+    let stopped = runtimes.stop("tick").await.unwrap();
+    assert_eq!(stopped.status, Status::Stopped);
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().lines().count(),
+        lines,
+        "a stopped component writes nothing more"
+    );
+
+    runtimes
+        .create(
+            "fails",
+            component(&["exit", "7"], RestartPolicy::OnFailure),
+            true,
+        )
+        .unwrap();
+    until("the failing component is restarted", || {
+        runtimes.get("fails").unwrap().restarts >= 2
+    })
+    .await;
+    // WASI 0.2's exit carries success or failure only: any failing code is 1.
+    assert_eq!(runtimes.get("fails").unwrap().last_exit_code, Some(1));
+    runtimes.delete("fails").await.unwrap();
+
+    std::fs::write(dir.path().join("not.wasm"), b"nope").unwrap();
+    let mut bad = component(&[], RestartPolicy::Never);
+    bad.command = dir.path().join("not.wasm");
+    let err = runtimes.create("bad", bad, true).unwrap_err();
+    assert!(err.contains("not a wasm component"), "{err}");
+    assert_eq!(runtimes.get("bad").unwrap().status, Status::Failed);
+    runtimes.delete("tick").await.unwrap();
 }

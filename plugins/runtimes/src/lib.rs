@@ -3,7 +3,7 @@
 //!
 //! | topic | payload (JSON) | answer |
 //! |---|---|---|
-//! | `create_new_runtime` | `name`, `command`, optional `args`, `env`, `cwd`, `restart` (`never`, `on-failure`, `always`; default `on-failure`), `port`, `start` (default true) | the runtime |
+//! | `create_new_runtime` | `name`, `command` (a program, or with `"backend": "component"` a `wasi:cli` component file), optional `args`, `env`, `cwd` (processes only), `restart` (`never`, `on-failure`, `always`; default `on-failure`), `port`, `start` (default true) | the runtime |
 //! | `start_device`, `stop_device`, `restart_device` | `name` | the runtime |
 //! | `delete_device` | `name` | `deleted` |
 //! | `get_consumption_device` | `name`, `period_seconds` | CPU and memory: average, max, samples |
@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_plugin::runtimes::{self, Info, ProcessSpec, RestartPolicy, Spec, Status};
+use ferry_plugin::runtimes::{
+    self, ComponentSpec, Info, ProcessSpec, RestartPolicy, Spec, Status, Workload,
+};
 use ferry_plugin::{Command, Error};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 struct Create {
     name: String,
+    /// `process` (the default) or `component`.
+    #[serde(default)]
+    backend: Backend,
     command: String,
     #[serde(default)]
     args: Vec<String>,
@@ -38,6 +43,14 @@ struct Create {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum Backend {
+    #[default]
+    Process,
+    Component,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,13 +154,29 @@ fn handle(cmd: Command) -> Result<Vec<u8>, Error> {
     match cmd.topic.as_str() {
         "create_new_runtime" => {
             let create: Create = contract(&cmd)?;
-            let spec = Spec {
-                process: ProcessSpec {
+            let workload = match create.backend {
+                Backend::Process => Workload::Process(ProcessSpec {
                     command: create.command,
                     args: create.args,
                     env: create.env.into_iter().collect(),
                     cwd: create.cwd,
-                },
+                }),
+                Backend::Component => {
+                    if create.cwd.is_some() {
+                        return Err(Error::invalid_input(format!(
+                            "command {}: at `cwd`: a component runtime has no working directory (it sees no files)",
+                            cmd.id
+                        )));
+                    }
+                    Workload::Component(ComponentSpec {
+                        path: create.command,
+                        args: create.args,
+                        env: create.env.into_iter().collect(),
+                    })
+                }
+            };
+            let spec = Spec {
+                workload,
                 restart: match create.restart {
                     Restart::Never => RestartPolicy::Never,
                     Restart::OnFailure => RestartPolicy::OnFailure,

@@ -331,15 +331,15 @@ pub mod process {
 /// also be granted in `programs`.
 ///
 /// ```no_run
-/// use ferry_plugin::runtimes::{self, ProcessSpec, RestartPolicy, Spec};
+/// use ferry_plugin::runtimes::{self, ProcessSpec, RestartPolicy, Spec, Workload};
 /// # fn demo() -> Result<(), String> {
 /// let spec = Spec {
-///     process: ProcessSpec {
+///     workload: Workload::Process(ProcessSpec {
 ///         command: "/usr/bin/python3".into(),
 ///         args: vec!["-m".into(), "http.server".into(), "8080".into()],
 ///         env: vec![],
 ///         cwd: Some("/srv/www".into()),
-///     },
+///     }),
 ///     restart: RestartPolicy::OnFailure,
 ///     port: Some(8080),
 /// };
@@ -351,7 +351,7 @@ pub mod process {
 pub mod runtimes {
     use crate::bindings::ferry::plugin::runtimes as host;
     pub use crate::bindings::ferry::plugin::runtimes::{
-        Info, ProcessSpec, RestartPolicy, Sample, Spec, Status,
+        ComponentSpec, Info, ProcessSpec, RestartPolicy, Sample, Spec, Status, Workload,
     };
 
     /// Creates a runtime, started at once when `start`; fails if the name is taken.
