@@ -1,6 +1,8 @@
 //! `ferry plugin`: write plugins and test them on this machine, without a server.
 
+mod build;
 mod cases;
+mod componentize;
 mod grant;
 mod new;
 mod run;
@@ -37,11 +39,22 @@ enum PluginCommand {
     Test(test::TestArgs),
     /// Write a new plugin project that builds and passes `ferry plugin test` as it is.
     New(new::NewArgs),
+    /// Build the plugin project in this folder with its language's tools; the component goes
+    /// to build/NAME.wasm.
+    ///
+    /// The language is told by the project's files: Cargo.toml (rust), go.mod (go),
+    /// package.json (js), app.py (python), src/*.c (c). C and Go toolchains emit a WASI
+    /// preview-1 module, which ferry turns into a component itself with the preview-1
+    /// adapter. A missing tool is named with the package that provides it.
+    ///
+    /// The component's path is printed on stdout, the build's progress on stderr.
+    Build(build::BuildArgs),
 }
 
 pub async fn run(args: PluginArgs) -> Result<()> {
     match args.command {
         PluginCommand::Test(args) => test::run(args).await,
         PluginCommand::New(args) => new::run(args),
+        PluginCommand::Build(args) => build::run(args),
     }
 }
