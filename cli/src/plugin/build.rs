@@ -41,7 +41,8 @@ const GO_TOOLS: &str = "Go 1.24 or later (for GOOS=wasip1 and go:wasmexport): `p
                         or Go from your distribution if it is recent enough";
 const NODE_TOOLS: &str = "Node.js 18 or later: on Debian or Ubuntu, `apt-get install nodejs npm`";
 const JS_TOOLS: &str = "componentize-js: `npm install` in the project (package.json lists it), or \
-                        `npm install -g @bytecodealliance/componentize-js`";
+                        `npm install -g @bytecodealliance/componentize-js \
+                        @bytecodealliance/preview2-shim`";
 const PY_TOOLS: &str = "componentize-py: `pip install componentize-py`";
 const RUST_TOOLS: &str = "Rust with the wasm32-wasip2 target: rustup (https://rustup.rs), then \
                           `rustup target add wasm32-wasip2`";
@@ -353,6 +354,20 @@ impl Project<'_> {
                     self.dir.display()
                 )
             })?;
+        // componentize-js loads preview2-shim at run time without depending on it, so npm does
+        // not install it along: look for it where Node will, to name it rather than let Node
+        // fail with ERR_MODULE_NOT_FOUND.
+        let shim_found = package.ancestors().any(|dir| {
+            dir.join("node_modules/@bytecodealliance/preview2-shim")
+                .is_dir()
+        }) || package.with_file_name("preview2-shim").is_dir();
+        if !shim_found {
+            bail!(
+                "@bytecodealliance/preview2-shim is not installed next to componentize-js ({}), \
+                 which needs it; install {JS_TOOLS}",
+                package.display()
+            );
+        }
         let entry = package.join("src").join("componentize.js");
         let mut cmd = Command::new(node);
         // componentize-js's own command line needs a package its npm package does not
@@ -500,8 +515,9 @@ fn spawn(cmd: &mut Command, what: &str) -> Result<std::process::Child> {
         .with_context(|| format!("cannot run {what} ({:?})", cmd.get_program()))
 }
 
-/// Runs a build step, its output going to ours.
+/// Runs a build step, all its output going to our stderr: stdout is for the component's path.
 fn run_step(cmd: &mut Command, what: &str) -> Result<()> {
+    cmd.stdout(std::io::stderr());
     let status = spawn(cmd, what)?
         .wait()
         .with_context(|| format!("{what} did not finish"))?;

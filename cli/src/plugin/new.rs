@@ -201,7 +201,8 @@ const JS_INFO: LangInfo = LangInfo {
     title: "JavaScript",
     tools: "Node.js 18 or later and componentize-js:\n\n```sh\n\
             npm install          # in this folder: componentize-js, from package.json\n```\n\n\
-            (or `npm install -g @bytecodealliance/componentize-js` once for every project).",
+            (or `npm install -g @bytecodealliance/componentize-js \
+            @bytecodealliance/preview2-shim` once for every project).",
     build: "`ferry plugin build` runs componentize-js on `src/plugin.js`, which embeds a \
             JavaScript engine (StarlingMonkey) with the module into a component of about 12 MB. \
             An agent compiles it once (about 20 s) and keeps the compiled code in its cache, so \
