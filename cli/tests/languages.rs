@@ -163,6 +163,181 @@ async fn check_template(lang: &str) {
     agent.shutdown().await;
 }
 
+/// The Go bindings are written by hand (`cli/templates/go/ferry/`): a plugin calls every one of
+/// their functions against the real host, and the test checks what came back.
+#[test]
+fn the_go_bindings_reach_every_host_interface() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("test-cache");
+    let project = work.path().join("probe-go");
+    let new = ferry(
+        &[
+            "plugin",
+            "new",
+            "probe-go",
+            "--lang",
+            "go",
+            "--dir",
+            project.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(new.status.success(), "{}", show(&new));
+    std::fs::write(project.join("main.go"), GO_PROBE).unwrap();
+    let build = ferry(
+        &["plugin", "build", "--dir", project.to_str().unwrap()],
+        &cache,
+    );
+    if !build.status.success() {
+        let stderr = String::from_utf8_lossy(&build.stderr);
+        if stderr.contains("is not installed") {
+            missing_toolchain("probe-go", &stderr);
+            return;
+        }
+        panic!("ferry plugin build failed:\n{}", show(&build));
+    }
+    let component = project.join("build/probe-go.wasm");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "plugin",
+            "test",
+            component.to_str().unwrap(),
+            "--topic",
+            "probe-go",
+            "--payload",
+            "{}",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let output = ferry(&args, &cache);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", show(&output)));
+        report
+    };
+
+    let granted = run(&[
+        "--grant",
+        "kv",
+        "--grant",
+        "metrics",
+        "--grant",
+        "request_data",
+        "--grant",
+        "program=/bin/sh",
+        "--data",
+        "token=s3cr\u{e9}t",
+    ]);
+    assert_eq!(granted["status"], "succeeded", "{granted}");
+    let out = &granted["payload"];
+    assert_eq!(out["data"], "s3cr\u{e9}t", "{out}");
+    assert_eq!(out["kv_before"], false, "{out}");
+    assert_eq!(out["kv_value"], "v\u{0}1", "{out}");
+    assert_eq!(out["kv_keys"], json!(["k1", "k2"]), "{out}");
+    assert_eq!(out["kv_deleted"], json!([true, false]), "{out}");
+    assert_eq!(out["kv_after"], json!(["k2"]), "{out}");
+    assert_eq!(
+        out["memory_total_bytes"].as_u64(),
+        Some(mem_total_bytes()),
+        "{out}"
+    );
+    assert!(out["history_samples"].is_u64(), "{out}");
+    assert_eq!(out["exit_code"], 3, "{out}");
+    assert_eq!(out["exit_stdout"], "out a b\n", "{out}");
+    assert_eq!(out["exit_stderr"], json!(["err"]), "{out}");
+    assert_eq!(out["stopped_signal"], 9, "{out}");
+    assert_eq!(out["stopped_reason"], 0, "{out}");
+    assert_eq!(out["cancelled"], false, "{out}");
+    let logs = granted["logs"].as_array().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "warn" && l["message"] == "probe: warned"),
+        "{granted}"
+    );
+    assert_eq!(
+        granted["progress"],
+        json!([{"percent": 42, "message": "halfway"}]),
+        "{granted}"
+    );
+
+    // Each refusal arrives as an error the plugin can read: the first one ends the command.
+    let refused = run(&[]);
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("request_data is not granted")),
+        "{refused}"
+    );
+}
+
+/// Calls every function of the Go bindings and reports what each returned.
+const GO_PROBE: &str = r#"package main
+
+import (
+	"encoding/json"
+
+	"probe-go/ferry"
+)
+
+func init() {
+	ferry.Handle(func(cmd ferry.Command) ([]byte, error) {
+		out := map[string]any{}
+		data, err := ferry.RequestData("token")
+		if err != nil {
+			return nil, err
+		}
+		out["data"] = string(data)
+		_, found, err := ferry.KVGet("k1")
+		if err != nil {
+			return nil, err
+		}
+		out["kv_before"] = found
+		if err := ferry.KVSet("k1", []byte("v\x001")); err != nil {
+			return nil, err
+		}
+		if err := ferry.KVSet("k2", []byte("two")); err != nil {
+			return nil, err
+		}
+		value, _, _ := ferry.KVGet("k1")
+		out["kv_value"] = string(value)
+		out["kv_keys"], _ = ferry.KVListKeys("k")
+		first, _ := ferry.KVDelete("k1")
+		second, _ := ferry.KVDelete("k1")
+		out["kv_deleted"] = []bool{first, second}
+		out["kv_after"], _ = ferry.KVListKeys("")
+		sample, err := ferry.MetricsNow()
+		if err != nil {
+			return nil, err
+		}
+		out["memory_total_bytes"] = sample.MemoryTotalBytes
+		history, err := ferry.MetricsHistory(60)
+		if err != nil {
+			return nil, err
+		}
+		out["history_samples"] = len(history)
+		exit, err := ferry.RunProcess("/bin/sh", []string{"-c", "echo out $0 $1; echo err >&2; exit 3", "a", "b"}, 0)
+		if err != nil {
+			return nil, err
+		}
+		out["exit_code"] = *exit.Code
+		out["exit_stdout"] = string(exit.Stdout)
+		out["exit_stderr"] = exit.StderrTail
+		stopped, err := ferry.RunProcess("/bin/sh", []string{"-c", "sleep 10"}, 100)
+		if err != nil {
+			return nil, err
+		}
+		out["stopped_signal"] = *stopped.Signal
+		out["stopped_reason"] = *stopped.Stopped
+		out["cancelled"] = ferry.Cancelled()
+		ferry.Warnf("probe: %s", "warned")
+		ferry.Progress(42, "halfway")
+		return json.Marshal(out)
+	})
+}
+
+func main() {}
+"#;
+
 async fn check(example: &Example) {
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join(example.folder);

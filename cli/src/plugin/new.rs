@@ -191,7 +191,8 @@ const GO_INFO: LangInfo = LangInfo {
             component with the WASI preview-1 adapter. The package `ferry/` is the plugin \
             interface for Go (ferry wrote it; leave it as it is): `ferry.Handle` registers the \
             handler, and `ferry.Log`, `ferry.Progress`, `ferry.Cancelled`, `ferry.RequestData`, \
-            `ferry.MetricsNow`, `ferry.MetricsHistory` and `ferry.KV*` call the agent.",
+            `ferry.MetricsNow`, `ferry.MetricsHistory`, `ferry.KV*` and `ferry.RunProcess` \
+            call the agent.",
     files: "| `main.go` | the plugin: a handler registered in `init` |\n\
             | `ferry/` | the plugin interface for Go (a copy; leave it as it is) |\n\
             | `go.mod` | the Go module |",

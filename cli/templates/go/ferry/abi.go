@@ -72,7 +72,7 @@ func bytesArgs(b []byte) (uint32, uint32) {
 }
 
 // retArea is where a host call that returns more than one value writes its result; 8-aligned
-// and as large as the largest such result (metrics.now's, 72 bytes).
+// and as large as the largest such result (metrics.now's, 72 bytes; process.run's, 44).
 type retArea struct{ words [10]uint64 }
 
 func (r *retArea) ptr() uint32 { return uint32(uintptr(unsafe.Pointer(&r.words[0]))) }
@@ -116,6 +116,11 @@ func importKVDelete(ptr, n uint32, ret uint32)
 
 //go:wasmimport ferry:plugin/kv@0.1.0 list-keys
 func importKVListKeys(ptr, n uint32, ret uint32)
+
+// ferry:plugin/process@0.1.0
+
+//go:wasmimport ferry:plugin/process@0.1.0 run
+func importProcessRun(programPtr, programLen, argsPtr, argsLen, hasTimeout, timeoutMs uint32, ret uint32)
 
 // ferry:plugin/handler@0.1.0
 

@@ -1,6 +1,6 @@
 // Package ferry is the ferry plugin interface (ferry:plugin/plugin@0.1.0) for Go: register a
 // handler with Handle, and call the agent with Log, Progress, Cancelled, RequestData and the
-// metrics and kv functions. Written by `ferry plugin new`; leave it as it is.
+// metrics, kv and process functions. Written by `ferry plugin new`; leave it as it is.
 //
 // Each command runs in a fresh instance of the plugin: nothing carries over between commands
 // except what a plugin stores with KVSet.
@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"unsafe"
 )
 
 // Command is one command, as the operator sent it.
@@ -268,4 +269,89 @@ func KVListKeys(prefix string) ([]string, error) {
 		keys[i] = copyString(load32(entry), load32(entry+4))
 	}
 	return keys, nil
+}
+
+// StopReason says why the agent stopped a program before it ended by itself.
+type StopReason uint8
+
+const (
+	// StoppedByTimeout: its timeout, or the command's deadline, passed.
+	StoppedByTimeout StopReason = iota
+	// StoppedByCancel: the command was cancelled; return ErrCancelled.
+	StoppedByCancel
+)
+
+// Exit is how a program ended.
+type Exit struct {
+	// Code is its exit code, when it exited (0 is success).
+	Code *int32
+	// Signal is the signal that ended it, if one did (9 when the agent killed it).
+	Signal *int32
+	// Stopped is set when the agent stopped it, and says why.
+	Stopped *StopReason
+	// Stdout is the start of its standard output (all of it also went to the command's log).
+	Stdout []byte
+	// StdoutTruncated says whether its output was longer than Stdout.
+	StdoutTruncated bool
+	// StderrTail is the last few lines of its standard error.
+	StderrTail []string
+}
+
+// Success says whether it exited by itself with status 0.
+func (e Exit) Success() bool { return e.Code != nil && *e.Code == 0 && e.Stopped == nil }
+
+// RunProcess runs a granted program (its absolute path, as listed in the manifest's
+// `programs`) with args and waits until it ends, or until timeoutMs (0: no timeout of its own;
+// the command's deadline still applies). An error means it did not run.
+func RunProcess(program string, args []string, timeoutMs uint32) (Exit, error) {
+	ret := &callRet
+	mark := arenaTop
+	defer func() { arenaTop = mark }()
+	// list<string>: consecutive (address, length) pairs.
+	pairs := make([]uint32, 2*len(args))
+	for i, arg := range args {
+		pairs[2*i], pairs[2*i+1] = stringArgs(arg)
+	}
+	var pairsPtr uint32
+	if len(pairs) > 0 {
+		pairsPtr = uint32(uintptr(unsafe.Pointer(&pairs[0])))
+	}
+	pp, pn := stringArgs(program)
+	var hasTimeout uint32
+	if timeoutMs > 0 {
+		hasTimeout = 1
+	}
+	importProcessRun(pp, pn, pairsPtr, uint32(len(args)), hasTimeout, timeoutMs, ret.ptr())
+	runtime.KeepAlive(program)
+	runtime.KeepAlive(args)
+	runtime.KeepAlive(pairs)
+	r := ret.ptr()
+	if load8(r) != 0 {
+		return Exit{}, errors.New(copyString(load32(r+4), load32(r+8)))
+	}
+	// The exit record at 4: code (option<s32>) at +0, signal at +8, stopped (option<enum>) at
+	// +16, stdout at +20, stdout-truncated at +28, stderr-tail at +32.
+	e := r + 4
+	optional := func(at uint32) *int32 {
+		if load8(at) == 0 {
+			return nil
+		}
+		v := int32(load32(at + 4))
+		return &v
+	}
+	exit := Exit{
+		Code:            optional(e),
+		Signal:          optional(e + 8),
+		Stdout:          copyBytes(load32(e+20), load32(e+24)),
+		StdoutTruncated: load8(e+28) != 0,
+	}
+	if load8(e+16) != 0 {
+		reason := StopReason(load8(e + 17))
+		exit.Stopped = &reason
+	}
+	tail, lines := load32(e+32), load32(e+36)
+	for i := uint32(0); i < lines; i++ {
+		exit.StderrTail = append(exit.StderrTail, copyString(load32(tail+8*i), load32(tail+8*i+4)))
+	}
+	return exit, nil
 }
