@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::config::AgentConfig;
 use crate::connection::{self, Link};
@@ -206,7 +207,8 @@ impl Agent {
         });
         let (status_tx, status) = watch::channel(ConnectionStatus::Connecting { attempt: 0 });
         history.spawn(stop.clone());
-        tokio::spawn(deployer.run(stop.clone()));
+        // Its logs go where the agent's start went (an embedder's subscriber, say).
+        tokio::spawn(deployer.run(stop.clone()).with_current_subscriber());
         let task = tokio::spawn(connection::run(link, stop.clone(), status_tx));
         Ok(Agent {
             id,

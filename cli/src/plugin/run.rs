@@ -27,6 +27,19 @@ pub struct Local {
     _scratch: tempfile::TempDir,
 }
 
+/// Where `ferry plugin test` keeps compiled plugins: `$FERRY_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/ferry/components`, else `~/.cache/ferry/components`; none if none is set.
+fn compiled_cache_dir() -> Option<std::path::PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    var("FERRY_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("ferry/components")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/ferry/components")))
+}
+
 /// One command to run.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -77,6 +90,9 @@ impl Local {
             .tempdir()?;
         let host = PluginHost::new(HostConfig {
             max_instances: 1,
+            // JavaScript and Python plugins take ~20 s to compile; the cache makes every run
+            // after the first take milliseconds, as on an agent.
+            cache_dir: compiled_cache_dir(),
             kv_dir: Some(scratch.path().join("kv")),
             metrics: Some(MetricsHistory::new(
                 scratch.path(),

@@ -1,0 +1,3 @@
+module healthcheck-go
+
+go 1.24
