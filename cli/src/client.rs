@@ -98,7 +98,22 @@ impl Client {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         let message = body["error"]["message"].as_str().unwrap_or("no details");
-        Err(anyhow!("the server answered {status}: {message}"))
+        match body["error"]["code"].as_str() {
+            Some(code) => Err(anyhow!("the server answered {status} ({code}): {message}")),
+            None => Err(anyhow!("the server answered {status}: {message}")),
+        }
+    }
+
+    /// `DELETE path`, as JSON (null when the answer has no body).
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        let response = self
+            .send(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        let bytes = response.bytes().await?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_slice(&bytes)?)
     }
 
     /// `GET path`, as JSON.
@@ -163,5 +178,51 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// `?k=v&…` from the pairs that have a value, percent-encoded; empty when none has.
+pub fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// Encodes one path segment (an agent id, a name).
+pub fn segment(s: &str) -> String {
+    query_string(&[("x", Some(s.to_string()))])[3..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_encoded() {
+        assert_eq!(query_string(&[("a", None)]), "");
+        assert_eq!(
+            query_string(&[
+                ("selector", Some("env=prod,zone=b".into())),
+                ("n", Some("5".into()))
+            ]),
+            "?selector=env%3Dprod%2Czone%3Db&n=5"
+        );
+        assert_eq!(segment("a b"), "a%20b");
     }
 }

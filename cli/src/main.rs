@@ -1,12 +1,14 @@
 //! `ferry`: run a server, an agent, or both on loopback (`ferry dev`); send commands and list
 //! agents through a server's operator API.
 
+mod admin;
 mod bench;
 mod cert;
 mod client;
 mod commands;
 mod daemons;
 mod dev;
+mod follow;
 mod output;
 mod plugin;
 mod progress;
@@ -30,12 +32,22 @@ struct ApiArgs {
     /// The operator API's URL (default: from the config file `ferry dev` writes).
     #[arg(long, env = "FERRY_API", global = true)]
     api: Option<String>,
-    /// The operator token (default: from the config file `ferry dev` writes).
+    /// The API token (default: from the config file `ferry dev` writes).
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// The CLI config file (default: $XDG_CONFIG_HOME/ferry/cli.toml).
     #[arg(long, env = "FERRY_CONFIG", global = true)]
     config: Option<PathBuf>,
+}
+
+/// `ferry agent [FLAGS]` runs the daemon; `ferry agent show <id>` and its siblings manage one.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentCliArgs {
+    #[command(subcommand)]
+    manage: Option<admin::AgentCommand>,
+    #[command(flatten)]
+    daemon: daemons::AgentArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,14 +56,37 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run a ferry server.
     Server(daemons::ServerArgs),
-    /// Run a ferry agent.
-    Agent(daemons::AgentArgs),
-    /// Send a command to an agent, show its progress and logs, then its result.
+    /// Run a ferry agent; or, with a subcommand, look at or change one agent through the
+    /// server's API (`ferry agent show <id>`, `label`, `revoke`, `unrevoke`).
+    Agent(AgentCliArgs),
+    /// Send a command to one agent, several, those with given labels, or all; show its
+    /// progress, then each agent's result.
+    ///
+    /// The server sends it to at most --max-concurrency agents at once and stops sending once
+    /// --max-errors agents have failed.
+    ///
+    /// Examples:
+    ///
+    ///   ferry run echo --payload '{"hello":"ferry"}'
+    ///
+    ///   ferry run disk.report --to env=prod --max-concurrency 10 --max-errors 2
+    ///
+    ///   ferry run echo --agent edge-1 --agent edge-2 --json
     Run(commands::RunArgs),
-    /// Cancel a running command; the plugin sees `cancelled()` turn true.
+    /// Cancel a command: no more agents are sent it, and each running plugin sees
+    /// `cancelled()` turn true.
     Cancel(commands::CancelArgs),
+    /// List commands, newest first.
+    Commands(commands::CommandsArgs),
+    /// One command: `ferry command show <id>`.
+    #[command(name = "command")]
+    Show(commands::CommandArgs),
     /// List the agents the server knows.
     Agents(commands::AgentsArgs),
+    /// Tokens for the operator API: create, list, revoke.
+    ApiToken(admin::ApiTokenArgs),
+    /// The audit log: who did what, when, and how it ended.
+    Audit(admin::AuditArgs),
     /// Measure a command's round trip on loopback (embedded server and agent).
     Bench(bench::BenchArgs),
     /// Issue certificates from a server's CA.
@@ -64,7 +99,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,
-        Command::Dev(_) | Command::Server(_) | Command::Agent(_)
+        Command::Dev(_) | Command::Server(_) | Command::Agent(AgentCliArgs { manage: None, .. })
     );
     init_tracing(daemon);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -74,10 +109,18 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Server(args) => daemons::server(args).await,
-            Command::Agent(args) => daemons::agent(args).await,
+            Command::Agent(AgentCliArgs {
+                manage: Some(command),
+                ..
+            }) => admin::agent(command).await,
+            Command::Agent(args) => daemons::agent(args.daemon).await,
             Command::Run(args) => commands::run(args).await,
             Command::Cancel(args) => commands::cancel(args).await,
+            Command::Commands(args) => commands::commands(args).await,
+            Command::Show(args) => commands::command(args).await,
             Command::Agents(args) => commands::agents(args).await,
+            Command::ApiToken(args) => admin::api_token(args).await,
+            Command::Audit(args) => admin::audit(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Cert(args) => cert::run(args),
             Command::Plugin(args) => plugin::run(args).await,
@@ -94,4 +137,28 @@ fn init_tracing(daemon: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_operator_commands_are_consistent() {
+        use clap::CommandFactory;
+        let cli = super::Cli::command();
+        for name in [
+            "run",
+            "cancel",
+            "commands",
+            "command",
+            "agents",
+            "agent",
+            "api-token",
+            "audit",
+        ] {
+            cli.find_subcommand(name)
+                .unwrap_or_else(|| panic!("ferry {name} exists"))
+                .clone()
+                .debug_assert();
+        }
+    }
 }

@@ -147,7 +147,9 @@ fn run_and_agents_talk_to_a_running_dev_server() {
     );
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["status"], "succeeded");
-    assert_eq!(record["payload"], serde_json::json!([1, 2]));
+    assert_eq!(record["summary"]["succeeded"], 1);
+    assert_eq!(record["results"][0]["agent"], "dev-agent");
+    assert_eq!(record["results"][0]["payload"], serde_json::json!([1, 2]));
 
     // A binary payload well over the HTTP library's default body limit round-trips intact.
     let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -175,7 +177,7 @@ fn run_and_agents_talk_to_a_running_dev_server() {
     use base64::Engine as _;
     let returned = base64::engine::general_purpose::STANDARD
         .decode(
-            record["payload_base64"]
+            record["results"][0]["payload_base64"]
                 .as_str()
                 .expect("binary output comes back as base64"),
         )
@@ -249,4 +251,149 @@ fn cancel_reaches_a_running_plugin() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already ended"));
     let out = with_config(ferry().args(["cancel", "no-such-command"]), &config);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no command"));
+}
+
+fn stdout_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn operators_label_target_list_and_audit_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    let _dev = start_dev(dir.path(), &[]);
+
+    let out = with_config(
+        ferry().args(["agent", "label", "dev-agent", "ring=canary", "dev-"]),
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ring=canary"));
+    let agents = stdout_json(&with_config(
+        ferry().args(["agents", "--label", "ring=canary", "--json"]),
+        &config,
+    ));
+    assert_eq!(agents.as_array().unwrap().len(), 1);
+    let none = stdout_json(&with_config(
+        ferry().args(["agents", "--label", "ring=stable", "--json"]),
+        &config,
+    ));
+    assert_eq!(none, serde_json::json!([]));
+    let out = with_config(ferry().args(["agent", "show", "dev-agent"]), &config);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("ring=canary") && shown.contains("online") && shown.contains("memory"),
+        "{shown}"
+    );
+
+    let record = stdout_json(&with_config(
+        ferry().args([
+            "run",
+            "echo",
+            "--to",
+            "ring=canary",
+            "--max-concurrency",
+            "1",
+            "--payload",
+            "7",
+            "--json",
+        ]),
+        &config,
+    ));
+    assert_eq!(record["target"], "ring=canary");
+    assert_eq!(record["max_concurrency"], 1);
+    assert_eq!(record["results"][0]["payload"], 7);
+    let id = record["id"].as_str().unwrap().to_string();
+    let list = stdout_json(&with_config(
+        ferry().args(["commands", "--status", "succeeded", "--json"]),
+        &config,
+    ));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str())
+    );
+    let out = with_config(ferry().args(["commands"]), &config);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID"));
+    let out = with_config(ferry().args(["command", "show", &id]), &config);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("dev-agent") && shown.contains("succeeded"),
+        "{shown}"
+    );
+
+    // A read token can look but not run; the token is printed once, on stdout.
+    let out = with_config(
+        ferry().args([
+            "api-token",
+            "create",
+            "--name",
+            "watcher",
+            "--scope",
+            "read",
+        ]),
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("ferry_at_"), "{token}");
+    let out = with_config(ferry().args(["agents", "--token", &token]), &config);
+    assert!(out.status.success());
+    let out = with_config(ferry().args(["run", "echo", "--token", &token]), &config);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("needs run"),
+        "{stderr}"
+    );
+    let tokens = stdout_json(&with_config(
+        ferry().args(["api-token", "list", "--json"]),
+        &config,
+    ));
+    let watcher = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "watcher")
+        .expect("the new token is listed");
+    let out = with_config(
+        ferry().args(["api-token", "revoke", watcher["id"].as_str().unwrap()]),
+        &config,
+    );
+    assert!(out.status.success());
+    let out = with_config(ferry().args(["agents", "--token", &token]), &config);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    let audit = stdout_json(&with_config(ferry().args(["audit", "--json"]), &config));
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "agent.labels",
+        "command.create",
+        "api-token.create",
+        "api-token.revoke",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    let out = with_config(ferry().args(["audit"]), &config);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("watcher"));
 }

@@ -45,6 +45,13 @@ async fn serve_connection(
             return Err(e.to_string());
         }
     };
+    if let Err(why) = state.admission(&id) {
+        connection.close(
+            close::REJECTED.into(),
+            b"this agent was revoked by an operator",
+        );
+        return Err(why);
+    }
     let max_frame = state.config.max_frame_bytes;
     let (mut send, recv) =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi()).await {

@@ -16,11 +16,15 @@ use rand::RngCore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::commands::{CommandEntry, CommandStore};
 use crate::config::ServerConfig;
+use crate::fleet::{FleetEntry, FleetRequest, FleetStore, Target};
+use crate::overrides::Overrides;
 use crate::plugins::PluginRegistry;
 use crate::registry::{AgentInfo, NotConnected, Registry};
-use crate::{api, dispatch, listener};
+use crate::tokens::{Scope, TokenStore};
+use crate::{api, db, dispatch, fleet, listener};
 
 /// The server's plugin signing key, under `<data_dir>/pki/`.
 pub const PLUGIN_KEY: &str = "plugin-signing.key";
@@ -73,6 +77,9 @@ pub enum SubmitError {
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A selector matched no agent.
+    #[error("{0}")]
+    NoTargets(String),
 }
 
 /// What to run, where.
@@ -101,6 +108,14 @@ pub(crate) struct ServerState {
     pub(crate) registry: Registry,
     pub(crate) commands: CommandStore,
     pub(crate) plugins: PluginRegistry,
+    /// Commands as operators sent them, each with a child command per agent.
+    pub(crate) fleets: FleetStore,
+    /// Operator API tokens.
+    pub(crate) tokens: TokenStore,
+    /// Every operator action.
+    pub(crate) audit: AuditLog,
+    /// Operators' labels and revocations of agents.
+    pub(crate) overrides: Overrides,
     /// Data an operator supplied for plugins to ask for by key.
     pub(crate) data: RwLock<BTreeMap<String, Arc<[u8]>>>,
     sessions: AtomicU64,
@@ -109,6 +124,18 @@ pub(crate) struct ServerState {
 impl ServerState {
     pub(crate) fn next_session(&self) -> u64 {
         self.sessions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether agent `id` may connect: `Err` with the reason, to close its connection with,
+    /// when an operator revoked it.
+    pub(crate) fn admission(&self, id: &AgentId) -> Result<(), String> {
+        match self.overrides.revoked(id.as_str()) {
+            Some(revocation) => Err(format!(
+                "agent '{id}' was revoked by {} at {}; an operator can readmit it with `ferry agent unrevoke {id}`",
+                revocation.by, revocation.at
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -188,13 +215,23 @@ impl Server {
         };
         let signing_key = SigningKey::load_or_create(&pki_dir.join(PLUGIN_KEY), &plugin_key_path)
             .map_err(|e| plugins_error(e.to_string()))?;
-        let plugins = PluginRegistry::open(&data_dir, signing_key, config.max_plugin_bytes)
-            .map_err(plugins_error)?;
+        let db = db::open(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
+        let plugins =
+            PluginRegistry::open_in(&data_dir, db.clone(), signing_key, config.max_plugin_bytes)
+                .map_err(plugins_error)?;
+        let tokens =
+            TokenStore::open(db.clone(), &api_token).map_err(|e| data_dir_error(&data_dir, e))?;
+        let audit = AuditLog::open(db.clone()).map_err(|e| data_dir_error(&data_dir, e))?;
+        let overrides = Overrides::open(db).map_err(|e| data_dir_error(&data_dir, e))?;
         let state = Arc::new(ServerState {
             config,
             registry: Registry::default(),
             commands: CommandStore::default(),
             plugins,
+            fleets: FleetStore::default(),
+            tokens,
+            audit,
+            overrides,
             data: RwLock::new(BTreeMap::new()),
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -225,7 +262,7 @@ impl Server {
                 let bound = listener
                     .local_addr()
                     .map_err(|source| StartError::Bind { addr, source })?;
-                let router = api::router(state.clone(), api_token.clone());
+                let router = api::router(state.clone());
                 let api_stop = stop.clone();
                 tasks.push(tokio::spawn(async move {
                     let serve = axum::serve(listener, router)
@@ -292,9 +329,43 @@ impl Server {
         self.state.registry.get(id)
     }
 
-    /// Sends a command to an agent; the returned entry follows it to its end.
+    /// Sends a command to an agent; the returned entry follows it to its end. The command is
+    /// listed by the operator API like any other, created by `server`.
     pub fn submit(&self, request: CommandRequest) -> Result<Arc<CommandEntry>, SubmitError> {
-        submit(&self.state, request)
+        let fleet = self.submit_fleet(FleetRequest {
+            target: Target::Agents(vec![request.agent]),
+            topic: request.topic,
+            payload: request.payload,
+            content_type: request.content_type,
+            timeout: request.timeout,
+            idempotency_key: request.idempotency_key,
+            data: request.data,
+            max_concurrency: None,
+            max_errors: None,
+            created_by: "server".into(),
+        })?;
+        Ok(fleet
+            .child(0)
+            .expect("a command for one agent is sent before it is returned"))
+    }
+
+    /// Sends a command to one or many agents (see [`crate::fleet`]).
+    pub fn submit_fleet(&self, request: FleetRequest) -> Result<Arc<FleetEntry>, SubmitError> {
+        fleet::start(&self.state, request)
+    }
+
+    /// A command by id, as [`Server::submit_fleet`] returned it.
+    pub fn fleet_command(&self, id: &str) -> Option<Arc<FleetEntry>> {
+        self.state.fleets.get(id)
+    }
+
+    /// Makes an operator API token; returns the token, which is shown nowhere else.
+    pub fn create_api_token(&self, name: &str, scope: Scope) -> Result<String, String> {
+        self.state
+            .tokens
+            .create(name, scope, "server")
+            .map(|(_, token)| token)
+            .map_err(|e| e.to_string())
     }
 
     /// Supplies data plugins may ask for by key (`request-data`), replacing any under `key`.
@@ -348,44 +419,54 @@ impl Server {
     }
 }
 
-pub(crate) fn submit(
-    state: &Arc<ServerState>,
-    request: CommandRequest,
-) -> Result<Arc<CommandEntry>, SubmitError> {
-    if request.topic.trim().is_empty() {
+/// Checks what every agent's copy of a command would need.
+pub(crate) fn check_request(
+    state: &ServerState,
+    topic: &str,
+    payload_len: usize,
+) -> Result<(), SubmitError> {
+    if topic.trim().is_empty() {
         return Err(SubmitError::Invalid(
             "the topic is empty: name the topic to run".into(),
         ));
     }
-    if request.payload.len() as u64 + 1024 > u64::from(state.config.max_frame_bytes) {
+    if payload_len as u64 + 1024 > u64::from(state.config.max_frame_bytes) {
         return Err(SubmitError::Invalid(format!(
-            "the payload has {} bytes; the limit is {} bytes (max_frame_bytes) minus 1 KiB for the envelope",
-            request.payload.len(),
+            "the payload has {payload_len} bytes; the limit is {} bytes (max_frame_bytes) minus 1 KiB for the envelope",
             state.config.max_frame_bytes
         )));
     }
-    let (_, connection) = state.registry.connection(&request.agent)?;
+    Ok(())
+}
+
+/// Sends one agent its copy of a command: a child command with its own id and stream.
+pub(crate) fn send_to(
+    state: &Arc<ServerState>,
+    agent: &AgentId,
+    request: &FleetRequest,
+) -> Result<Arc<CommandEntry>, SubmitError> {
+    let (_, connection) = state.registry.connection(agent)?;
     let id = uuid::Uuid::new_v4().to_string();
     let timeout = request
         .timeout
         .unwrap_or(state.config.default_command_timeout);
     let entry = state
         .commands
-        .create(id.clone(), request.agent.to_string(), request.topic.clone());
+        .create(id.clone(), agent.to_string(), request.topic.clone());
     let command = Command {
         id,
-        topic: request.topic,
-        payload: request.payload,
-        content_type: request.content_type,
+        topic: request.topic.clone(),
+        payload: request.payload.clone(),
+        content_type: request.content_type.clone(),
         timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
-        idempotency_key: request.idempotency_key,
+        idempotency_key: request.idempotency_key.clone(),
     };
     tokio::spawn(dispatch::run(
         entry.clone(),
         connection,
         command,
         dispatch::DataSources {
-            command: request.data,
+            command: request.data.clone(),
             server: state.clone(),
         },
         state.config.max_frame_bytes,

@@ -1,8 +1,10 @@
 //! End-to-end tests: a real server and real agents over QUIC on loopback, one module per concern.
 
+mod api;
 mod commands;
 mod data;
 mod faults;
+mod fleet;
 mod handshake;
 mod plugins;
 mod reconnect;

@@ -38,6 +38,12 @@ pub struct Harness {
 impl Harness {
     /// Starts a server on ephemeral loopback ports.
     pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server on ephemeral loopback ports, with `configure` applied to the test
+    /// configuration first (e.g. slower heartbeats for many agents).
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
         init_tracing();
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut config = ServerConfig {
@@ -50,6 +56,7 @@ impl Harness {
         config.heartbeat_grace = Duration::from_secs(2);
         config.keep_alive = Duration::from_millis(500);
         config.idle_timeout = Duration::from_secs(5);
+        configure(&mut config);
         let server = Server::start(config.clone()).await.expect("server starts");
         // Restarts must come back on the same ports, as a real server would.
         config.listen = server.quic_addr();
@@ -204,6 +211,14 @@ impl Harness {
             .plugins()
             .wait_settled(name, &agents, WAIT)
             .await
+    }
+
+    /// The operator API's base URL, `http://127.0.0.1:<port>`.
+    pub fn api_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.server().api_addr().expect("the operator API is on")
+        )
     }
 
     /// The directory for the test's own files.

@@ -1,95 +1,261 @@
-//! The operator API: HTTP/JSON, bearer-token authenticated, bound to loopback by default.
+//! The operator API: HTTP/JSON, bound to loopback by default.
 //!
-//! | method | path | what |
-//! |---|---|---|
-//! | GET | /v1/health | liveness, no token needed |
-//! | GET | /v1/agents | every known agent |
-//! | GET | /v1/agents/{id} | one agent |
-//! | POST | /v1/commands | send a command to an agent |
-//! | GET | /v1/commands | the newest commands (`?limit=N`) |
-//! | GET | /v1/commands/{id} | one command |
-//! | GET | /v1/commands/{id}/events | its events as server-sent events, from the start, until it ends |
-//! | POST | /v1/commands/{id}/cancel | ask the agent to stop it |
-//! | GET | /v1/data | the keys of the data plugins may ask for, with sizes |
-//! | PUT | /v1/data/{key} | supply data (the request body, as is) for plugins to ask for |
-//! | DELETE | /v1/data/{key} | withdraw it |
-//! | POST | /v1/plugins | push a plugin package (body: the package's CBOR encoding) |
-//! | GET | /v1/plugins | every plugin, its versions and assignment |
-//! | GET | /v1/plugins/{name} | one plugin, its assignment history and which agent has what |
-//! | POST | /v1/plugins/{name}/assign | assign a version (`{"version", "to"}`) |
-//! | POST | /v1/plugins/{name}/rollback | go back to the previous assignment |
-//! | POST | /v1/plugins/{name}/unassign | stop serving it anywhere |
+//! Every route but `/v1/health` needs `Authorization: Bearer <token>` with a token whose scope
+//! covers the route's ([`crate::tokens`]): no token, or one the server does not know, is 401; a
+//! token whose scope is too small is 403. Errors are `{"error": {"code", "message"}}`.
+//!
+//! The routes are one table, [`routes`]: the router is built from it, the guard takes each
+//! route's scope and audit action from it, and a test checks it against the OpenAPI document
+//! served at `/v1/openapi.json` (`openapi.json` here), so the three cannot drift apart. Every
+//! request that changes something is recorded in the audit log with its result.
 
+mod admin;
+mod agents;
+mod commands;
+mod data;
 mod plugins;
+#[cfg(test)]
+mod tests;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
-use base64::Engine as _;
-use ferry_protocol::AgentId;
-use futures::Stream;
-use serde::Deserialize;
 use serde_json::json;
+use time::OffsetDateTime;
 
-use crate::commands::CommandEvent;
-use crate::server::{CommandRequest, ServerState, SubmitError, submit};
+use crate::audit::AuditEntry;
+use crate::server::ServerState;
+use crate::tokens::{ApiToken, Scope};
+
+/// The OpenAPI document, served as is.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Clone)]
 struct Api {
     state: Arc<ServerState>,
-    token: Arc<str>,
 }
 
-pub(crate) fn router(state: Arc<ServerState>, token: String) -> Router {
+/// One route: what the router serves, the scope it needs and its name in the audit log (the
+/// OpenAPI `operationId`).
+pub(crate) struct Route {
+    /// Read by the OpenAPI test; the router has it in `router`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    /// `None`: no token needed.
+    pub(crate) scope: Option<Scope>,
+    pub(crate) action: &'static str,
+    router: MethodRouter<Api>,
+}
+
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    scope: Option<Scope>,
+    action: &'static str,
+    handler: H,
+) -> Route
+where
+    H: axum::handler::Handler<T, Api>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
+    Route {
+        method,
+        path,
+        scope,
+        action,
+        router: on(filter, handler),
+    }
+}
+
+/// Every route of the API.
+pub(crate) fn routes(plugin_limit: usize) -> Vec<Route> {
+    use Method as M;
+    use Scope::{Admin, Read, Run};
+    let mut push = route(
+        M::POST,
+        "/v1/plugins",
+        Some(Admin),
+        "plugin.push",
+        plugins::push,
+    );
+    push.router = push
+        .router
+        .layer(axum::extract::DefaultBodyLimit::max(plugin_limit));
+    vec![
+        route(M::GET, "/v1/health", None, "health", health),
+        route(M::GET, "/v1/openapi.json", Some(Read), "openapi", openapi),
+        route(M::GET, "/v1/whoami", Some(Read), "whoami", admin::whoami),
+        route(M::GET, "/v1/agents", Some(Read), "agent.list", agents::list),
+        route(
+            M::GET,
+            "/v1/agents/{id}",
+            Some(Read),
+            "agent.show",
+            agents::show,
+        ),
+        route(
+            M::POST,
+            "/v1/agents/{id}/labels",
+            Some(Admin),
+            "agent.labels",
+            agents::labels,
+        ),
+        route(
+            M::POST,
+            "/v1/agents/{id}/revoke",
+            Some(Admin),
+            "agent.revoke",
+            agents::revoke,
+        ),
+        route(
+            M::POST,
+            "/v1/agents/{id}/unrevoke",
+            Some(Admin),
+            "agent.unrevoke",
+            agents::unrevoke,
+        ),
+        route(
+            M::POST,
+            "/v1/commands",
+            Some(Run),
+            "command.create",
+            commands::create,
+        ),
+        route(
+            M::GET,
+            "/v1/commands",
+            Some(Read),
+            "command.list",
+            commands::list,
+        ),
+        route(
+            M::GET,
+            "/v1/commands/{id}",
+            Some(Read),
+            "command.show",
+            commands::show,
+        ),
+        route(
+            M::GET,
+            "/v1/commands/{id}/events",
+            Some(Read),
+            "command.events",
+            commands::events,
+        ),
+        route(
+            M::POST,
+            "/v1/commands/{id}/cancel",
+            Some(Run),
+            "command.cancel",
+            commands::cancel,
+        ),
+        route(M::GET, "/v1/data", Some(Read), "data.list", data::list),
+        route(M::PUT, "/v1/data/{key}", Some(Run), "data.put", data::put),
+        route(
+            M::DELETE,
+            "/v1/data/{key}",
+            Some(Run),
+            "data.delete",
+            data::delete,
+        ),
+        push,
+        route(
+            M::GET,
+            "/v1/plugins",
+            Some(Read),
+            "plugin.list",
+            plugins::list,
+        ),
+        route(
+            M::GET,
+            "/v1/plugins/{name}",
+            Some(Read),
+            "plugin.show",
+            plugins::show,
+        ),
+        route(
+            M::POST,
+            "/v1/plugins/{name}/assign",
+            Some(Admin),
+            "plugin.assign",
+            plugins::assign,
+        ),
+        route(
+            M::POST,
+            "/v1/plugins/{name}/rollback",
+            Some(Admin),
+            "plugin.rollback",
+            plugins::rollback,
+        ),
+        route(
+            M::POST,
+            "/v1/plugins/{name}/unassign",
+            Some(Admin),
+            "plugin.unassign",
+            plugins::unassign,
+        ),
+        route(
+            M::GET,
+            "/v1/api-tokens",
+            Some(Admin),
+            "api-token.list",
+            admin::list_tokens,
+        ),
+        route(
+            M::POST,
+            "/v1/api-tokens",
+            Some(Admin),
+            "api-token.create",
+            admin::create_token,
+        ),
+        route(
+            M::DELETE,
+            "/v1/api-tokens/{id}",
+            Some(Admin),
+            "api-token.revoke",
+            admin::revoke_token,
+        ),
+        route(M::GET, "/v1/audit", Some(Admin), "audit.list", admin::audit),
+    ]
+}
+
+pub(crate) fn router(state: Arc<ServerState>) -> Router {
     // A payload may be as large as a frame allows, and base64 in JSON makes it a third larger.
     let body_limit = (state.config.max_frame_bytes as usize).saturating_mul(2);
     let plugin_limit = usize::try_from(state.config.max_plugin_bytes).unwrap_or(usize::MAX);
-    let api = Api {
-        state,
-        token: token.into(),
-    };
-    let authed = Router::new()
-        .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{id}", get(show_agent))
-        .route("/v1/commands", post(create_command).get(list_commands))
-        .route("/v1/commands/{id}", get(show_command))
-        .route("/v1/commands/{id}/events", get(command_events))
-        .route("/v1/commands/{id}/cancel", post(cancel_command))
-        .route(
-            "/v1/plugins",
-            post(plugins::push)
-                .layer(axum::extract::DefaultBodyLimit::max(plugin_limit))
-                .get(plugins::list),
-        )
-        .route("/v1/plugins/{name}", get(plugins::show))
-        .route("/v1/plugins/{name}/assign", post(plugins::assign))
-        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
-        .route("/v1/plugins/{name}/unassign", post(plugins::unassign))
-        .route("/v1/data", get(list_data))
-        .route(
-            "/v1/data/{key}",
-            axum::routing::put(put_data).delete(delete_data),
-        )
-        .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .route("/v1/health", get(health))
-        .merge(authed)
+    let api = Api { state };
+    let mut router = Router::new();
+    for r in routes(plugin_limit) {
+        let method_router = match r.scope {
+            Some(scope) => r.router.route_layer(middleware::from_fn_with_state(
+                Guard {
+                    api: api.clone(),
+                    scope,
+                    action: r.action,
+                },
+                guard,
+            )),
+            None => r.router,
+        };
+        // Routes on one path with different methods merge into one method router.
+        router = router.route(r.path, method_router);
+    }
+    router
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
                 "not-found",
-                "no such endpoint; see /v1/health",
+                "no such endpoint; GET /v1/openapi.json lists them",
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(api)
 }
 
@@ -100,10 +266,24 @@ struct ApiError {
     message: String,
 }
 
+/// The error code of a response, for the audit log.
+#[derive(Clone, Copy)]
+struct ErrorCode(&'static str);
+
+/// What an action was done to, for the audit log (a handler adds it to its response).
+#[derive(Clone)]
+struct AuditNote(String);
+
+/// The token of the request, for handlers that record who did something.
+#[derive(Clone)]
+struct Caller(ApiToken);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
     }
 }
 
@@ -119,284 +299,122 @@ fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>)
     }
 }
 
-async fn require_token(State(api): State<Api>, request: Request, next: Next) -> Response {
+/// A response with a note for the audit log.
+fn noted(response: impl IntoResponse, note: impl Into<String>) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(AuditNote(note.into()));
+    response
+}
+
+/// A JSON body or a JSON error saying what is wrong with it.
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(body: JsonBody<T>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| api_error(e.status(), "invalid-request", e.body_text()))
+}
+
+/// A query string or a JSON error saying what is wrong with it.
+type QueryParams<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn query<T>(query: QueryParams<T>) -> Result<T, ApiError> {
+    query
+        .map(|axum::extract::Query(q)| q)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()))
+}
+
+#[derive(Clone)]
+struct Guard {
+    api: Api,
+    scope: Scope,
+    action: &'static str,
+}
+
+/// Authenticates, checks the scope, runs the handler and records what changed.
+async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), api.token.as_bytes()) => {
-            next.run(request).await
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = match presented {
+        None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <token>`; the server's first admin token is in its data directory (operator.token)",
+            );
         }
-        Some(_) => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid for this server",
-        ),
-        None => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send `Authorization: Bearer <token>`; the token is in the server's data directory (operator.token)",
-        ),
+        Some(presented) => match guard.api.state.tokens.authenticate(presented) {
+            Some(token) => token,
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the bearer token is not valid for this server (unknown or revoked); ask an admin for one (`ferry api-token create`)",
+                );
+            }
+        },
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = if token.scope.covers(guard.scope) {
+        request.extensions_mut().insert(Caller(token.clone()));
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the token '{}' has scope {}; {method} {path} ({}) needs {}: use a token with that scope (an admin makes one with `ferry api-token create --name NAME --scope {}`)",
+                token.name, token.scope, guard.action, guard.scope, guard.scope
+            ),
+        )
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let status = response.status();
+        let result = match response.extensions().get::<ErrorCode>() {
+            Some(ErrorCode(code)) => (*code).to_string(),
+            None if status.is_success() => "ok".to_string(),
+            None => format!("http-{}", status.as_u16()),
+        };
+        let entry = AuditEntry {
+            seq: 0,
+            at: OffsetDateTime::now_utc(),
+            token_id: token.id,
+            token_name: token.name,
+            action: guard.action.to_string(),
+            request: format!("{method} {path}"),
+            detail: response
+                .extensions()
+                .get::<AuditNote>()
+                .map(|n| n.0.clone()),
+            result,
+            status: status.as_u16(),
+        };
+        let state = guard.api.state.clone();
+        // The commit syncs to disk: off the async workers.
+        match tokio::task::spawn_blocking(move || state.audit.record(entry)).await {
+            Ok(Ok(entry)) => tracing::info!(
+                seq = entry.seq,
+                who = %entry.token_name,
+                action = %entry.action,
+                request = %entry.request,
+                result = %entry.result,
+                "operator action"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "an operator action could not be audited"),
+            Err(e) => tracing::error!(error = %e, "an operator action could not be audited"),
+        }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    response
 }
 
 async fn health() -> Response {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response()
 }
 
-async fn list_agents(State(api): State<Api>) -> Response {
-    Json(api.state.registry.list()).into_response()
-}
-
-fn parse_agent_id(id: &str) -> Result<AgentId, ApiError> {
-    AgentId::new(id)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-agent-id", e.to_string()))
-}
-
-async fn show_agent(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let id = match parse_agent_id(&id) {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
-    match api.state.registry.get(&id) {
-        Some(agent) => Json(agent).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "unknown-agent",
-            format!("no agent '{id}' has ever connected"),
-        ),
-    }
-}
-
-/// The body of `POST /v1/commands`. Exactly one of `payload` (any JSON), `payload_text` or
-/// `payload_base64` may be given; none means an empty payload.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateCommand {
-    agent: String,
-    topic: String,
-    payload: Option<serde_json::Value>,
-    payload_text: Option<String>,
-    payload_base64: Option<String>,
-    content_type: Option<String>,
-    timeout_ms: Option<u64>,
-    idempotency_key: Option<String>,
-    /// Data the plugin may ask for by key: a string is sent as its text, any other JSON value
-    /// as JSON.
-    data: Option<std::collections::BTreeMap<String, serde_json::Value>>,
-}
-
-async fn create_command(
-    State(api): State<Api>,
-    body: Result<Json<CreateCommand>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(e) => return error(e.status(), "invalid-request", e.body_text()),
-    };
-    let agent = match parse_agent_id(&body.agent) {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
-    let (payload, default_type) = match (body.payload, body.payload_text, body.payload_base64) {
-        (Some(value), None, None) => (
-            serde_json::to_vec(&value).expect("a JSON value serializes"),
-            "application/json",
-        ),
-        (None, Some(text), None) => (text.into_bytes(), "text/plain"),
-        (None, None, Some(b64)) => {
-            match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                Ok(bytes) => (bytes, "application/octet-stream"),
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid-request",
-                        format!("payload_base64 is not base64: {e}"),
-                    );
-                }
-            }
-        }
-        (None, None, None) => (Vec::new(), "application/octet-stream"),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
-                "give at most one of payload, payload_text and payload_base64",
-            );
-        }
-    };
-    let request = CommandRequest {
-        agent,
-        topic: body.topic,
-        payload,
-        content_type: body
-            .content_type
-            .unwrap_or_else(|| default_type.to_string()),
-        timeout: body.timeout_ms.map(Duration::from_millis),
-        idempotency_key: body.idempotency_key,
-        data: body
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| {
-                let bytes = match value {
-                    serde_json::Value::String(text) => text.into_bytes(),
-                    other => serde_json::to_vec(&other).expect("a JSON value serializes"),
-                };
-                (key, bytes)
-            })
-            .collect(),
-    };
-    match submit(&api.state, request) {
-        Ok(entry) => (StatusCode::ACCEPTED, Json(entry.view())).into_response(),
-        Err(SubmitError::NotConnected(e)) => {
-            error(StatusCode::CONFLICT, "agent-not-connected", e.to_string())
-        }
-        Err(SubmitError::Invalid(e)) => error(StatusCode::BAD_REQUEST, "invalid-request", e),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    limit: Option<usize>,
-}
-
-async fn list_commands(State(api): State<Api>, Query(query): Query<ListQuery>) -> Response {
-    Json(
-        api.state
-            .commands
-            .recent(query.limit.unwrap_or(50).min(1000)),
-    )
-    .into_response()
-}
-
-fn unknown_command(id: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "unknown-command",
-        format!(
-            "no command '{id}' on this server (ended commands are kept in memory until the server restarts)"
-        ),
-    )
-}
-
-async fn show_command(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.state.commands.get(&id) {
-        Some(entry) => Json(entry.view()).into_response(),
-        None => unknown_command(&id),
-    }
-}
-
-async fn cancel_command(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.state.commands.get(&id) {
-        Some(entry) => {
-            let view = entry.view();
-            if view.status.is_final() {
-                return error(
-                    StatusCode::CONFLICT,
-                    "already-ended",
-                    format!("command '{id}' has already ended: {:?}", view.status),
-                );
-            }
-            entry.request_cancel();
-            (StatusCode::ACCEPTED, Json(view)).into_response()
-        }
-        None => unknown_command(&id),
-    }
-}
-
-async fn command_events(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let Some(entry) = api.state.commands.get(&id) else {
-        return unknown_command(&id);
-    };
-    Sse::new(event_stream(entry))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-        .into_response()
-}
-
-/// Replays a command's events from the first and follows it until its `finished` event.
-fn event_stream(
-    entry: Arc<crate::commands::CommandEntry>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let rx = entry.subscribe();
-    futures::stream::unfold(
-        (entry, rx, 0usize, std::collections::VecDeque::new(), false),
-        |(entry, mut rx, mut next, mut queue, mut done)| async move {
-            loop {
-                if let Some(event) = queue.pop_front() {
-                    let finished = matches!(event, CommandEvent::Finished { .. });
-                    let kind = match &event {
-                        CommandEvent::Accepted { .. } => "accepted",
-                        CommandEvent::Progress { .. } => "progress",
-                        CommandEvent::Log { .. } => "log",
-                        CommandEvent::Finished { .. } => "finished",
-                    };
-                    let sse = Event::default()
-                        .event(kind)
-                        .json_data(&event)
-                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-                    done |= finished;
-                    return Some((Ok(sse), (entry, rx, next, queue, done)));
-                }
-                if done {
-                    return None;
-                }
-                let fresh = entry.events_since(next);
-                if fresh.is_empty() {
-                    if rx.changed().await.is_err() {
-                        return None;
-                    }
-                    continue;
-                }
-                next += fresh.len();
-                queue.extend(fresh);
-            }
-        },
-    )
-}
-
-async fn list_data(State(api): State<Api>) -> Response {
-    let data = api.state.data.read();
-    let keys: Vec<serde_json::Value> = data
-        .iter()
-        .map(|(key, value)| json!({"key": key, "bytes": value.len()}))
-        .collect();
-    Json(keys).into_response()
-}
-
-async fn put_data(
-    State(api): State<Api>,
-    Path(key): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    if key.is_empty() || key.len() > 1024 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid-key",
-            "a data key has 1 to 1024 bytes",
-        );
-    }
-    let bytes = body.len();
-    api.state
-        .data
-        .write()
-        .insert(key.clone(), body.to_vec().into());
-    Json(json!({"key": key, "bytes": bytes})).into_response()
-}
-
-async fn delete_data(State(api): State<Api>, Path(key): Path<String>) -> Response {
-    match api.state.data.write().remove(&key) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "unknown-key",
-            format!("no data under '{key}'"),
-        ),
-    }
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

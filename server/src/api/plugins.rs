@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use std::time::Duration;
 
-use super::{Api, error};
+use super::{Api, error, noted};
 use crate::plugins::{AgentRollout, PluginError, Selector};
 use crate::registry::AgentStatus;
 
@@ -35,7 +35,11 @@ pub(super) async fn push(State(api): State<Api>, body: axum::body::Bytes) -> Res
                 StatusCode::OK
             };
             tracing::info!(plugin = %outcome.package.name, version = %outcome.package.version, digest = %outcome.package.digest, created = outcome.created, "plugin pushed");
-            (status, Json(outcome)).into_response()
+            let note = format!(
+                "{}@{} {}",
+                outcome.package.name, outcome.package.version, outcome.package.digest
+            );
+            noted((status, Json(outcome)), note)
         }
         Ok(Err(e)) => plugin_error(e),
         Err(e) => error(
@@ -128,7 +132,8 @@ pub(super) async fn assign(
             let agents = rollout(&api, &name, body.wait_ms).await;
             let mut out = serde_json::to_value(&assignment).expect("an assignment serializes");
             out["agents"] = serde_json::json!(agents);
-            Json(out).into_response()
+            let note = format!("{name}@{} to {}", assignment.version, assignment.to);
+            noted(Json(out), note)
         }
         Err(e) => plugin_error(e),
     }
@@ -147,7 +152,14 @@ pub(super) async fn rollback(
                 Some(_) => rollout(&api, &name, body.wait_ms).await,
                 None => None,
             };
-            Json(serde_json::json!({ "assigned": current, "agents": agents })).into_response()
+            let note = match &current {
+                Some(a) => format!("{name}: back to {} on {}", a.version, a.to),
+                None => format!("{name}: back to unassigned"),
+            };
+            noted(
+                Json(serde_json::json!({ "assigned": current, "agents": agents })),
+                note,
+            )
         }
         Err(e) => plugin_error(e),
     }
@@ -155,7 +167,7 @@ pub(super) async fn rollback(
 
 pub(super) async fn unassign(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.state.plugins.unassign(&name) {
-        Ok(()) => Json(serde_json::json!({ "assigned": null })).into_response(),
+        Ok(()) => noted(Json(serde_json::json!({ "assigned": null })), name),
         Err(e) => plugin_error(e),
     }
 }

@@ -195,13 +195,25 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// Opens the registry under `data_dir` with the server's signing key.
+    /// Opens the registry under `data_dir` with the server's signing key, opening the
+    /// server's database itself (for tests; a server shares its one database).
+    #[cfg(test)]
     pub(crate) fn open(
         data_dir: &Path,
         key: SigningKey,
         max_package_bytes: u64,
     ) -> Result<PluginRegistry, String> {
-        let store = PluginStore::open(data_dir)?;
+        Self::open_in(data_dir, crate::db::open(data_dir)?, key, max_package_bytes)
+    }
+
+    /// Opens the registry with its packages under `data_dir` and its records in `db`.
+    pub(crate) fn open_in(
+        data_dir: &Path,
+        db: std::sync::Arc<redb::Database>,
+        key: SigningKey,
+        max_package_bytes: u64,
+    ) -> Result<PluginRegistry, String> {
+        let store = PluginStore::open(data_dir, db)?;
         let loaded = store.load()?;
         let mut inner = Inner::default();
         for record in loaded.packages {

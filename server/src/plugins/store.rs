@@ -9,6 +9,7 @@
 //! without bytes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_protocol::package::Digest;
 use ferry_protocol::pki::write_file;
@@ -23,7 +24,7 @@ const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_a
 
 pub(crate) struct PluginStore {
     blobs: PathBuf,
-    db: Database,
+    db: Arc<Database>,
 }
 
 /// Everything the store holds, as read at start.
@@ -33,17 +34,11 @@ pub(crate) struct Loaded {
 }
 
 impl PluginStore {
-    pub(crate) fn open(data_dir: &Path) -> Result<PluginStore, String> {
+    /// `db` is the server's shared `state.redb` (see `crate::db`).
+    pub(crate) fn open(data_dir: &Path, db: Arc<Database>) -> Result<PluginStore, String> {
         let blobs = data_dir.join("plugins");
         std::fs::create_dir_all(&blobs)
             .map_err(|e| format!("cannot create {}: {e}", blobs.display()))?;
-        let path = data_dir.join("state.redb");
-        let db = Database::create(&path).map_err(|e| {
-            format!(
-                "cannot open {}: {e}; is another ferry server using this data directory?",
-                path.display()
-            )
-        })?;
         // Create the tables, so that reads never meet a missing one.
         let tx = db.begin_write().map_err(failed)?;
         tx.open_table(PACKAGES).map_err(failed)?;

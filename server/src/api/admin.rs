@@ -1,0 +1,99 @@
+//! Who am I, API tokens, and the audit log.
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Api, Caller, JsonBody, QueryParams, body, error, noted, query};
+use crate::tokens::{Scope, TokenError};
+
+pub(super) async fn whoami(Extension(Caller(token)): Extension<Caller>) -> Response {
+    Json(token).into_response()
+}
+
+fn token_error(e: TokenError) -> Response {
+    let (status, code) = match &e {
+        TokenError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+        TokenError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown-token"),
+        TokenError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        TokenError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+    };
+    error(status, code, e.to_string())
+}
+
+pub(super) async fn list_tokens(State(api): State<Api>) -> Response {
+    Json(api.state.tokens.list()).into_response()
+}
+
+/// The body of `POST /v1/api-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateToken {
+    pub(super) name: String,
+    pub(super) scope: Scope,
+}
+
+pub(super) async fn create_token(
+    State(api): State<Api>,
+    Extension(Caller(caller)): Extension<Caller>,
+    request: JsonBody<CreateToken>,
+) -> Response {
+    let request = match body(request) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let state = api.state.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        state
+            .tokens
+            .create(&request.name, request.scope, &caller.name)
+    })
+    .await;
+    match created {
+        Ok(Ok((record, token))) => {
+            let note = format!("{} ({}, scope {})", record.id, record.name, record.scope);
+            let mut out = serde_json::to_value(&record).expect("a token serializes");
+            out["token"] = json!(token);
+            noted((StatusCode::CREATED, Json(out)), note)
+        }
+        Ok(Err(e)) => token_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+pub(super) async fn revoke_token(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let state = api.state.clone();
+    let revoked = tokio::task::spawn_blocking(move || state.tokens.revoke(&id)).await;
+    match revoked {
+        Ok(Ok(record)) => {
+            let note = format!("{} ({})", record.id, record.name);
+            noted(Json(record), note)
+        }
+        Ok(Err(e)) => token_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+pub(super) async fn audit(State(api): State<Api>, params: QueryParams<AuditQuery>) -> Response {
+    let params = match query(params) {
+        Ok(params) => params,
+        Err(e) => return e.into_response(),
+    };
+    let limit = params.limit.unwrap_or(100).min(10_000);
+    let state = api.state.clone();
+    match tokio::task::spawn_blocking(move || state.audit.recent(limit, params.before)).await {
+        Ok(Ok(entries)) => Json(entries).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}

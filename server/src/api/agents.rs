@@ -1,0 +1,249 @@
+//! `/v1/agents`: list (by selector and status), show (with plugins), labels, revoke.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry_protocol::{AgentId, close};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
+use crate::overrides::{Revocation, check_label};
+use crate::plugins::Selector;
+use crate::registry::AgentInfo;
+
+fn parse_id(id: &str) -> Result<AgentId, ApiError> {
+    AgentId::new(id)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-agent-id", e.to_string()))
+}
+
+fn unknown_agent(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown-agent",
+        format!(
+            "no agent '{id}' has connected since the server started; `ferry agents` lists the agents"
+        ),
+    )
+}
+
+/// An agent as the API shows it: what the registry knows, with `labels` the effective ones
+/// (the agent's own, `agent_labels`, with the operator's, `server_labels`, merged over them)
+/// and the revocation, if any. Built from the registry's JSON so that every field the registry
+/// gains shows up here too.
+fn agent_json(api: &Api, info: &AgentInfo) -> Value {
+    let overrides = api.state.overrides.get(&info.id);
+    let labels = api.state.overrides.effective_labels(&info.id, &info.labels);
+    let mut value = serde_json::to_value(info).expect("an agent serializes");
+    value["agent_labels"] = json!(info.labels);
+    value["server_labels"] = json!(overrides.labels);
+    value["labels"] = json!(labels);
+    value["revoked"] = json!(overrides.revoked);
+    value
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// `key=value[,key=value…]`: agents carrying every label.
+    selector: Option<String>,
+    /// online, unresponsive or offline.
+    status: Option<String>,
+}
+
+pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>) -> Response {
+    let params = match query(params) {
+        Ok(params) => params,
+        Err(e) => return e.into_response(),
+    };
+    let selector: Selector = match params.selector.as_deref().unwrap_or("all").parse() {
+        Ok(selector) => selector,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid-selector", e),
+    };
+    let agents: Vec<Value> = api
+        .state
+        .registry
+        .list()
+        .iter()
+        .map(|info| agent_json(&api, info))
+        .filter(|a| {
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(a["labels"].clone()).unwrap_or_default();
+            selector.matches(&labels)
+        })
+        .filter(|a| params.status.as_ref().is_none_or(|s| a["status"] == *s))
+        .collect();
+    Json(agents).into_response()
+}
+
+pub(super) async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let Some(info) = api.state.registry.get(&id) else {
+        return unknown_agent(id.as_str());
+    };
+    let mut value = agent_json(&api, &info);
+    // Plugin assignments select by the agent's own labels, as its connection does.
+    let plugins: Vec<Value> = api
+        .state
+        .plugins
+        .list()
+        .iter()
+        .filter_map(|p| api.state.plugins.show(&p.name, std::slice::from_ref(&info)))
+        .flat_map(|details| {
+            let name = details.summary.name.clone();
+            details.agents.into_iter().map(move |a| {
+                json!({"name": name, "version": a.version, "digest": a.digest, "state": a.state, "detail": a.detail, "updated": a.updated.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())})
+            })
+        })
+        .collect();
+    value["plugins"] = Value::Array(plugins);
+    Json(value).into_response()
+}
+
+/// The body of `POST /v1/agents/{id}/labels`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LabelsBody {
+    /// Labels to set (over the agent's own).
+    #[serde(default)]
+    pub(super) set: BTreeMap<String, String>,
+    /// Server labels to remove (the agent's own are its own).
+    #[serde(default)]
+    pub(super) remove: Vec<String>,
+}
+
+pub(super) async fn labels(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    request: JsonBody<LabelsBody>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let request = match body(request) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let Some(info) = api.state.registry.get(&id) else {
+        return unknown_agent(id.as_str());
+    };
+    for (key, value) in &request.set {
+        if let Err(e) = check_label(key, Some(value)) {
+            return error(StatusCode::BAD_REQUEST, "invalid-label", e);
+        }
+    }
+    let note = format!("{id}: set {:?}, removed {:?}", request.set, request.remove);
+    let updated = api.state.overrides.update(id.as_str(), |o| {
+        for key in &request.remove {
+            o.labels.remove(key);
+        }
+        o.labels.extend(request.set.clone());
+    });
+    match updated {
+        Ok(_) => noted(Json(agent_json(&api, &info)), note),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e),
+    }
+}
+
+/// The body of `POST /v1/agents/{id}/revoke`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RevokeBody {
+    /// Why, for the record.
+    pub(super) reason: Option<String>,
+}
+
+pub(super) async fn revoke(
+    State(api): State<Api>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+    request: Option<Json<RevokeBody>>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let reason = request.and_then(|Json(b)| b.reason);
+    let revocation = Revocation {
+        at: OffsetDateTime::now_utc(),
+        by: caller.name,
+        reason,
+    };
+    if let Err(e) = api
+        .state
+        .overrides
+        .update(id.as_str(), |o| o.revoked = Some(revocation.clone()))
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e);
+    }
+    let disconnect = |api: &Api| {
+        if let Ok((_, connection)) = api.state.registry.connection(&id) {
+            connection.close(
+                close::REJECTED.into(),
+                b"this agent was revoked by an operator",
+            );
+            true
+        } else {
+            false
+        }
+    };
+    let was_connected = disconnect(&api);
+    // A handshake that passed its revocation check just before the revocation registers
+    // within the handshake timeout; close such a connection too.
+    // Weak: a server shutting down must not wait for this to let go of its database.
+    let later = std::sync::Arc::downgrade(&api.state);
+    let later_id = id.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        if let Some(state) = later.upgrade()
+            && state.overrides.revoked(later_id.as_str()).is_some()
+            && let Ok((_, connection)) = state.registry.connection(&later_id)
+        {
+            connection.close(
+                close::REJECTED.into(),
+                b"this agent was revoked by an operator",
+            );
+        }
+    });
+    tracing::warn!(agent = %id, by = %revocation.by, was_connected, "agent revoked");
+    let out = match api.state.registry.get(&id) {
+        Some(info) => agent_json(&api, &info),
+        None => json!({"id": id.as_str(), "revoked": revocation}),
+    };
+    noted(Json(out), format!("{id} (connected: {was_connected})"))
+}
+
+pub(super) async fn unrevoke(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    if api.state.overrides.revoked(id.as_str()).is_none() {
+        return error(
+            StatusCode::CONFLICT,
+            "not-revoked",
+            format!("agent '{id}' is not revoked"),
+        );
+    }
+    if let Err(e) = api
+        .state
+        .overrides
+        .update(id.as_str(), |o| o.revoked = None)
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e);
+    }
+    let out = match api.state.registry.get(&id) {
+        Some(info) => agent_json(&api, &info),
+        None => json!({"id": id.as_str(), "revoked": null}),
+    };
+    noted(Json(out), id.to_string())
+}

@@ -1,0 +1,257 @@
+//! `/v1/commands`: create (for one agent, a list, a selector or all), list with filters, show,
+//! follow as server-sent events, cancel.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use ferry_protocol::AgentId;
+use futures::Stream;
+use serde::Deserialize;
+
+use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
+use crate::fleet::{self, FleetEntry, FleetRequest, FleetStatus, ListFilter, Target};
+use crate::plugins::Selector;
+use crate::server::SubmitError;
+
+/// The body of `POST /v1/commands`. Exactly one of `agent`, `agents` and `selector` says where;
+/// at most one of `payload` (any JSON), `payload_text` and `payload_base64` says what (none: an
+/// empty payload).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateCommand {
+    pub(super) topic: String,
+    pub(super) agent: Option<String>,
+    pub(super) agents: Option<Vec<String>>,
+    /// `all`, or `key=value[,key=value…]`.
+    pub(super) selector: Option<String>,
+    pub(super) payload: Option<serde_json::Value>,
+    pub(super) payload_text: Option<String>,
+    pub(super) payload_base64: Option<String>,
+    pub(super) content_type: Option<String>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) idempotency_key: Option<String>,
+    /// Data the plugin may ask for by key: a string is sent as its text, any other JSON value
+    /// as JSON.
+    pub(super) data: Option<BTreeMap<String, serde_json::Value>>,
+    pub(super) max_concurrency: Option<u32>,
+    pub(super) max_errors: Option<u32>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    api_error(StatusCode::BAD_REQUEST, "invalid-request", message)
+}
+
+fn agent_id(id: &str) -> Result<AgentId, ApiError> {
+    AgentId::new(id)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-agent-id", e.to_string()))
+}
+
+impl CreateCommand {
+    /// The request it describes, or the error response saying what is wrong.
+    pub(super) fn into_request(self, created_by: String) -> Result<FleetRequest, ApiError> {
+        let target = match (self.agent, self.agents, self.selector) {
+            (Some(one), None, None) => Target::Agents(vec![agent_id(&one)?]),
+            (None, Some(list), None) => Target::Agents(
+                list.iter()
+                    .map(|id| agent_id(id))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            (None, None, Some(selector)) => Target::Selector(
+                selector
+                    .parse::<Selector>()
+                    .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-selector", e))?,
+            ),
+            _ => {
+                return Err(invalid(
+                    "say where with exactly one of agent, agents and selector (`all` for every agent)",
+                ));
+            }
+        };
+        let (payload, default_type) = match (self.payload, self.payload_text, self.payload_base64) {
+            (Some(value), None, None) => (
+                serde_json::to_vec(&value).expect("a JSON value serializes"),
+                "application/json",
+            ),
+            (None, Some(text), None) => (text.into_bytes(), "text/plain"),
+            (None, None, Some(b64)) => {
+                match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+                    Ok(bytes) => (bytes, "application/octet-stream"),
+                    Err(e) => return Err(invalid(format!("payload_base64 is not base64: {e}"))),
+                }
+            }
+            (None, None, None) => (Vec::new(), "application/octet-stream"),
+            _ => {
+                return Err(invalid(
+                    "give at most one of payload, payload_text and payload_base64",
+                ));
+            }
+        };
+        Ok(FleetRequest {
+            target,
+            topic: self.topic,
+            payload,
+            content_type: self
+                .content_type
+                .unwrap_or_else(|| default_type.to_string()),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            idempotency_key: self.idempotency_key,
+            data: self
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, value)| {
+                    let bytes = match value {
+                        serde_json::Value::String(text) => text.into_bytes(),
+                        other => serde_json::to_vec(&other).expect("a JSON value serializes"),
+                    };
+                    (key, bytes)
+                })
+                .collect(),
+            max_concurrency: self.max_concurrency,
+            max_errors: self.max_errors,
+            created_by,
+        })
+    }
+}
+
+pub(super) async fn create(
+    State(api): State<Api>,
+    Extension(Caller(caller)): Extension<Caller>,
+    request: JsonBody<CreateCommand>,
+) -> Response {
+    let request = match body(request).and_then(|b| b.into_request(caller.name)) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let note = format!("{} to {}", request.topic, request.target);
+    match fleet::start(&api.state, request) {
+        Ok(fleet) => {
+            let view = fleet.view(true);
+            let note = format!("{} ({note}, {} agents)", view.id, view.summary.total);
+            noted((StatusCode::ACCEPTED, Json(view)), note)
+        }
+        Err(SubmitError::NotConnected(e)) => {
+            error(StatusCode::CONFLICT, "agent-not-connected", e.to_string())
+        }
+        Err(SubmitError::NoTargets(e)) => error(StatusCode::CONFLICT, "no-matching-agents", e),
+        Err(SubmitError::Invalid(e)) => invalid(e).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+    status: Option<String>,
+    topic: Option<String>,
+    agent: Option<String>,
+}
+
+pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>) -> Response {
+    let params = match query(params) {
+        Ok(params) => params,
+        Err(e) => return e.into_response(),
+    };
+    let status = match params.status.as_deref().map(|s| (s, FleetStatus::parse(s))) {
+        None => None,
+        Some((_, Some(status))) => Some(status),
+        Some((other, None)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                format!("status '{other}' is none of running, succeeded, failed, cancelled"),
+            );
+        }
+    };
+    let filter = ListFilter {
+        status,
+        topic: params.topic,
+        agent: params.agent,
+        limit: params.limit.unwrap_or(50).min(1000),
+    };
+    Json(api.state.fleets.list(&filter)).into_response()
+}
+
+fn unknown_command(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown-command",
+        format!(
+            "no command '{id}' on this server (commands are kept in memory until the server restarts); `ferry commands` lists them"
+        ),
+    )
+}
+
+pub(super) async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.state.fleets.get(&id) {
+        Some(fleet) => Json(fleet.view(true)).into_response(),
+        None => unknown_command(&id),
+    }
+}
+
+pub(super) async fn cancel(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let Some(fleet) = api.state.fleets.get(&id) else {
+        return unknown_command(&id);
+    };
+    if !fleet.request_cancel() {
+        let view = fleet.view(false);
+        return error(
+            StatusCode::CONFLICT,
+            "already-ended",
+            format!(
+                "command '{id}' has already ended: {}",
+                serde_json::to_value(view.status).expect("a status serializes")
+            ),
+        );
+    }
+    noted((StatusCode::ACCEPTED, Json(fleet.view(true))), id)
+}
+
+pub(super) async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let Some(fleet) = api.state.fleets.get(&id) else {
+        return unknown_command(&id);
+    };
+    Sse::new(event_stream(fleet))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+/// Replays a command's events from the first and follows it until its `done` event.
+fn event_stream(fleet: Arc<FleetEntry>) -> impl Stream<Item = Result<Event, Infallible>> {
+    let rx = fleet.subscribe();
+    futures::stream::unfold(
+        (fleet, rx, 0usize, VecDeque::new(), false),
+        |(fleet, mut rx, mut next, mut queue, mut done)| async move {
+            loop {
+                if let Some((kind, data)) = queue.pop_front() {
+                    done |= kind == "done";
+                    let sse = Event::default()
+                        .event(kind)
+                        .json_data(&data)
+                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+                    return Some((Ok(sse), (fleet, rx, next, queue, done)));
+                }
+                if done {
+                    return None;
+                }
+                let fresh = fleet.events_since(next);
+                if fresh.is_empty() {
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
+                next += fresh.len();
+                queue.extend(fresh);
+            }
+        },
+    )
+}

@@ -1,0 +1,142 @@
+//! The audit log: every operator action that changes something — who (the token's id and
+//! name, never the token), what (the action and the path), when, and how it ended (`ok` or the
+//! error code). Kept in the server's database (table `audit_log`), committed before the API
+//! answers, the newest [`RETAINED`] entries.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// sequence number → [`AuditEntry`], as JSON.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
+
+/// How many entries are kept; the oldest go first.
+pub const RETAINED: u64 = 100_000;
+
+/// One operator action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Increases with every entry; `?before=` pages back with it.
+    pub seq: u64,
+    /// When the action was answered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The token's id.
+    pub token_id: String,
+    /// The token's name.
+    pub token_name: String,
+    /// What was done, e.g. `command.create` (the operation id in the OpenAPI document).
+    pub action: String,
+    /// The request: method and path.
+    pub request: String,
+    /// What it was done to or with, when the handler said (e.g. the command id and target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// `ok`, or the error code the API answered with.
+    pub result: String,
+    /// The HTTP status.
+    pub status: u16,
+}
+
+/// The audit log.
+pub(crate) struct AuditLog {
+    db: Arc<Database>,
+    next: Mutex<u64>,
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    format!("the audit log failed: {e}")
+}
+
+impl AuditLog {
+    pub(crate) fn open(db: Arc<Database>) -> Result<AuditLog, String> {
+        let tx = db.begin_write().map_err(failed)?;
+        tx.open_table(AUDIT).map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        let last = {
+            let tx = db.begin_read().map_err(failed)?;
+            let table = tx.open_table(AUDIT).map_err(failed)?;
+            table.last().map_err(failed)?.map(|(k, _)| k.value())
+        };
+        Ok(AuditLog {
+            db,
+            next: Mutex::new(last.map_or(1, |seq| seq + 1)),
+        })
+    }
+
+    /// Appends an entry (its `seq` is assigned here) and drops the oldest past [`RETAINED`].
+    /// Blocks on the commit: call it off the async workers.
+    pub(crate) fn record(&self, mut entry: AuditEntry) -> Result<AuditEntry, String> {
+        // Held across the commit so sequence numbers are written in order.
+        let mut next = self.next.lock();
+        entry.seq = *next;
+        let value = serde_json::to_vec(&entry).expect("an audit entry serializes");
+        let tx = self.db.begin_write().map_err(failed)?;
+        {
+            let mut table = tx.open_table(AUDIT).map_err(failed)?;
+            table.insert(entry.seq, value.as_slice()).map_err(failed)?;
+            if table.len().map_err(failed)? > RETAINED {
+                table.pop_first().map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)?;
+        *next += 1;
+        Ok(entry)
+    }
+
+    /// Up to `limit` entries older than `before` (all when `None`), newest first.
+    pub(crate) fn recent(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<AuditEntry>, String> {
+        let tx = self.db.begin_read().map_err(failed)?;
+        let table = tx.open_table(AUDIT).map_err(failed)?;
+        let range = table.range(..before.unwrap_or(u64::MAX)).map_err(failed)?;
+        let mut out = Vec::new();
+        for entry in range.rev().take(limit) {
+            let (_, value) = entry.map_err(failed)?;
+            out.push(serde_json::from_slice(value.value()).map_err(failed)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: OffsetDateTime::now_utc(),
+            token_id: "t".into(),
+            token_name: "ci".into(),
+            action: action.into(),
+            request: "POST /v1/commands".into(),
+            detail: None,
+            result: "ok".into(),
+            status: 202,
+        }
+    }
+
+    #[test]
+    fn entries_are_numbered_newest_first_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = AuditLog::open(crate::db::open(dir.path()).unwrap()).unwrap();
+            log.record(entry("a")).unwrap();
+            log.record(entry("b")).unwrap();
+        }
+        let log = AuditLog::open(crate::db::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(log.record(entry("c")).unwrap().seq, 3);
+        let all = log.recent(10, None).unwrap();
+        let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["c", "b", "a"]);
+        let older = log.recent(1, Some(3)).unwrap();
+        assert_eq!(older[0].action, "b");
+    }
+}

@@ -1,0 +1,190 @@
+//! What operators decided about agents, as opposed to what agents say about themselves: labels
+//! set on the server, and revocations. Persisted in the server's database (table
+//! `agent_overrides`), kept in memory for the handshake check and for targeting.
+//!
+//! An agent's effective labels are its own (from its Hello) with the operator's merged over
+//! them: an operator's `env=prod` wins over the agent's `env=dev`. Until agents enroll with
+//! certificates that can be revoked, "revoked" means the server refuses the agent's id at its
+//! handshake and closes its live connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// agent id → [`Override`], as JSON.
+const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_overrides");
+
+/// An agent's revocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The token (its name) that revoked it.
+    pub by: String,
+    /// Why, as the operator said.
+    pub reason: Option<String>,
+}
+
+/// What operators set on one agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    /// Labels set on the server, merged over the agent's own.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Set while the agent is revoked.
+    #[serde(default)]
+    pub revoked: Option<Revocation>,
+}
+
+/// Operators' labels and revocations for every agent.
+pub(crate) struct Overrides {
+    db: Arc<Database>,
+    by_agent: RwLock<HashMap<String, Override>>,
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    format!("the server's agent store failed: {e}")
+}
+
+/// Checks a label key or value: what a selector (`key=value,…`) can express.
+pub(crate) fn check_label(key: &str, value: Option<&str>) -> Result<(), String> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && !s.contains(['=', ','])
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if !ok(key) {
+        return Err(format!(
+            "'{key}' cannot be a label key: use 1 to 128 characters without '=', ',' or spaces"
+        ));
+    }
+    if let Some(value) = value
+        && !ok(value)
+    {
+        return Err(format!(
+            "'{value}' cannot be the value of label '{key}': use 1 to 128 characters without '=', ',' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+impl Overrides {
+    pub(crate) fn open(db: Arc<Database>) -> Result<Overrides, String> {
+        let tx = db.begin_write().map_err(failed)?;
+        tx.open_table(OVERRIDES).map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        let mut by_agent = HashMap::new();
+        {
+            let tx = db.begin_read().map_err(failed)?;
+            for entry in tx
+                .open_table(OVERRIDES)
+                .map_err(failed)?
+                .iter()
+                .map_err(failed)?
+            {
+                let (key, value) = entry.map_err(failed)?;
+                let record: Override = serde_json::from_slice(value.value()).map_err(|e| {
+                    format!(
+                        "the operator settings of agent {} are damaged: {e}",
+                        key.value()
+                    )
+                })?;
+                by_agent.insert(key.value().to_string(), record);
+            }
+        }
+        Ok(Overrides {
+            db,
+            by_agent: RwLock::new(by_agent),
+        })
+    }
+
+    /// What operators set on `agent`.
+    pub(crate) fn get(&self, agent: &str) -> Override {
+        self.by_agent.read().get(agent).cloned().unwrap_or_default()
+    }
+
+    /// The revocation of `agent`, if it is revoked.
+    pub(crate) fn revoked(&self, agent: &str) -> Option<Revocation> {
+        self.by_agent
+            .read()
+            .get(agent)
+            .and_then(|o| o.revoked.clone())
+    }
+
+    /// The agent's own labels with the operator's merged over them.
+    pub(crate) fn effective_labels(
+        &self,
+        agent: &str,
+        own: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut labels = own.clone();
+        if let Some(o) = self.by_agent.read().get(agent) {
+            labels.extend(o.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        labels
+    }
+
+    /// Changes one agent's record with `change` and persists it before it takes effect.
+    pub(crate) fn update(
+        &self,
+        agent: &str,
+        change: impl FnOnce(&mut Override),
+    ) -> Result<Override, String> {
+        // Held across the commit: two operators editing one agent must not lose a change.
+        let mut by_agent = self.by_agent.write();
+        let mut record = by_agent.get(agent).cloned().unwrap_or_default();
+        change(&mut record);
+        let tx = self.db.begin_write().map_err(failed)?;
+        {
+            let mut table = tx.open_table(OVERRIDES).map_err(failed)?;
+            if record == Override::default() {
+                table.remove(agent).map_err(failed)?;
+            } else {
+                let value = serde_json::to_vec(&record).expect("an override serializes");
+                table.insert(agent, value.as_slice()).map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)?;
+        if record == Override::default() {
+            by_agent.remove(agent);
+        } else {
+            by_agent.insert(agent.to_string(), record.clone());
+        }
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_merge_over_the_agents_own_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = Overrides::open(crate::db::open(dir.path()).unwrap()).unwrap();
+            o.update("a", |r| {
+                r.labels.insert("env".into(), "prod".into());
+            })
+            .unwrap();
+        }
+        let o = Overrides::open(crate::db::open(dir.path()).unwrap()).unwrap();
+        let own = BTreeMap::from([
+            ("env".to_string(), "dev".to_string()),
+            ("zone".to_string(), "b".to_string()),
+        ]);
+        let labels = o.effective_labels("a", &own);
+        assert_eq!(labels["env"], "prod");
+        assert_eq!(labels["zone"], "b");
+        assert!(o.revoked("a").is_none());
+        assert!(check_label("env", Some("prod")).is_ok());
+        assert!(check_label("e=v", None).is_err());
+        assert!(check_label("env", Some("a b")).is_err());
+    }
+}
