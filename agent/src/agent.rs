@@ -51,6 +51,12 @@ pub enum ConnectionStatus {
     },
     /// The agent stopped.
     Stopped,
+    /// The agent was decommissioned: it told the server it is leaving for good, removed what
+    /// its configuration says, and stopped.
+    Removed {
+        /// Why, as the plugin that removed it said.
+        reason: String,
+    },
 }
 
 /// The agent could not start.
@@ -192,6 +198,7 @@ impl Agent {
         };
         let executor = Arc::new(Executor {
             routes: routes.clone(),
+            decommission: watch::Sender::new(None),
             max_frame: config.max_frame_bytes,
             running: AtomicU32::new(0),
         });
@@ -251,6 +258,21 @@ impl Agent {
             },
             _ => Err(self.status()),
         }
+    }
+
+    /// Resolves once the agent has stopped by itself (it was decommissioned) or was shut down;
+    /// returns the final status.
+    pub async fn stopped(&self) -> ConnectionStatus {
+        let mut rx = self.status.clone();
+        let _ = rx
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    ConnectionStatus::Stopped | ConnectionStatus::Removed { .. }
+                )
+            })
+            .await;
+        self.status()
     }
 
     /// Stops the agent: says Bye to the server and closes the connection.

@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub plugin_key: Option<PathBuf>,
     /// The largest plugin package the agent fetches, in bytes.
     pub max_plugin_bytes: u64,
+    /// What the agent removes when it is decommissioned (`delete_orchestrator`).
+    pub decommission: DecommissionConfig,
     /// Where the agent keeps its state.
     pub data_dir: PathBuf,
     /// Labels for targeting (`env = "prod"`).
@@ -73,6 +75,29 @@ pub struct AgentConfig {
     pub metrics_history: Duration,
 }
 
+/// What a decommissioned agent removes before it exits. Everything, by default: an agent that
+/// was deleted should leave nothing that could act for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecommissionConfig {
+    /// Stop and forget its runtimes (their processes would otherwise run unsupervised).
+    pub stop_runtimes: bool,
+    /// Delete its data directory: packages, caches, key-value store, runtime state.
+    pub remove_data: bool,
+    /// Delete its certificate and private key.
+    pub remove_keys: bool,
+}
+
+impl Default for DecommissionConfig {
+    fn default() -> Self {
+        DecommissionConfig {
+            stop_runtimes: true,
+            remove_data: true,
+            remove_keys: true,
+        }
+    }
+}
+
 /// A plugin loaded from a file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +125,7 @@ impl Default for AgentConfig {
             ca: PathBuf::from("ca.pem"),
             plugin_key: None,
             max_plugin_bytes: 256 << 20,
+            decommission: DecommissionConfig::default(),
             data_dir: PathBuf::from("ferry-agent"),
             labels: BTreeMap::new(),
             builtins: true,

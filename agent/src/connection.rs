@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_protocol::{
-    Bye, FrameError, FrameReader, Health, Heartbeat, Hello, Message, Peer, Reject, RuntimeState,
-    StreamKind, Welcome, close, write_frame,
+    Bye, FrameError, FrameReader, Health, Heartbeat, Hello, Leave, Message, Peer, Reject,
+    RuntimeState, StreamKind, Welcome, close, write_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -44,6 +44,8 @@ enum Ended {
     Failed(String),
     /// The server refused the agent.
     Rejected(Reject),
+    /// The agent told the server it leaves for good.
+    Decommissioned(String),
 }
 
 /// Runs until `stop` is cancelled.
@@ -63,6 +65,17 @@ pub(crate) async fn run(
         let ended = connect_and_serve(&link, &mut endpoints, &status, &stop).await;
         let (reason, delay) = match ended {
             Ended::Stopped => break,
+            Ended::Decommissioned(reason) => {
+                decommission(&link).await;
+                status.send_replace(ConnectionStatus::Removed { reason });
+                // Everything else the agent runs ends with it.
+                stop.cancel();
+                for endpoint in endpoints.values() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+                }
+                return;
+            }
             Ended::SessionLost(reason) => {
                 tracing::warn!(%reason, "connection to the server lost; reconnecting");
                 backoff.reset();
@@ -258,8 +271,20 @@ async fn serve(
     // Plugin reports of this session; the deployer drops its sender when the set changes, and
     // a report for an ended session goes nowhere (the next session gets a fresh one).
     let (reports, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut removal = link.executor.decommission.subscribe();
     let ended = loop {
         tokio::select! {
+            Ok(()) = removal.changed() => {
+                let Some(reason) = removal.borrow_and_update().clone() else { continue };
+                let leave = Message::Leave(Leave { reason: reason.clone() });
+                if write_frame(&mut send, &leave, max_frame).await.is_ok() {
+                    let _ = send.finish();
+                    // The server closes the connection once it has recorded the leave.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+                }
+                connection.close(close::NORMAL.into(), b"agent decommissioned");
+                return Ended::Decommissioned(reason);
+            }
             _ = stop.cancelled() => {
                 let bye = Message::Bye(Bye { reason: "agent stopping".into() });
                 let _ = write_frame(&mut send, &bye, max_frame).await;
@@ -316,6 +341,42 @@ async fn serve(
         }
     };
     Ended::SessionLost(ended)
+}
+
+/// Removes what the configuration says a decommissioned agent removes. Failures are logged:
+/// the agent has already left the server, and stops either way.
+async fn decommission(link: &Link) {
+    let config = &link.config.decommission;
+    if config.stop_runtimes {
+        for runtime in link.runtimes.list() {
+            if let Err(e) = link.runtimes.delete(&runtime.name).await {
+                tracing::error!(runtime = %runtime.name, "cannot remove a runtime while decommissioning: {e}");
+            }
+        }
+    }
+    let mut remove = Vec::new();
+    if config.remove_data {
+        remove.push(link.config.data_dir.clone());
+    }
+    if config.remove_keys {
+        remove.push(link.config.cert.clone());
+        remove.push(link.config.key.clone());
+    }
+    for path in remove {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %path.display(), "cannot remove while decommissioning: {e}")
+            }
+        }
+    }
+    tracing::warn!("agent decommissioned: it left the server for good");
 }
 
 /// The runtimes for a heartbeat, and whether any that should run does not.

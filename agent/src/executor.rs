@@ -25,6 +25,9 @@ const EVENT_BUFFER: usize = 1024;
 /// What the executor needs from the agent.
 pub(crate) struct Executor {
     pub(crate) routes: Arc<Routes>,
+    /// Set (with the reason) once a command that asked to remove the agent has sent its
+    /// result; the connection loop carries the removal out.
+    pub(crate) decommission: tokio::sync::watch::Sender<Option<String>>,
     pub(crate) max_frame: u32,
     pub(crate) running: AtomicU32,
 }
@@ -39,6 +42,8 @@ struct StreamEvents {
     dropped: AtomicU64,
     next_request: AtomicU32,
     pending: PendingData,
+    /// The plugin asked to remove the agent, for this reason.
+    decommission: parking_lot::Mutex<Option<String>>,
 }
 
 impl StreamEvents {
@@ -92,6 +97,11 @@ impl CommandEvents for StreamEvents {
                 Err(_) => Err("the connection to the server ended before it answered".into()),
             }
         })
+    }
+
+    fn decommission(&self, reason: String) -> Result<(), String> {
+        *self.decommission.lock() = Some(reason);
+        Ok(())
     }
 }
 
@@ -152,6 +162,7 @@ impl Executor {
             dropped: AtomicU64::new(0),
             next_request: AtomicU32::new(1),
             pending: PendingData::default(),
+            decommission: parking_lot::Mutex::new(None),
         });
         let invocation = host::Invocation {
             id: id.clone(),
@@ -235,7 +246,18 @@ impl Executor {
             Err(e) => (Outcome::from(e), Vec::new()),
         };
         tracing::info!(parent: &span, outcome = outcome.name(), duration_us = stats.duration_us, "command ended");
+        let succeeded = outcome.is_success();
         self.finish(&mut send, id, outcome, payload, stats).await;
+        // Only a command that succeeded removes the agent, and only once its result is out.
+        let decommission = events.decommission.lock().take();
+        if let Some(reason) = decommission
+            && succeeded
+        {
+            // The server must have the result before it hears that the agent leaves.
+            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+            tracing::warn!(parent: &span, %reason, "the agent is being removed");
+            self.decommission.send_replace(Some(reason));
+        }
     }
 
     async fn finish(

@@ -17,4 +17,4 @@ mod routes;
 pub mod runtimes;
 
 pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
-pub use config::{AgentConfig, PluginConfig};
+pub use config::{AgentConfig, DecommissionConfig, PluginConfig};

@@ -140,6 +140,7 @@ impl Policy {
             all.kv |= c.kv;
             all.request_data |= c.request_data;
             all.runtimes |= c.runtimes;
+            all.decommission |= c.decommission;
         }
         all
     }
@@ -226,7 +227,7 @@ impl Policy {
                 );
             }
         }
-        let flags: [Interface; 4] = [
+        let flags: [Interface; 5] = [
             (
                 "metrics",
                 asked.metrics,
@@ -245,6 +246,12 @@ impl Policy {
                 asked.runtimes,
                 |c| c.runtimes,
                 |c| c.runtimes = true,
+            ),
+            (
+                "decommission",
+                asked.decommission,
+                |c| c.decommission,
+                |c| c.decommission = true,
             ),
         ];
         for (field, wanted, allowed, set) in flags {

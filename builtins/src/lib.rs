@@ -46,11 +46,12 @@ pub const RUNTIMES: Builtin = Builtin {
 };
 
 /// `orchestrator`: the agent's own consumption (`get_consumption_orchestrator`) from the
-/// `metrics` history; needs `metrics = true` for the plugin named `orchestrator` in the
+/// `metrics` history, and `delete_orchestrator`, which removes the agent for good; they need
+/// `metrics = true` and `decommission = true` for the plugin named `orchestrator` in the
 /// agent's policy.
 pub const ORCHESTRATOR: Builtin = Builtin {
     name: "orchestrator",
-    topics: &["get_consumption_orchestrator"],
+    topics: &["get_consumption_orchestrator", "delete_orchestrator"],
     component: include_bytes!(env!("FERRY_BUILTIN_ORCHESTRATOR")),
 };
 

@@ -181,8 +181,15 @@ async fn show(args: AgentIdArgs) -> Result<()> {
         );
         println!("uptime      {}s", text(&m["uptime_secs"]));
     }
-    // Runtimes are supervised workloads the agent reports; shown as the server gives them.
-    if let Some(runtimes) = a.get("runtimes").and_then(Value::as_array) {
+    if let Some(health) = a["heartbeat"]["status"].as_str() {
+        println!("health      {health}");
+    }
+    // Runtimes are supervised workloads the agent reports in its heartbeats.
+    if let Some(runtimes) = a["heartbeat"]
+        .get("runtimes")
+        .or_else(|| a.get("runtimes"))
+        .and_then(Value::as_array)
+    {
         println!();
         if runtimes.is_empty() {
             println!("no runtimes");

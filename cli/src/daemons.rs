@@ -189,9 +189,17 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         agent.id(),
         agent.topics().join(", ")
     );
-    shutdown_signal().await;
-    eprintln!("stopping");
-    agent.shutdown().await;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            eprintln!("stopping");
+            agent.shutdown().await;
+        }
+        status = agent.stopped() => {
+            if let ferry_agent::ConnectionStatus::Removed { reason } = status {
+                eprintln!("this agent was decommissioned ({reason}): it left its server for good and removed its state");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -459,13 +459,24 @@ fn agent_config(harness: &Harness, agent: &str, manifest: &Path) -> AgentConfig 
 /// Pushes the plugin to the server, assigns it to every agent, and waits until the connected
 /// ones have fetched, verified and loaded it.
 async fn push(harness: &Harness, component: &Path, manifest: &Path) {
-    let rollout = harness
-        .deploy(
-            &std::fs::read_to_string(manifest).unwrap(),
-            &std::fs::read(component).unwrap(),
-            "all",
-        )
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let name = ferry_manifest::Manifest::from_toml(&text)
+        .unwrap()
+        .plugin
+        .name;
+    let mut rollout = harness
+        .deploy(&text, &std::fs::read(component).unwrap(), "all")
         .await;
+    // A JavaScript or Python component takes 15–20 s to compile in a debug build, longer on a
+    // busy machine: give it more than the harness's usual wait.
+    if rollout.iter().any(|r| r.state == "pending") {
+        let agents: Vec<String> = rollout.iter().map(|r| r.agent.clone()).collect();
+        rollout = harness
+            .server()
+            .plugins()
+            .wait_settled(&name, &agents, Duration::from_secs(300))
+            .await;
+    }
     assert!(
         !rollout.is_empty() && rollout.iter().all(|r| r.state == "ready"),
         "{rollout:?}"

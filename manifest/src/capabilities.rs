@@ -140,6 +140,10 @@ pub struct Capabilities {
     /// `runtimes` interface (a process runtime's command must also be in `programs`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub runtimes: bool,
+    /// Removing the agent itself (its state, its certificate's welcome at the server) through
+    /// the `agent` interface.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub decommission: bool,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -36,6 +36,9 @@ pub enum Message {
     /// Agent → server: where each assigned plugin stands on the agent, and the topics it
     /// serves now; sent whenever that changes.
     PluginReport(PluginReport),
+    /// Agent → server: the agent was deleted and is leaving for good; the server refuses its
+    /// certificate from now on.
+    Leave(Leave),
 
     // Command streams (one bidirectional stream per command, opened by the server).
     /// Server → agent, first frame of a command stream.
@@ -128,6 +131,7 @@ impl Message {
             Message::Bye(_) => "Bye",
             Message::PluginAssign(_) => "PluginAssign",
             Message::PluginReport(_) => "PluginReport",
+            Message::Leave(_) => "Leave",
             Message::Command(_) => "Command",
             Message::Cancel(_) => "Cancel",
             Message::Accepted(_) => "Accepted",
@@ -147,7 +151,10 @@ impl Message {
         use Message::*;
         let ok = match (from, stream) {
             (Peer::Agent, StreamKind::Control) => {
-                matches!(self, Hello(_) | Heartbeat(_) | PluginReport(_) | Bye(_))
+                matches!(
+                    self,
+                    Hello(_) | Heartbeat(_) | PluginReport(_) | Leave(_) | Bye(_)
+                )
             }
             (Peer::Server, StreamKind::Control) => {
                 matches!(self, Welcome(_) | Reject(_) | PluginAssign(_) | Bye(_))
@@ -166,7 +173,7 @@ impl Message {
             return Ok(());
         }
         let allowed = match (from, stream) {
-            (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat, PluginReport or Bye",
+            (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat, PluginReport, Leave or Bye",
             (Peer::Server, StreamKind::Control) => "Welcome, Reject, PluginAssign or Bye",
             (Peer::Server, StreamKind::Command) => "Command, Cancel or DataResponse",
             (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log, DataRequest or Result",
@@ -508,6 +515,13 @@ pub struct DataResponse {
     pub value: Option<Vec<u8>>,
     /// Why there is no data, for the plugin to report.
     pub error: Option<String>,
+}
+
+/// The agent leaves for good (it was deleted, e.g. by `delete_orchestrator`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leave {
+    /// Why, for the operator.
+    pub reason: String,
 }
 
 /// The pushed plugins an agent must serve: the complete set, replacing any set sent before.

@@ -150,6 +150,7 @@ fn plugin_message() -> impl Strategy<Value = Message> {
                 })
             }),
         digest().prop_map(|digest| Message::Fetch(Fetch { digest })),
+        text().prop_map(|reason| Message::Leave(Leave { reason })),
         (any::<Option<u64>>(), proptest::option::of(text()))
             .prop_map(|(size, error)| Message::FetchReply(FetchReply { size, error })),
         bytes().prop_map(|bytes| Message::PackageChunk(PackageChunk { bytes })),
@@ -516,7 +517,7 @@ fn the_allowlist_names_the_breach() {
             .check_allowed(Peer::Agent, StreamKind::Control)
             .unwrap_err()
             .to_string(),
-        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, PluginReport or Bye is allowed"
+        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, PluginReport, Leave or Bye is allowed"
     );
     assert!(
         assign

@@ -177,6 +177,21 @@ impl Control<'_> {
                                 tracing::info!(agent = %id, reason = %bye.reason, "agent said goodbye");
                                 return Ok(());
                             }
+                            Message::Leave(leave) => {
+                                // Recorded (durably) before the connection closes: the agent
+                                // waits for the close, then deletes its keys.
+                                let revocation = crate::overrides::Revocation {
+                                    at: time::OffsetDateTime::now_utc(),
+                                    by: "the agent itself (decommissioned)".into(),
+                                    reason: Some(leave.reason.clone()),
+                                };
+                                if let Err(e) = self.state.overrides.update(id.as_str(), |o| o.revoked = Some(revocation)) {
+                                    tracing::error!(agent = %id, "cannot record that the agent left: {e}");
+                                }
+                                tracing::warn!(agent = %id, reason = %leave.reason, "agent decommissioned; its certificate is refused from now on");
+                                connection.close(close::NORMAL.into(), b"decommissioned");
+                                return Ok(());
+                            }
                             Message::Hello(_) => {
                                 connection.close(close::PROTOCOL_ERROR.into(), b"Hello sent twice");
                                 return Err(format!("agent '{id}' sent Hello twice"));

@@ -409,8 +409,8 @@ impl Server {
         drop(endpoint);
         drop(state);
         // quinn's endpoint driver owns the socket and ends by itself once the last handle is
-        // gone; wait until it has, boundedly.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        // gone; wait until it has, boundedly (a busy machine takes a while).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while std::net::UdpSocket::bind(quic_addr).is_err()
             && tokio::time::Instant::now() < deadline
         {

@@ -44,6 +44,7 @@ programs = {programs}
 
 [plugins.orchestrator.capabilities]
 metrics = true
+decommission = true
 
 [plugins.run-command.capabilities]
 programs = {programs}
@@ -367,6 +368,16 @@ async fn without_a_policy_grant_the_topics_are_denied_and_say_how_to_grant_them(
     .await;
     assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
     assert!(view.detail.unwrap().contains("metrics"));
+    let view = run(&harness, "delete_orchestrator", json!({})).await;
+    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert!(view.detail.unwrap().contains("decommission"));
+    assert!(
+        matches!(
+            agent.status(),
+            ferry_agent::ConnectionStatus::Connected { .. }
+        ),
+        "a refused removal removes nothing"
+    );
     agent.shutdown().await;
 }
 
@@ -553,4 +564,55 @@ async fn a_component_runtime_is_created_stopped_and_deleted_through_its_topics()
     assert!(view.detail.unwrap().contains("at `cwd`"));
     ok(&harness, "delete_device", json!({"name": "ticker"})).await;
     agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_orchestrator_removes_the_agent_for_good() {
+    let harness = Harness::start().await;
+    let config = config(&harness, "edge-1");
+    let agent = start(config.clone()).await;
+    let mut cleanup = Cleanup(Vec::new());
+    let created = ok(
+        &harness,
+        "create_new_runtime",
+        json!({"name": "left-behind", "command": "/bin/sh", "args": ["-c", "exec sleep 120"]}),
+    )
+    .await;
+    let pid = created["runtime"]["pid"].as_u64().unwrap();
+    cleanup.add(pid);
+
+    let bad = run(&harness, "delete_orchestrator", json!({"reason": 5})).await;
+    assert_eq!(bad.status, CommandStatus::InvalidInput, "{bad:?}");
+    assert!(
+        bad.detail
+            .unwrap()
+            .contains("at `reason`: invalid type: integer `5`, expected a string")
+    );
+
+    let answer = ok(
+        &harness,
+        "delete_orchestrator",
+        json!({"reason": "retired"}),
+    )
+    .await;
+    assert_eq!(answer["removing"], true);
+    let status = tokio::time::timeout(WAIT, agent.stopped()).await.unwrap();
+    assert_eq!(
+        status,
+        ferry_agent::ConnectionStatus::Removed {
+            reason: "retired".into()
+        }
+    );
+    gone(pid).await;
+    assert!(!config.data_dir.exists(), "its state is gone");
+    assert!(
+        !config.cert.exists() && !config.key.exists(),
+        "so are its keys"
+    );
+
+    // The server refuses it from now on, even with a certificate issued again.
+    let again = Agent::start(harness.agent_config("edge-1")).await.unwrap();
+    let refused = again.wait_connected(Duration::from_secs(3)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    again.shutdown().await;
 }

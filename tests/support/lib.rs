@@ -133,14 +133,18 @@ impl Harness {
         }
     }
 
-    /// Starts the server again with the same data directory and ports.
+    /// Starts the server again with the same data directory and QUIC port (agents come back to
+    /// it). The operator API gets a fresh port: a TCP port let go is in the ephemeral range,
+    /// and another test's outgoing connection may take it meanwhile; `api_url` follows.
     pub async fn restart_server(&mut self) {
         self.stop_server().await;
-        self.server = Some(
-            Server::start(self.config.clone())
-                .await
-                .expect("server restarts"),
-        );
+        let mut config = self.config.clone();
+        if config.api_listen.is_some() {
+            config.api_listen = Some("127.0.0.1:0".parse().unwrap());
+        }
+        let server = Server::start(config).await.expect("server restarts");
+        self.config.api_listen = server.api_addr();
+        self.server = Some(server);
     }
 
     /// Runs a command and waits for its end.

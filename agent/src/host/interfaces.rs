@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::ferry::plugin::{kv, metrics, process, runtimes};
+use super::bindings::ferry::plugin::{agent, kv, metrics, process, runtimes};
 use super::kv::KvStore;
 use super::process::{self as programs, Programs};
 use super::state::State;
@@ -24,6 +24,7 @@ pub(crate) struct Interfaces {
     programs: Programs,
     runtimes_granted: bool,
     runtimes: Option<crate::runtimes::Runtimes>,
+    decommission_granted: bool,
 }
 
 impl Interfaces {
@@ -52,6 +53,7 @@ impl Interfaces {
             ),
             runtimes_granted: capabilities.runtimes,
             runtimes,
+            decommission_granted: capabilities.decommission,
         }
     }
 
@@ -309,5 +311,14 @@ impl runtimes::Host for State {
                 memory_bytes: s.memory_bytes,
             })
             .collect())
+    }
+}
+
+impl agent::Host for State {
+    fn decommission(&mut self, reason: String) -> Result<(), String> {
+        if !self.interfaces.decommission_granted {
+            return Err(self.interfaces.not_granted("decommission"));
+        }
+        self.events.decommission(reason)
     }
 }

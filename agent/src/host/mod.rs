@@ -505,6 +505,14 @@ pub trait CommandEvents: Send + Sync {
             "no data under '{key}': this command is not running under a ferry server, so there is no data to ask for"
         ))))
     }
+    /// The plugin asks to remove the agent (`agent.decommission`; the grant is already
+    /// checked), once this command's result is out. Only an agent does it; elsewhere the
+    /// default refuses, removing nothing.
+    fn decommission(&self, reason: String) -> Result<(), String> {
+        Err(format!(
+            "not removing anything ({reason}): only an agent connected to a server can be decommissioned"
+        ))
+    }
 }
 
 /// How an invocation ended, with its statistics.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ferry_manifest::{Access, Capabilities, FsEntry};
 
 /// Parses one `--grant`: `fs=PATH` (read-only), `fs=PATH:rw`, `env=NAME`, `net=HOST:PORT`,
-/// `program=PATH`, `metrics`, `kv`, `request_data` or `runtimes`.
+/// `program=PATH`, `metrics`, `kv`, `request_data`, `runtimes` or `decommission`.
 pub fn parse_grant(text: &str) -> Result<Capabilities, String> {
     let mut caps = Capabilities::default();
     match text.split_once('=') {
@@ -28,9 +28,10 @@ pub fn parse_grant(text: &str) -> Result<Capabilities, String> {
         None if text == "kv" => caps.kv = true,
         None if text == "request_data" || text == "request-data" => caps.request_data = true,
         None if text == "runtimes" => caps.runtimes = true,
+        None if text == "decommission" => caps.decommission = true,
         _ => {
             return Err(format!(
-                "'{text}' is not a grant: use fs=PATH[:rw], env=NAME, net=HOST:PORT, program=PATH, metrics, kv, request_data or runtimes"
+                "'{text}' is not a grant: use fs=PATH[:rw], env=NAME, net=HOST:PORT, program=PATH, metrics, kv, request_data, runtimes or decommission"
             ));
         }
     }
@@ -50,6 +51,7 @@ pub fn merge(grants: &[Capabilities]) -> Capabilities {
         all.kv |= g.kv;
         all.request_data |= g.request_data;
         all.runtimes |= g.runtimes;
+        all.decommission |= g.decommission;
     }
     all
 }

@@ -3,6 +3,7 @@
 //! | topic | payload (JSON) | answer |
 //! |---|---|---|
 //! | `get_consumption_orchestrator` | `period_seconds` | the agent process's CPU and memory, and the host's: average, max, samples |
+//! | `delete_orchestrator` | optional `reason` | acknowledged; then the agent leaves the server for good, removes its state as configured, and exits |
 //!
 //! The payload is checked against the topic's contract first: a missing field, a field of the
 //! wrong type or an unknown field is `invalid-input` naming the field and the expected type.
@@ -17,6 +18,12 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 struct Period {
     period_seconds: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delete {
+    reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -39,16 +46,46 @@ fn stat_u64(values: impl Iterator<Item = u64> + Clone, n: f64) -> Stat<u64> {
     }
 }
 
+/// The payload, checked against the topic's contract; the error names the command.
+fn contract<T: serde::de::DeserializeOwned>(cmd: &Command) -> Result<T, Error> {
+    cmd.decode().map_err(|e| match e {
+        Error::InvalidInput(why) => Error::InvalidInput(format!(
+            "command {}: the payload does not match the contract of topic '{}': {why}",
+            cmd.id, cmd.topic
+        )),
+        other => other,
+    })
+}
+
 fn handle(cmd: Command) -> Result<Vec<u8>, Error> {
     match cmd.topic.as_str() {
-        "get_consumption_orchestrator" => {
-            let ask: Period = cmd.decode().map_err(|e| match e {
-                Error::InvalidInput(why) => Error::InvalidInput(format!(
-                    "command {}: the payload does not match the contract of topic '{}': {why}",
-                    cmd.id, cmd.topic
-                )),
-                other => other,
+        "delete_orchestrator" => {
+            let ask: Delete = contract(&cmd)?;
+            let reason = ask
+                .reason
+                .unwrap_or_else(|| format!("delete_orchestrator (command {})", cmd.id));
+            ferry_plugin::agent::decommission(&reason).map_err(|why| {
+                if why.contains("not granted") {
+                    Error::denied(why)
+                } else {
+                    Error::failed(why)
+                }
             })?;
+            ferry_plugin::warn!("this agent is being removed: {reason}");
+            #[derive(Serialize)]
+            struct Ack<'a> {
+                correlation_id: &'a str,
+                removing: bool,
+                reason: &'a str,
+            }
+            ferry_plugin::to_json(&Ack {
+                correlation_id: &cmd.id,
+                removing: true,
+                reason: &reason,
+            })
+        }
+        "get_consumption_orchestrator" => {
+            let ask: Period = contract(&cmd)?;
             let samples = metrics::history(Duration::from_secs(u64::from(ask.period_seconds)))
                 .map_err(|why| {
                     if why.contains("not granted") {

@@ -395,6 +395,16 @@ pub mod runtimes {
     }
 }
 
+/// The agent itself. Granted with `decommission = true` (manifest and policy).
+pub mod agent {
+    /// Removes the agent for good once this command's result has reached the server: it
+    /// leaves the server (which refuses its certificate from then on), stops its runtimes,
+    /// deletes its state as configured, and exits.
+    pub fn decommission(reason: &str) -> Result<(), String> {
+        crate::bindings::ferry::plugin::agent::decommission(reason)
+    }
+}
+
 /// The level of a log message, from `Trace` to `Error`.
 pub use bindings::ferry::plugin::context::Level;
 /// One command, as the operator sent it: `id`, `topic`, `payload` bytes and `content_type`.
