@@ -19,6 +19,7 @@ use crate::connection::{self, Link};
 use crate::deploy::Deployer;
 use crate::executor::Executor;
 use crate::host::{HostConfig, HostError, LoadOptions, LoadedPlugin, PluginHost};
+use crate::journal::Journal;
 use crate::metrics::{MetricsHistory, MetricsSampler};
 use crate::policy::{Grant, Policy, PolicyError};
 use crate::routes::Routes;
@@ -101,6 +102,7 @@ pub enum AgentError {
 pub struct Agent {
     id: AgentId,
     routes: Arc<Routes>,
+    executor: Arc<Executor>,
     status: watch::Receiver<ConnectionStatus>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -176,8 +178,24 @@ impl Agent {
         if let Err(why) = &key {
             tracing::warn!("{why}");
         }
+        let (journal, recovery) =
+            Journal::open(&config.data_dir).map_err(|e| AgentError::DataDir {
+                path: config
+                    .data_dir
+                    .join(crate::journal::FILE)
+                    .display()
+                    .to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        for (id, plugin) in &recovery.interrupted {
+            tracing::warn!(command = %id, %plugin, "a command was interrupted by the agent's last stop; it ends as crashed");
+        }
+        for (plugin, reason) in &recovery.quarantined {
+            tracing::error!(%plugin, "{reason}");
+        }
         let deployer = Arc::new(Deployer::new(
             routes.clone(),
+            journal.clone(),
             host.clone(),
             policy,
             key,
@@ -198,6 +216,12 @@ impl Agent {
         };
         let executor = Arc::new(Executor {
             routes: routes.clone(),
+            journal,
+            stop: stop.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            inflight: Default::default(),
+            pending_removal: Default::default(),
+            replay_wanted: Default::default(),
             decommission: watch::Sender::new(None),
             max_frame: config.max_frame_bytes,
             running: AtomicU32::new(0),
@@ -216,10 +240,13 @@ impl Agent {
         history.spawn(stop.clone());
         // Its logs go where the agent's start went (an embedder's subscriber, say).
         tokio::spawn(deployer.run(stop.clone()).with_current_subscriber());
+        link.executor.resume(recovery.to_run);
+        let executor = link.executor.clone();
         let task = tokio::spawn(connection::run(link, stop.clone(), status_tx));
         Ok(Agent {
             id,
             routes,
+            executor,
             status,
             stop,
             task,
@@ -275,10 +302,19 @@ impl Agent {
         self.status()
     }
 
-    /// Stops the agent: says Bye to the server and closes the connection.
+    /// Stops the agent: says Bye to the server and closes the connection, cancels the
+    /// commands still running (their results, `cancelled`, are journaled and delivered after
+    /// the next start) and waits for them to end, boundedly.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.task.await;
+        self.executor.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(15), self.executor.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some commands did not end within 15 s of the agent stopping");
+        }
     }
 
     /// Resolves when the agent has stopped (after [`Agent::shutdown`] from elsewhere, or never).

@@ -272,8 +272,17 @@ async fn serve(
     // a report for an ended session goes nowhere (the next session gets a fresh one).
     let (reports, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut removal = link.executor.decommission.subscribe();
+    // Results the server has not acknowledged (from before a reconnection or a restart) go out
+    // first, on a report stream of their own, and again whenever one could not be delivered.
+    let mut replaying = Some(tokio::spawn(replay(
+        link.executor.clone(),
+        connection.clone(),
+    )));
     let ended = loop {
         tokio::select! {
+            _ = link.executor.replay_wanted.notified(), if replaying.as_ref().is_none_or(|r| r.is_finished()) => {
+                replaying = Some(tokio::spawn(replay(link.executor.clone(), connection.clone())));
+            }
             Ok(()) = removal.changed() => {
                 let Some(reason) = removal.borrow_and_update().clone() else { continue };
                 let leave = Message::Leave(Leave { reason: reason.clone() });
@@ -316,7 +325,7 @@ async fn serve(
             }
             incoming = connection.accept_bi() => match incoming {
                 Ok((cmd_send, cmd_recv)) => {
-                    tokio::spawn(link.executor.clone().serve(cmd_send, cmd_recv));
+                    link.executor.tasks.spawn(link.executor.clone().serve(cmd_send, cmd_recv));
                 }
                 Err(e) => break format!("connection closed: {e}"),
             },
@@ -341,6 +350,12 @@ async fn serve(
         }
     };
     Ended::SessionLost(ended)
+}
+
+async fn replay(executor: Arc<Executor>, connection: quinn::Connection) {
+    if let Err(e) = executor.replay(&connection).await {
+        tracing::warn!(error = %e, "could not deliver the results the server has not acknowledged; trying again on the next connection");
+    }
 }
 
 /// Removes what the configuration says a decommissioned agent removes. Failures are logged:

@@ -53,6 +53,8 @@ struct Desired {
 /// Carries out the server's plugin assignments.
 pub(crate) struct Deployer {
     routes: Arc<Routes>,
+    /// Loading a new version of a quarantined plugin lifts its quarantine.
+    journal: Arc<crate::journal::Journal>,
     host: PluginHost,
     policy: Arc<Policy>,
     /// The pinned server key, or why there is none.
@@ -67,6 +69,7 @@ impl Deployer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         routes: Arc<Routes>,
+        journal: Arc<crate::journal::Journal>,
         host: PluginHost,
         policy: Arc<Policy>,
         key: Result<PublicKey, String>,
@@ -76,6 +79,7 @@ impl Deployer {
     ) -> Deployer {
         Deployer {
             routes,
+            journal,
             host,
             policy,
             key,
@@ -167,6 +171,12 @@ impl Deployer {
             match self.load(&plugin, set.session.as_ref()).await {
                 Ok(loaded) => {
                     tracing::info!(plugin = %plugin.name, version = %plugin.version, digest = %plugin.digest, from_cache = loaded.from_cache(), "pushed plugin ready");
+                    if self.journal.quarantined(&plugin.name).is_some() {
+                        tracing::info!(plugin = %plugin.name, version = %plugin.version, "a new version lifts the plugin's quarantine");
+                    }
+                    if let Err(e) = self.journal.release(&plugin.name).await {
+                        tracing::warn!(plugin = %plugin.name, error = %e, "cannot record that the quarantine is lifted");
+                    }
                     self.routes.ready(&plugin, loaded);
                 }
                 Err(why) => {

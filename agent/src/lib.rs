@@ -11,6 +11,7 @@ mod connection;
 mod deploy;
 mod executor;
 pub mod host;
+mod journal;
 pub mod metrics;
 pub mod policy;
 mod routes;

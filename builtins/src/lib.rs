@@ -84,7 +84,8 @@ pub mod fixtures {
     /// - `fault.fail`: returns `error.failed`;
     /// - `fault.memory`: allocates until allocation fails;
     /// - `fault.cancel`: loops until `cancelled()` turns true, then returns `error.cancelled`;
-    /// - `fault.print`: writes 100 000 lines to stdout and 3 to stderr, then succeeds.
+    /// - `fault.print`: writes 100 000 lines to stdout and 3 to stderr, then succeeds;
+    /// - `fault.nap`: sleeps for the milliseconds its payload names, then succeeds.
     pub const FAULTY: Builtin = Builtin {
         name: "faulty",
         topics: &[
@@ -96,6 +97,7 @@ pub mod fixtures {
             "fault.memory",
             "fault.cancel",
             "fault.print",
+            "fault.nap",
         ],
         component: include_bytes!(env!("FERRY_FIXTURE_FAULTY")),
     };

@@ -93,15 +93,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let id = id.clone();
         async move {
             let start = Instant::now();
-            let entry = server.submit(CommandRequest {
-                agent: id,
-                topic: "echo".into(),
-                payload,
-                content_type: "application/octet-stream".into(),
-                timeout: Some(Duration::from_secs(30)),
-                idempotency_key: None,
-                data: Default::default(),
-            })?;
+            let entry = server
+                .submit(CommandRequest {
+                    agent: id,
+                    topic: "echo".into(),
+                    payload,
+                    content_type: "application/octet-stream".into(),
+                    timeout: Some(Duration::from_secs(30)),
+                    idempotency_key: None,
+                    data: Default::default(),
+                    deliver_within: None,
+                })
+                .await?;
             let view = entry.wait().await;
             let elapsed = start.elapsed();
             if view.status != CommandStatus::Succeeded {

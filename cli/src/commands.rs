@@ -46,6 +46,14 @@ pub struct RunArgs {
     /// How long the command may run on each agent (e.g. 30s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Wait this long for agents that are not connected (e.g. 10m) before they are
+    /// `undelivered`; without it, a command for one agent that is not connected is refused.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deliver_within: Option<Duration>,
+    /// A key that makes the command safe to send again: a command with a key used before is
+    /// not sent again; the first one is shown.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// Data the plugin may ask for while it runs (`request-data`), key=text; repeat for more.
     #[arg(long = "data", value_parser = parse_data)]
     pub data: Vec<(String, String)>,
@@ -179,6 +187,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     if let Some(timeout) = args.timeout {
         body["timeout_ms"] = json!(timeout.as_millis() as u64);
+    }
+    if let Some(within) = args.deliver_within {
+        body["deliver_within_ms"] = json!(within.as_millis() as u64);
+    }
+    if let Some(key) = &args.idempotency_key {
+        body["idempotency_key"] = json!(key);
     }
     if !args.data.is_empty() {
         let data: serde_json::Map<String, Value> = args

@@ -79,15 +79,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
 
     // A command through the whole path: API-side dispatch, QUIC, the agent, the wasm plugin.
-    let check = server.submit(CommandRequest {
-        agent: agent_id.clone(),
-        topic: "echo".into(),
-        payload: br#"{"hello":"ferry"}"#.to_vec(),
-        content_type: "application/json".into(),
-        timeout: Some(Duration::from_secs(30)),
-        idempotency_key: None,
-        data: Default::default(),
-    })?;
+    let check = server
+        .submit(CommandRequest {
+            agent: agent_id.clone(),
+            topic: "echo".into(),
+            payload: br#"{"hello":"ferry"}"#.to_vec(),
+            content_type: "application/json".into(),
+            timeout: Some(Duration::from_secs(30)),
+            idempotency_key: None,
+            data: Default::default(),
+            deliver_within: None,
+        })
+        .await?;
     let view = check.wait().await;
     let self_check = match (&view.status, &view.stats) {
         (CommandStatus::Succeeded, Some(stats)) => format!(

@@ -89,6 +89,109 @@ impl Setup {
             .and_then(|a| a["status"].as_str().map(String::from))
     }
 
+    fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+            quic: free_port(),
+            api: free_port(),
+        }
+    }
+
+    /// Issues agent `id` a certificate from the server's CA; returns the directory it is in.
+    fn issue_cert(&self, id: &str) -> PathBuf {
+        let certs = self.dir.path().join("certs");
+        let out = ferry()
+            .args(["cert", "issue", id, "--data-dir"])
+            .arg(self.server_dir())
+            .arg("--out")
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        certs
+    }
+
+    /// Writes agent `id`'s config file, with short keep-alives so a dead server is noticed
+    /// quickly, and `extra` TOML at its end.
+    fn agent_config(&self, id: &str, extra: &str) -> PathBuf {
+        let certs = self.issue_cert(id);
+        let config = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "server = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\ncert = {:?}\nkey = {:?}\nca = {:?}\ndata_dir = {:?}\nkeep_alive = \"500ms\"\nidle_timeout = \"5s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n{extra}",
+                self.quic,
+                certs.join(format!("{id}.pem")),
+                certs.join(format!("{id}.key")),
+                certs.join("ca.pem"),
+                self.dir.path().join(id),
+            ),
+        )
+        .unwrap();
+        config
+    }
+
+    fn start_agent(&self, config: &Path) -> Daemon {
+        Daemon(
+            ferry()
+                .args(["agent", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// `ferry command show <id> --json`, once it satisfies `done`.
+    fn wait_command(
+        &self,
+        id: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.api(&["command", "show", id, "--json"]);
+            if out.status.success() {
+                let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if done(&view) {
+                    return view;
+                }
+                assert!(Instant::now() < deadline, "command {id} is still {view}");
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `topic` with `payload` to `agent` without waiting; returns the command id.
+    fn send(&self, topic: &str, agent: &str, payload: &str) -> String {
+        let out = self.api(&[
+            "run",
+            topic,
+            "--agent",
+            agent,
+            "--payload",
+            payload,
+            "--no-wait",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     fn wait_online(&self, id: &str) {
         let deadline = Instant::now() + WAIT;
         while self.agent_status(id).as_deref() != Some("online") {
@@ -112,51 +215,11 @@ fn wait_for_file(path: &Path) {
 
 #[test]
 fn an_agent_process_survives_its_server_being_killed_and_restarted() {
-    let setup = Setup {
-        dir: tempfile::tempdir().unwrap(),
-        quic: free_port(),
-        api: free_port(),
-    };
+    let setup = Setup::new();
     let mut server = setup.start_server();
     wait_for_file(&setup.server_dir().join("operator.token"));
-
-    let certs = setup.dir.path().join("certs");
-    let out = ferry()
-        .args(["cert", "issue", "edge-9", "--data-dir"])
-        .arg(setup.server_dir())
-        .arg("--out")
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // The agent's config file, with short keep-alives so a dead server is noticed quickly.
-    let config = setup.dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "server = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\ncert = {:?}\nkey = {:?}\nca = {:?}\ndata_dir = {:?}\nkeep_alive = \"500ms\"\nidle_timeout = \"5s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[labels]\nenv = \"test\"\n",
-            setup.quic,
-            certs.join("edge-9.pem"),
-            certs.join("edge-9.key"),
-            certs.join("ca.pem"),
-            setup.dir.path().join("agent"),
-        ),
-    )
-    .unwrap();
-    let agent = Daemon(
-        ferry()
-            .args(["agent", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let config = setup.agent_config("edge-9", "[labels]\nenv = \"test\"\n");
+    let agent = setup.start_agent(&config);
     setup.wait_online("edge-9");
 
     let out = setup.api(&[
@@ -299,4 +362,106 @@ fn cert_issue_without_a_server_ca_says_what_to_do() {
         stderr.contains("no CA") && stderr.contains("ferry server"),
         "{stderr}"
     );
+}
+
+fn status(view: &serde_json::Value) -> &str {
+    view["results"][0]["status"].as_str().unwrap_or("")
+}
+
+/// The faulty test plugin on the agent, for commands that take a while (`fault.nap`).
+fn faulty_plugin(setup: &Setup) -> String {
+    let path = setup.dir.path().join("faulty.wasm");
+    std::fs::write(&path, ferry_builtins::fixtures::FAULTY.component).unwrap();
+    format!(
+        "[[plugins]]\npath = {path:?}\nname = \"faulty\"\ntopics = [\"fault.nap\", \"fault.fail\"]\n"
+    )
+}
+
+#[test]
+fn commands_and_results_survive_the_server_being_killed_mid_run() {
+    let setup = Setup::new();
+    let mut server = setup.start_server();
+    wait_for_file(&setup.server_dir().join("operator.token"));
+    let config = setup.agent_config("keeper", &faulty_plugin(&setup));
+    let _agent = setup.start_agent(&config);
+    setup.wait_online("keeper");
+
+    let ended = setup.send("echo", "keeper", r#"{"kept":true}"#);
+    setup.wait_command(&ended, |v| status(v) == "succeeded");
+    let naps: Vec<String> = (0..3)
+        .map(|_| setup.send("fault.nap", "keeper", "2500"))
+        .collect();
+    for nap in &naps {
+        setup.wait_command(nap, |v| status(v) == "running");
+    }
+
+    // Killed, not stopped: whatever the server acknowledged must be on its disk already.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let _server = setup.start_server();
+
+    let view = setup.wait_command(&ended, |v| status(v) == "succeeded");
+    assert_eq!(
+        view["results"][0]["payload"],
+        serde_json::json!({"kept": true})
+    );
+    for nap in &naps {
+        // The agent finished each nap while the server was away and delivers the result once.
+        let view = setup.wait_command(nap, |v| v["status"] != "running");
+        assert_eq!(status(&view), "succeeded", "{view}");
+        assert_eq!(
+            view["results"][0]["payload_text"], "napped 2500 ms",
+            "{view}"
+        );
+    }
+    let out = setup.api(&["commands", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for id in naps.iter().chain([&ended]) {
+        assert_eq!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["id"] == id.as_str())
+                .count(),
+            1,
+            "{id} listed once"
+        );
+    }
+}
+
+#[test]
+fn a_plugin_running_each_time_its_agent_is_killed_is_quarantined() {
+    let setup = Setup::new();
+    let _server = setup.start_server();
+    wait_for_file(&setup.server_dir().join("operator.token"));
+    let config = setup.agent_config("crashy", &faulty_plugin(&setup));
+    let mut agent = setup.start_agent(&config);
+    setup.wait_online("crashy");
+
+    for round in 1..=3 {
+        let nap = setup.send("fault.nap", "crashy", "60000");
+        setup.wait_command(&nap, |v| status(v) == "running");
+        agent.0.kill().unwrap();
+        agent.0.wait().unwrap();
+        agent = setup.start_agent(&config);
+        // The restarted agent reports the interrupted run: it ends once, as crashed.
+        let view = setup.wait_command(&nap, |v| v["status"] != "running");
+        assert_eq!(status(&view), "crashed", "round {round}: {view}");
+        let detail = view["results"][0]["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("the agent stopped while plugin 'faulty' ran"),
+            "{detail}"
+        );
+        setup.wait_online("crashy");
+    }
+    let refused = setup.send("fault.fail", "crashy", "1");
+    let view = setup.wait_command(&refused, |v| v["status"] != "running");
+    assert_eq!(status(&view), "rejected", "{view}");
+    let detail = view["results"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("quarantined"), "{detail}");
+    // Other plugins are not affected.
+    let echo = setup.send("echo", "crashy", "{}");
+    setup.wait_command(&echo, |v| status(v) == "succeeded");
 }

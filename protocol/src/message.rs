@@ -57,6 +57,9 @@ pub enum Message {
     DataRequest(DataRequest),
     /// Server → agent: the answer to a DataRequest.
     DataResponse(DataResponse),
+    /// Server → agent, after a `Result` (on its command stream or a report stream): the
+    /// server has recorded the result durably, and the agent may forget it.
+    ResultAck(ResultAck),
 
     // Fetch streams (one bidirectional stream per package, opened by the agent).
     /// Agent → server, first frame of a fetch stream: send this package.
@@ -85,6 +88,9 @@ pub enum StreamKind {
     Command,
     /// A bidirectional stream on which the agent fetches one plugin package.
     Fetch,
+    /// A bidirectional stream, opened by the agent, on which it delivers again the results
+    /// the server has not acknowledged (after a reconnection or a restart of either side).
+    Report,
 }
 
 impl fmt::Display for Peer {
@@ -102,6 +108,7 @@ impl fmt::Display for StreamKind {
             StreamKind::Control => "control",
             StreamKind::Command => "command",
             StreamKind::Fetch => "fetch",
+            StreamKind::Report => "report",
         })
     }
 }
@@ -140,6 +147,7 @@ impl Message {
             Message::Result(_) => "Result",
             Message::DataRequest(_) => "DataRequest",
             Message::DataResponse(_) => "DataResponse",
+            Message::ResultAck(_) => "ResultAck",
             Message::Fetch(_) => "Fetch",
             Message::FetchReply(_) => "FetchReply",
             Message::PackageChunk(_) => "PackageChunk",
@@ -160,7 +168,10 @@ impl Message {
                 matches!(self, Welcome(_) | Reject(_) | PluginAssign(_) | Bye(_))
             }
             (Peer::Server, StreamKind::Command) => {
-                matches!(self, Command(_) | Cancel(_) | DataResponse(_))
+                matches!(
+                    self,
+                    Command(_) | Cancel(_) | DataResponse(_) | ResultAck(_)
+                )
             }
             (Peer::Agent, StreamKind::Command) => matches!(
                 self,
@@ -168,6 +179,8 @@ impl Message {
             ),
             (Peer::Agent, StreamKind::Fetch) => matches!(self, Fetch(_)),
             (Peer::Server, StreamKind::Fetch) => matches!(self, FetchReply(_) | PackageChunk(_)),
+            (Peer::Agent, StreamKind::Report) => matches!(self, Result(_)),
+            (Peer::Server, StreamKind::Report) => matches!(self, ResultAck(_)),
         };
         if ok {
             return Ok(());
@@ -175,10 +188,12 @@ impl Message {
         let allowed = match (from, stream) {
             (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat, PluginReport, Leave or Bye",
             (Peer::Server, StreamKind::Control) => "Welcome, Reject, PluginAssign or Bye",
-            (Peer::Server, StreamKind::Command) => "Command, Cancel or DataResponse",
+            (Peer::Server, StreamKind::Command) => "Command, Cancel, DataResponse or ResultAck",
             (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log, DataRequest or Result",
             (Peer::Agent, StreamKind::Fetch) => "Fetch",
             (Peer::Server, StreamKind::Fetch) => "FetchReply or PackageChunk",
+            (Peer::Agent, StreamKind::Report) => "Result",
+            (Peer::Server, StreamKind::Report) => "ResultAck",
         };
         Err(NotAllowed {
             kind: self.kind(),
@@ -515,6 +530,13 @@ pub struct DataResponse {
     pub value: Option<Vec<u8>>,
     /// Why there is no data, for the plugin to report.
     pub error: Option<String>,
+}
+
+/// The server has recorded a command's result where a restart cannot lose it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultAck {
+    /// The command's id.
+    pub id: String,
 }
 
 /// The agent leaves for good (it was deleted, e.g. by `delete_orchestrator`).

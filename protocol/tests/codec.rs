@@ -88,6 +88,7 @@ fn plugin_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u32>(), text())
             .prop_map(|(request, key)| Message::DataRequest(DataRequest { request, key })),
+        text().prop_map(|id| Message::ResultAck(ResultAck { id })),
         (
             any::<u32>(),
             proptest::option::of(bytes()),

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use ferry_protocol::{CommandResult, LogLevel, Outcome, ResultStats};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 
 /// Where a command is in its life, and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommandStatus {
     /// Being sent to the agent.
@@ -66,7 +66,7 @@ impl CommandStatus {
 
 /// A result payload as JSON can carry it: as JSON when it is JSON, as text when it is UTF-8,
 /// otherwise base64.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RenderedPayload {
     /// The payload, when it parses as JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,7 +154,7 @@ pub enum CommandEvent {
 }
 
 /// A command as the operator API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandView {
     /// Its id.
     pub id: String,
@@ -187,8 +187,20 @@ struct Record {
     events: Vec<CommandEvent>,
 }
 
+/// Which operator command an agent's run belongs to, and what it needs again after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Origin {
+    /// The operator command's id.
+    pub(crate) fleet: String,
+    /// The agent's place in it.
+    pub(crate) index: u32,
+    /// The command's timeout on the agent.
+    pub(crate) timeout_ms: Option<u64>,
+}
+
 /// A command in the store: its record, a counter watchers wait on, and a way to cancel it.
 pub struct CommandEntry {
+    origin: Origin,
     record: Mutex<Record>,
     changed: watch::Sender<usize>,
     cancel: Notify,
@@ -239,14 +251,26 @@ impl CommandEntry {
         }
     }
 
-    fn push(&self, event: CommandEvent) {
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Adds `event`; false if the command had already ended, and the event was dropped.
+    fn push(&self, event: CommandEvent) -> bool {
         let mut record = self.record.lock();
         if record.view.status.is_final() {
-            // A result is final; anything after it (a late log line) is dropped, not reordered.
-            return;
+            // A result is final; anything after it (a late log line, a result delivered a
+            // second time after a reconnection) is dropped, not reordered.
+            return false;
         }
         match &event {
-            CommandEvent::Accepted { .. } => record.view.status = CommandStatus::Running,
+            CommandEvent::Accepted { .. } => {
+                if record.view.status == CommandStatus::Running {
+                    // Accepted again after a reconnection: nothing new.
+                    return false;
+                }
+                record.view.status = CommandStatus::Running
+            }
             CommandEvent::Progress { percent, .. } => record.view.progress = Some(*percent),
             CommandEvent::Log { .. } => {}
             CommandEvent::Finished {
@@ -267,18 +291,19 @@ impl CommandEntry {
         let count = record.events.len();
         drop(record);
         self.changed.send_replace(count);
+        true
     }
 
-    /// The agent accepted the command.
-    pub fn accepted(&self) {
+    /// The agent accepted the command; false if it had already.
+    pub fn accepted(&self) -> bool {
         self.push(CommandEvent::Accepted {
             at: OffsetDateTime::now_utc(),
-        });
+        })
     }
 
     /// The plugin reported progress.
     pub fn progress(&self, percent: u8, message: String) {
-        self.push(CommandEvent::Progress {
+        let _ = self.push(CommandEvent::Progress {
             at: OffsetDateTime::now_utc(),
             percent: percent.min(100),
             message,
@@ -287,33 +312,33 @@ impl CommandEntry {
 
     /// The plugin logged a line.
     pub fn log(&self, level: LogLevel, message: String) {
-        self.push(CommandEvent::Log {
+        let _ = self.push(CommandEvent::Log {
             at: OffsetDateTime::now_utc(),
             level,
             message,
         });
     }
 
-    /// The agent sent the result.
-    pub fn finish_with_result(&self, result: CommandResult) {
+    /// The agent sent the result; false if the command had already ended.
+    pub fn finish_with_result(&self, result: CommandResult) -> bool {
         self.push(CommandEvent::Finished {
             at: OffsetDateTime::now_utc(),
             status: CommandStatus::from_outcome(&result.outcome),
             detail: result.outcome.detail().map(str::to_string),
             output: RenderedPayload::new(&result.payload),
             stats: Some(result.stats),
-        });
+        })
     }
 
-    /// The command ended without a result from the agent.
-    pub fn finish_without_result(&self, status: CommandStatus, detail: String) {
+    /// The command ended without a result from the agent; false if it had already ended.
+    pub fn finish_without_result(&self, status: CommandStatus, detail: String) -> bool {
         self.push(CommandEvent::Finished {
             at: OffsetDateTime::now_utc(),
             status,
             detail: Some(detail),
             output: RenderedPayload::default(),
             stats: None,
-        });
+        })
     }
 }
 
@@ -334,9 +359,15 @@ struct StoreInner {
 
 impl CommandStore {
     /// Creates a pending command.
-    pub fn create(&self, id: String, agent: String, topic: String) -> Arc<CommandEntry> {
+    pub(crate) fn create(
+        &self,
+        id: String,
+        agent: String,
+        topic: String,
+        origin: Origin,
+    ) -> Arc<CommandEntry> {
         let view = CommandView {
-            id: id.clone(),
+            id,
             agent,
             topic,
             status: CommandStatus::Pending,
@@ -347,12 +378,43 @@ impl CommandStore {
             output: RenderedPayload::default(),
             stats: None,
         };
+        self.insert(origin, view, Vec::new())
+    }
+
+    /// Brings back a command recorded before the server restarted, with the events its view
+    /// implies (the progress and log lines of before the restart are not kept on disk).
+    pub(crate) fn restore(&self, origin: Origin, view: CommandView) -> Arc<CommandEntry> {
+        let mut events = Vec::new();
+        // It was accepted if it runs, or if it ended with the agent's stats.
+        if view.status == CommandStatus::Running || view.stats.is_some() {
+            events.push(CommandEvent::Accepted {
+                at: view.created_at,
+            });
+        }
+        if let (true, Some(at)) = (view.status.is_final(), view.finished_at) {
+            events.push(CommandEvent::Finished {
+                at,
+                status: view.status,
+                detail: view.detail.clone(),
+                output: view.output.clone(),
+                stats: view.stats.clone(),
+            });
+        }
+        self.insert(origin, view, events)
+    }
+
+    fn insert(
+        &self,
+        origin: Origin,
+        view: CommandView,
+        events: Vec<CommandEvent>,
+    ) -> Arc<CommandEntry> {
+        let id = view.id.clone();
+        let count = events.len();
         let entry = Arc::new(CommandEntry {
-            record: Mutex::new(Record {
-                view,
-                events: Vec::new(),
-            }),
-            changed: watch::Sender::new(0),
+            origin,
+            record: Mutex::new(Record { view, events }),
+            changed: watch::Sender::new(count),
             cancel: Notify::new(),
         });
         let mut inner = self.inner.lock();
@@ -420,7 +482,12 @@ mod tests {
     #[tokio::test]
     async fn events_after_the_result_are_dropped_and_wait_returns() {
         let store = CommandStore::default();
-        let entry = store.create("c1".into(), "a".into(), "echo".into());
+        let origin = Origin {
+            fleet: "f".into(),
+            index: 0,
+            timeout_ms: None,
+        };
+        let entry = store.create("c1".into(), "a".into(), "echo".into(), origin);
         entry.accepted();
         entry.progress(150, "clamped".into());
         entry.finish_without_result(CommandStatus::Lost, "gone".into());

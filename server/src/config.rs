@@ -40,6 +40,11 @@ pub struct ServerConfig {
     /// QUIC idle timeout: a silent peer is gone after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long past a command's timeout the server waits for an agent whose connection broke
+    /// during the command to come back with its result (which the agent keeps in its
+    /// journal), before the command ends as `lost`.
+    #[serde(with = "humantime_serde")]
+    pub result_wait: Duration,
     /// The largest plugin package (manifest and component) accepted by `ferry plugin push`, in
     /// bytes. JavaScript and Python components are 10–20 MB.
     pub max_plugin_bytes: u64,
@@ -72,6 +77,7 @@ impl Default for ServerConfig {
             default_command_timeout: Duration::from_secs(60),
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
+            result_wait: Duration::from_secs(600),
             max_plugin_bytes: 256 << 20,
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use ferry_protocol::{
-    Cancel, Command, DataRequest, DataResponse, FrameError, FrameReader, Message, Peer, StreamKind,
-    write_frame,
+    AgentId, Cancel, Command, DataRequest, DataResponse, FrameError, FrameReader, Message, Peer,
+    ResultAck, StreamKind, write_frame,
 };
 use tokio::time::Instant;
 
@@ -60,43 +60,172 @@ impl DataSources {
     }
 }
 
-/// Runs one command over `connection` until it has ended, recording everything in `entry`.
-pub(crate) async fn run(
-    entry: Arc<CommandEntry>,
+/// One agent's run of a command, from the wait for its agent to the recorded end.
+pub(crate) struct Dispatch {
+    pub(crate) state: Arc<ServerState>,
+    pub(crate) entry: Arc<CommandEntry>,
+    pub(crate) agent: AgentId,
+    pub(crate) command: Command,
+    pub(crate) data: BTreeMap<String, Vec<u8>>,
+    /// Until when it may wait for the agent to connect before it was ever sent.
+    pub(crate) deliver_by: Instant,
+    /// It was sent before the server restarted: the same id goes out again, and the agent's
+    /// journal answers it without running it twice.
+    pub(crate) sent_before: bool,
+}
+
+/// How one attempt over one connection ended.
+enum Attempt {
+    /// The command has its end state.
+    Ended,
+    /// The command could not be sent on this connection (it never reached the agent).
+    NotSent(String),
+    /// The connection broke after the command was sent.
+    Lost(String),
+}
+
+/// Runs one agent's copy of a command until it has ended, recording everything in its entry
+/// and, where a restart must not lose it, on disk. When the agent is not connected the
+/// command waits for it (until the delivery deadline when it was never sent); when the
+/// connection breaks after sending, it waits for the agent to come back and sends the same
+/// command id again, which the agent answers from its journal (with the result, or by
+/// carrying on with the run) instead of running it twice.
+pub(crate) async fn run(d: Dispatch) {
+    let stop = d.state.stop.clone();
+    tokio::select! {
+        _ = dispatch(d) => {}
+        // Everything a restart needs is on disk: the restarted server sends it again.
+        _ = stop.cancelled() => {}
+    }
+}
+
+async fn dispatch(d: Dispatch) {
+    if !d.sent_before && !d.state.persist_run(&d.entry, true).await {
+        d.entry.finish_without_result(
+            CommandStatus::Undelivered,
+            "not sent: the server could not record the command on disk; see the server's log"
+                .into(),
+        );
+        return;
+    }
+    let timeout = Duration::from_millis(d.command.timeout_ms.unwrap_or(0));
+    let result_wait = d.state.config.result_wait;
+    let mut sent_at: Option<Instant> = d.sent_before.then(Instant::now);
+    let mut cancel_requested = false;
+    let mut last_loss = String::new();
+    let sources = DataSources {
+        command: d.data.clone(),
+        server: d.state.clone(),
+    };
+    loop {
+        let until = match sent_at {
+            None => d.deliver_by,
+            Some(at) => at + timeout + RESULT_GRACE + result_wait,
+        };
+        let connection = tokio::select! {
+            found = d.state.registry.wait_connection(&d.agent, until) => found,
+            _ = d.entry.cancelled(), if !cancel_requested => {
+                cancel_requested = true;
+                if sent_at.is_none() {
+                    d.entry.finish_without_result(CommandStatus::Cancelled, "cancelled before it reached the agent".into());
+                    d.state.persist_run(&d.entry, true).await;
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some((_, connection)) = connection else {
+            let (status, why) = match sent_at {
+                None => (
+                    CommandStatus::Undelivered,
+                    format!(
+                        "agent '{}' did not connect before the command's delivery deadline",
+                        d.agent
+                    ),
+                ),
+                Some(_) => (
+                    CommandStatus::Lost,
+                    format!(
+                        "the connection to the agent was lost ({last_loss}) and the agent did not come back with the result within the command's timeout plus {:?}",
+                        RESULT_GRACE + result_wait
+                    ),
+                ),
+            };
+            d.entry.finish_without_result(status, why);
+            d.state.persist_run(&d.entry, true).await;
+            return;
+        };
+        let give_up_at = sent_at.unwrap_or_else(Instant::now) + timeout + RESULT_GRACE;
+        match attempt(&d, connection, &sources, give_up_at, cancel_requested).await {
+            Attempt::Ended => {
+                d.state.persist_run(&d.entry, true).await;
+                return;
+            }
+            Attempt::NotSent(why) if sent_at.is_none() => {
+                if Instant::now() >= d.deliver_by {
+                    d.entry.finish_without_result(
+                        CommandStatus::Undelivered,
+                        format!("not sent: {why}"),
+                    );
+                    d.state.persist_run(&d.entry, true).await;
+                    return;
+                }
+                tracing::info!(command = %d.command.id, agent = %d.agent, "not sent yet ({why}); waiting for the agent");
+                // The connection is going away; wait for the registry to drop it or the agent
+                // to come back, without spinning on a dead connection.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Attempt::NotSent(why) | Attempt::Lost(why) => {
+                sent_at.get_or_insert_with(Instant::now);
+                tracing::info!(command = %d.command.id, agent = %d.agent, "connection lost during the command ({why}); waiting for the agent to come back");
+                d.entry.log(
+                    ferry_protocol::LogLevel::Warn,
+                    format!("the connection to the agent was lost ({why}); waiting for it to come back with the result"),
+                );
+                last_loss = why;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Sends the command over `connection` and follows it until its result, a breach, the give-up
+/// time, or the connection's end.
+async fn attempt(
+    d: &Dispatch,
     connection: quinn::Connection,
-    command: Command,
-    data: DataSources,
-    max_frame: u32,
-) {
-    let timeout = Duration::from_millis(command.timeout_ms.unwrap_or(0));
-    let give_up_at = Instant::now() + timeout + RESULT_GRACE;
+    data: &DataSources,
+    give_up_at: Instant,
+    cancel_requested: bool,
+) -> Attempt {
+    let max_frame = d.state.config.max_frame_bytes;
+    let entry = &d.entry;
     let (mut send, recv) = match tokio::time::timeout_at(give_up_at, connection.open_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
-            entry.finish_without_result(
-                CommandStatus::Undelivered,
-                format!("could not open a stream to the agent: {e}"),
-            );
-            return;
+            return Attempt::NotSent(format!("could not open a stream to the agent: {e}"));
         }
         Err(_) => {
             entry.finish_without_result(
                 CommandStatus::Undelivered,
                 "the agent did not take the command before its timeout: it is running as many commands as it allows".into(),
             );
-            return;
+            return Attempt::Ended;
         }
     };
-    if let Err(e) = write_frame(&mut send, &Message::Command(command), max_frame).await {
-        entry.finish_without_result(
-            CommandStatus::Undelivered,
-            format!("could not send the command: {e}"),
-        );
-        return;
+    if let Err(e) = write_frame(&mut send, &Message::Command(d.command.clone()), max_frame).await {
+        return Attempt::NotSent(format!("could not send the command: {e}"));
     }
 
     let mut recv = FrameReader::new(recv, max_frame);
     let mut cancel_sent = false;
+    if cancel_requested {
+        cancel_sent = true;
+        let cancel = Message::Cancel(Cancel {
+            reason: "cancelled by the operator".into(),
+        });
+        let _ = write_frame(&mut send, &cancel, max_frame).await;
+    }
     let mut data_served = 0u32;
     loop {
         tokio::select! {
@@ -107,16 +236,23 @@ pub(crate) async fn run(
                             tracing::warn!(error = %e, "agent broke the protocol on a command stream");
                             let _ = recv.get_mut().stop(ferry_protocol::close::PROTOCOL_ERROR.into());
                             entry.finish_without_result(CommandStatus::Lost, format!("protocol error from the agent: {e}"));
-                            return;
+                            return Attempt::Ended;
                         }
                         match message {
-                            Message::Accepted(_) => entry.accepted(),
+                            Message::Accepted(_) => {
+                                if entry.accepted() {
+                                    d.state.persist_run(entry, false).await;
+                                }
+                            }
                             Message::Progress(p) => entry.progress(p.percent, p.message),
                             Message::Log(l) => entry.log(l.level, l.message),
                             Message::Result(result) => {
-                                entry.finish_with_result(result);
+                                let id = d.command.id.clone();
+                                record_result(&d.state, entry, result).await;
+                                let ack = Message::ResultAck(ResultAck { id });
+                                let _ = write_frame(&mut send, &ack, max_frame).await;
                                 let _ = send.finish();
-                                return;
+                                return Attempt::Ended;
                             }
                             Message::DataRequest(request) => {
                                 let response = Message::DataResponse(data.answer(request, &mut data_served));
@@ -128,17 +264,15 @@ pub(crate) async fn run(
                         }
                     }
                     Ok(None) => {
-                        entry.finish_without_result(CommandStatus::Lost, "the agent closed the command stream without a result".into());
-                        return;
+                        return Attempt::Lost("the agent closed the command stream without a result".into());
                     }
                     Err(FrameError::Io(e)) => {
-                        entry.finish_without_result(CommandStatus::Lost, format!("connection to the agent lost before the result arrived: {e}"));
-                        return;
+                        return Attempt::Lost(e.to_string());
                     }
                     Err(e) => {
                         let _ = recv.get_mut().stop(ferry_protocol::close::PROTOCOL_ERROR.into());
                         entry.finish_without_result(CommandStatus::Lost, format!("protocol error from the agent: {e}"));
-                        return;
+                        return Attempt::Ended;
                     }
                 }
             }
@@ -151,12 +285,27 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep_until(give_up_at) => {
                 let _ = send.reset(ferry_protocol::close::NORMAL.into());
+                let timeout = Duration::from_millis(d.command.timeout_ms.unwrap_or(0));
                 entry.finish_without_result(
                     CommandStatus::TimedOut,
                     format!("no result from the agent within the command's timeout ({timeout:?}) plus {RESULT_GRACE:?}"),
                 );
-                return;
+                return Attempt::Ended;
             }
         }
     }
+}
+
+/// Records a result the agent sent (on its command stream or a report stream) where a restart
+/// cannot lose it; true if it ended the command, false if the command had already ended.
+pub(crate) async fn record_result(
+    state: &ServerState,
+    entry: &CommandEntry,
+    result: ferry_protocol::CommandResult,
+) -> bool {
+    if !entry.finish_with_result(result) {
+        return false;
+    }
+    state.persist_run(entry, true).await;
+    true
 }

@@ -6,42 +6,24 @@
 //! on this server's disk is caught there (and reported back in a `PluginReport`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ferry_protocol::{
-    AgentId, Fetch, FetchReply, FrameReader, Message, PackageChunk, Peer, StreamKind, close,
-    write_frame,
-};
+use ferry_protocol::{AgentId, Fetch, FetchReply, Message, PackageChunk, close, write_frame};
 use tokio::io::AsyncReadExt;
 
 use crate::server::ServerState;
 
-/// How long an agent has to name the package after opening the stream.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per chunk: large enough that framing costs nothing, small enough to interleave with
 /// other streams.
 const CHUNK: usize = 256 * 1024;
 
+/// Serves one fetch stream, whose `Fetch` the caller has read.
 pub(crate) async fn serve(
     state: Arc<ServerState>,
     agent: AgentId,
     mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    Fetch { digest }: Fetch,
 ) {
     let max_frame = state.config.max_frame_bytes;
-    let mut recv = FrameReader::new(recv, max_frame);
-    let digest = match tokio::time::timeout(REQUEST_TIMEOUT, recv.next()).await {
-        Ok(Ok(Some(message))) => match message.check_allowed(Peer::Agent, StreamKind::Fetch) {
-            Ok(()) => match message {
-                Message::Fetch(Fetch { digest }) => digest,
-                _ => unreachable!("check_allowed admits only Fetch"),
-            },
-            Err(e) => return refuse(&agent, &mut send, &e.to_string()),
-        },
-        Ok(Ok(None)) => return refuse(&agent, &mut send, "fetch stream ended before Fetch"),
-        Ok(Err(e)) => return refuse(&agent, &mut send, &e.to_string()),
-        Err(_) => return refuse(&agent, &mut send, "no Fetch in time"),
-    };
     let reply = |size, error| Message::FetchReply(FetchReply { size, error });
     let opened = match state.plugins.package_path(&digest) {
         Some(path) => tokio::fs::File::open(&path)
@@ -103,9 +85,4 @@ pub(crate) async fn serve(
     }
     let _ = send.finish();
     tracing::debug!(%agent, %digest, size, "package sent");
-}
-
-fn refuse(agent: &AgentId, send: &mut quinn::SendStream, why: &str) {
-    tracing::warn!(%agent, "refusing a fetch stream: {why}");
-    let _ = send.reset(close::PROTOCOL_ERROR.into());
 }

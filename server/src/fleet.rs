@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::AgentId;
+use ferry_protocol::{AgentId, Command};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,7 +29,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{CommandEntry, CommandEvent, CommandStatus, RenderedPayload};
+use crate::commands::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
+use crate::persist::{FleetRecord, Loaded, NotSent, SlotRecord, TargetRecord};
 use crate::plugins::Selector;
 use crate::server::{ServerState, SubmitError};
 use ferry_protocol::ResultStats;
@@ -78,6 +79,10 @@ pub struct FleetRequest {
     pub max_concurrency: Option<u32>,
     /// Stop sending once this many agents have failed; never when `None`.
     pub max_errors: Option<u32>,
+    /// How long an agent that is not connected may be waited for before it is `undelivered`;
+    /// not at all when `None` (and then a command for one named agent that is not connected
+    /// is refused at once).
+    pub deliver_within: Option<Duration>,
     /// Who asked (a token's name), for the record.
     pub created_by: String,
 }
@@ -219,6 +224,8 @@ pub struct FleetView {
 struct Slot {
     agent: String,
     entry: Option<Arc<CommandEntry>>,
+    /// How many of the run's events are in the command's log already (restored runs).
+    copied: usize,
     /// Why it was never sent, and when that was decided.
     not_sent: Option<(CommandStatus, String, OffsetDateTime)>,
 }
@@ -278,6 +285,7 @@ struct Inner {
 /// A command for one or many agents.
 pub struct FleetEntry {
     id: String,
+    request: Arc<FleetRequest>,
     topic: String,
     target: String,
     created_by: String,
@@ -293,6 +301,51 @@ impl FleetEntry {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The command as stored on disk.
+    pub(crate) fn record(&self) -> FleetRecord {
+        let inner = self.inner.lock();
+        let request = &self.request;
+        FleetRecord {
+            id: self.id.clone(),
+            topic: self.topic.clone(),
+            target: match &request.target {
+                Target::Agents(ids) => {
+                    TargetRecord::Agents(ids.iter().map(|id| id.to_string()).collect())
+                }
+                Target::Selector(selector) => TargetRecord::Selector(selector.to_string()),
+            },
+            payload: request.payload.clone(),
+            content_type: request.content_type.clone(),
+            timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
+            idempotency_key: request.idempotency_key.clone(),
+            data: request
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_bytes::ByteBuf::from(v.clone())))
+                .collect(),
+            max_concurrency: self.max_concurrency,
+            max_errors: self.max_errors,
+            deliver_within_ms: request.deliver_within.map(|d| d.as_millis() as u64),
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+            slots: inner
+                .slots
+                .iter()
+                .map(|slot| SlotRecord {
+                    agent: slot.agent.clone(),
+                    not_sent: slot.not_sent.as_ref().map(|(status, why, at)| NotSent {
+                        status: *status,
+                        why: why.clone(),
+                        at: *at,
+                    }),
+                })
+                .collect(),
+            finished_at: inner.finished_at,
+            cancelled: self.cancel.is_cancelled(),
+            peak: inner.peak,
+        }
     }
 
     /// The child command sent to the agent at `index` (in sending order), once sent.
@@ -396,11 +449,12 @@ impl FleetEntry {
     fn dispatched(&self, index: usize, entry: Arc<CommandEntry>) {
         let mut inner = self.inner.lock();
         let agent = inner.slots[index].agent.clone();
-        let id = entry.view().id;
+        let view = entry.view();
+        let id = view.id;
         inner.slots[index].entry = Some(entry);
         inner.in_flight += 1;
         inner.peak = inner.peak.max(inner.in_flight);
-        let at = rfc3339(OffsetDateTime::now_utc());
+        let at = rfc3339(view.created_at);
         self.push_locked(
             &mut inner,
             "dispatched",
@@ -441,10 +495,30 @@ impl FleetEntry {
         self.inner.lock().errors
     }
 
+    /// Puts back a run restored from disk, with its events so far.
+    fn restore_run(&self, index: usize, entry: Arc<CommandEntry>) {
+        let events = entry.events_since(0);
+        self.dispatched(index, entry);
+        for event in &events {
+            self.agent_event(index, event);
+        }
+        self.inner.lock().slots[index].copied = events.len();
+    }
+
+    /// Neither sent nor decided yet.
+    fn is_unsent(&self, index: usize) -> bool {
+        let inner = self.inner.lock();
+        let slot = &inner.slots[index];
+        slot.entry.is_none() && slot.not_sent.is_none()
+    }
+
     fn finish(&self) {
+        self.finish_at(OffsetDateTime::now_utc());
+    }
+
+    fn finish_at(&self, now: OffsetDateTime) {
         let view = self.view(false);
         let mut inner = self.inner.lock();
-        let now = OffsetDateTime::now_utc();
         inner.finished_at = Some(now);
         let mut summary = Summary::default();
         for slot in &inner.slots {
@@ -503,11 +577,14 @@ fn resolve(state: &ServerState, target: &Target) -> Result<Vec<String>, SubmitEr
 }
 
 /// Starts a command. A command for exactly one named agent is refused at once when that agent
-/// is not connected (nothing would run); for several, such agents are `undelivered`.
-pub(crate) fn start(
+/// is not connected and the command may not wait for it (nothing would run); for several,
+/// such agents are `undelivered`. The command is on disk before this returns. A command whose
+/// idempotency key was used before is not started again: the first one is returned, with
+/// `false`.
+pub(crate) async fn start(
     state: &Arc<ServerState>,
     request: FleetRequest,
-) -> Result<Arc<FleetEntry>, SubmitError> {
+) -> Result<(Arc<FleetEntry>, bool), SubmitError> {
     if request.max_concurrency == Some(0) {
         return Err(SubmitError::Invalid(
             "max_concurrency must be at least 1; leave it out to send to every agent at once"
@@ -520,29 +597,49 @@ pub(crate) fn start(
                 .into(),
         ));
     }
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return Err(SubmitError::Invalid(
+                "idempotency_key must have 1 to 256 bytes".into(),
+            ));
+        }
+        if let Some(existing) = state
+            .persist
+            .command_for_key(key)
+            .and_then(|id| state.fleets.get(&id))
+        {
+            return Ok((existing, false));
+        }
+    }
     crate::server::check_request(state, &request.topic, request.payload.len())?;
     let agents = resolve(state, &request.target)?;
-    let first = match (&request.target, agents.as_slice()) {
+    let single = match (&request.target, agents.as_slice()) {
         (Target::Agents(_), [one]) => {
             let id = AgentId::new(one.clone()).map_err(|e| SubmitError::Invalid(e.to_string()))?;
-            Some(crate::server::send_to(state, &id, &request)?)
+            if request.deliver_within.is_none() {
+                state.registry.connection(&id)?;
+            }
+            Some(id)
         }
         _ => None,
     };
+    let id = uuid::Uuid::new_v4().to_string();
     let fleet = Arc::new(FleetEntry {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: id.clone(),
         topic: request.topic.clone(),
         target: request.target.to_string(),
         created_by: request.created_by.clone(),
         created_at: OffsetDateTime::now_utc(),
         max_concurrency: request.max_concurrency,
         max_errors: request.max_errors,
+        request: Arc::new(request),
         inner: Mutex::new(Inner {
             slots: agents
                 .into_iter()
                 .map(|agent| Slot {
                     agent,
                     entry: None,
+                    copied: 0,
                     not_sent: None,
                 })
                 .collect(),
@@ -555,87 +652,186 @@ pub(crate) fn start(
         changed: watch::Sender::new(0),
         cancel: CancellationToken::new(),
     });
-    if let Some(entry) = &first {
-        fleet.dispatched(0, entry.clone());
-    }
+    state
+        .persist
+        .save_command(&fleet.record(), true)
+        .await
+        .map_err(|e| SubmitError::Storage(e.to_string()))?;
+    // One named agent is sent its copy before the command is returned, so that
+    // `Server::submit` can hand out the agent's run at once.
+    let first = match single {
+        Some(agent) => {
+            let entry = send_to(state, &fleet, 0, &agent);
+            fleet.dispatched(0, entry.clone());
+            Some(entry)
+        }
+        None => None,
+    };
     state.fleets.insert(fleet.clone());
-    tokio::spawn(drive(state.clone(), fleet.clone(), request, first));
-    Ok(fleet)
+    tokio::spawn(drive(state.clone(), fleet.clone(), first));
+    Ok((fleet, true))
+}
+
+/// Creates agent `agent`'s run of `fleet` (slot `index`) and starts its dispatch, which waits
+/// for the agent within the command's delivery window.
+fn send_to(
+    state: &Arc<ServerState>,
+    fleet: &FleetEntry,
+    index: usize,
+    agent: &AgentId,
+) -> Arc<CommandEntry> {
+    let request = &fleet.request;
+    let timeout = request
+        .timeout
+        .unwrap_or(state.config.default_command_timeout);
+    let timeout_ms = Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let origin = Origin {
+        fleet: fleet.id.clone(),
+        index: index as u32,
+        timeout_ms,
+    };
+    let entry = state.commands.create(
+        run_id.clone(),
+        agent.to_string(),
+        request.topic.clone(),
+        origin,
+    );
+    let deliver_by = tokio::time::Instant::now() + request.deliver_within.unwrap_or_default();
+    tokio::spawn(crate::dispatch::run(crate::dispatch::Dispatch {
+        state: state.clone(),
+        entry: entry.clone(),
+        agent: agent.clone(),
+        command: command_for(request, run_id, timeout_ms),
+        data: request.data.clone(),
+        deliver_by,
+        sent_before: false,
+    }));
+    entry
+}
+
+fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> Command {
+    Command {
+        id,
+        topic: request.topic.clone(),
+        payload: request.payload.clone(),
+        content_type: request.content_type.clone(),
+        timeout_ms,
+        idempotency_key: request.idempotency_key.clone(),
+    }
 }
 
 /// Sends the command to each agent in turn, within the limits, and waits for all of them.
-async fn drive(
+/// Agents already decided (restored after a server restart) are skipped; agents already sent
+/// it (`first`, or restored runs still going) are followed.
+async fn drive(state: Arc<ServerState>, fleet: Arc<FleetEntry>, first: Option<Arc<CommandEntry>>) {
+    let stop = state.stop.clone();
+    tokio::select! {
+        _ = send_all(state, fleet, first) => {}
+        // Where it was is on disk: the restarted server carries on from there.
+        _ = stop.cancelled() => {}
+    }
+}
+
+async fn send_all(
     state: Arc<ServerState>,
     fleet: Arc<FleetEntry>,
-    request: FleetRequest,
     mut first: Option<Arc<CommandEntry>>,
 ) {
     let limit = fleet
         .max_concurrency
         .map_or(Semaphore::MAX_PERMITS, |n| n as usize);
     let semaphore = Arc::new(Semaphore::new(limit));
-    let agents: Vec<String> = fleet
+    let slots: Vec<(String, Option<Arc<CommandEntry>>, usize, bool)> = fleet
         .inner
         .lock()
         .slots
         .iter()
-        .map(|s| s.agent.clone())
+        .map(|s| {
+            (
+                s.agent.clone(),
+                s.entry.clone(),
+                s.copied,
+                s.not_sent.is_some(),
+            )
+        })
         .collect();
     let mut followers = JoinSet::new();
-    for (index, agent) in agents.iter().enumerate() {
+    let count = slots.len();
+    for (index, (agent, sent, copied, not_sent)) in slots.into_iter().enumerate() {
+        // Decided before (never sent, or a run restored from disk with all its events).
+        let restored_and_ended =
+            copied > 0 && sent.as_ref().is_some_and(|e| e.view().status.is_final());
+        if not_sent || restored_and_ended {
+            continue;
+        }
         let permit = tokio::select! {
             biased;
             _ = fleet.cancel.cancelled() => None,
             permit = semaphore.clone().acquire_owned() => permit.ok(),
         };
+        if let Some(entry) = first.take().or(sent) {
+            // Sent already: follow it even when cancelled (the follower passes the cancel on).
+            followers.spawn(follow(fleet.clone(), index, entry, permit, copied));
+            continue;
+        }
         let Some(permit) = permit.filter(|_| !fleet.cancel.is_cancelled()) else {
-            for rest in index..agents.len() {
-                fleet.not_sent(
-                    rest,
-                    CommandStatus::Cancelled,
-                    "not sent: the command was cancelled first".into(),
-                );
+            for rest in index..count {
+                if fleet.is_unsent(rest) {
+                    fleet.not_sent(
+                        rest,
+                        CommandStatus::Cancelled,
+                        "not sent: the command was cancelled first".into(),
+                    );
+                }
             }
             break;
         };
         if let Some(max) = fleet.max_errors {
             let errors = fleet.errors();
             if errors >= max {
-                for rest in index..agents.len() {
-                    fleet.not_sent(
-                        rest,
-                        CommandStatus::Undelivered,
-                        format!("not sent: {errors} agents had failed, the most max_errors ({max}) allows"),
-                    );
+                for rest in index..count {
+                    if fleet.is_unsent(rest) {
+                        fleet.not_sent(
+                            rest,
+                            CommandStatus::Undelivered,
+                            format!("not sent: {errors} agents had failed, the most max_errors ({max}) allows"),
+                        );
+                    }
                 }
                 break;
             }
         }
-        let sent = match first.take() {
-            // Already sent by `start`, and recorded.
-            Some(entry) => Ok((entry, false)),
-            None => match AgentId::new(agent.clone()) {
-                Ok(id) if state.overrides.revoked(agent).is_some() => {
-                    Err(format!("not sent: agent '{id}' is revoked"))
-                }
-                Ok(id) => crate::server::send_to(&state, &id, &request)
-                    .map(|entry| (entry, true))
-                    .map_err(|e| format!("not sent: {e}")),
-                Err(e) => Err(e.to_string()),
-            },
+        let sent = match AgentId::new(agent.clone()) {
+            Ok(id) if state.overrides.revoked(&agent).is_some() => {
+                Err(format!("not sent: agent '{id}' is revoked"))
+            }
+            Ok(id)
+                if fleet.request.deliver_within.is_none()
+                    && state.registry.connection(&id).is_err() =>
+            {
+                Err(format!(
+                    "not sent: {}",
+                    crate::registry::NotConnected(id.to_string())
+                ))
+            }
+            Ok(id) => Ok(send_to(&state, &fleet, index, &id)),
+            Err(e) => Err(e.to_string()),
         };
         match sent {
-            Ok((entry, record)) => {
-                if record {
-                    fleet.dispatched(index, entry.clone());
-                }
-                followers.spawn(follow(fleet.clone(), index, entry, permit));
+            Ok(entry) => {
+                fleet.dispatched(index, entry.clone());
+                followers.spawn(follow(fleet.clone(), index, entry, Some(permit), 0));
             }
             Err(why) => fleet.not_sent(index, CommandStatus::Undelivered, why),
         }
     }
+    // A restored command may have had every agent decided already.
     while followers.join_next().await.is_some() {}
     fleet.finish();
+    if let Err(e) = state.persist.save_command(&fleet.record(), false).await {
+        tracing::error!(command = %fleet.id, error = %e, "cannot record that the command ended");
+    }
     tracing::info!(command = %fleet.id, view = ?fleet.view(false).summary, "command ended");
 }
 
@@ -645,10 +841,11 @@ async fn follow(
     fleet: Arc<FleetEntry>,
     index: usize,
     entry: Arc<CommandEntry>,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    from: usize,
 ) {
     let mut rx = entry.subscribe();
-    let mut next = 0;
+    let mut next = from;
     let mut cancel_sent = false;
     'follow: loop {
         let fresh = entry.events_since(next);
@@ -670,6 +867,134 @@ async fn follow(
         }
     }
     drop(permit);
+}
+
+/// Brings back the commands of an earlier run of the server: ended ones as they ended, and
+/// the others where they were: runs sent before the restart are sent again under the same id
+/// (the agent's journal answers without running them twice), agents not sent it yet are sent
+/// it within the command's limits.
+pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
+    let mut runs: HashMap<String, Vec<crate::persist::RunRecord>> = HashMap::new();
+    for run in loaded.runs {
+        runs.entry(run.origin.fleet.clone()).or_default().push(run);
+    }
+    let (mut ended, mut resumed) = (0, 0);
+    for record in loaded.commands {
+        let target = match &record.target {
+            TargetRecord::Agents(ids) => {
+                match ids.iter().map(AgentId::new).collect::<Result<Vec<_>, _>>() {
+                    Ok(ids) => Target::Agents(ids),
+                    Err(e) => {
+                        tracing::warn!(command = %record.id, error = %e, "skipping a stored command with a bad target");
+                        continue;
+                    }
+                }
+            }
+            TargetRecord::Selector(text) => match text.parse::<Selector>() {
+                Ok(selector) => Target::Selector(selector),
+                Err(e) => {
+                    tracing::warn!(command = %record.id, error = %e, "skipping a stored command with a bad selector");
+                    continue;
+                }
+            },
+        };
+        let request = FleetRequest {
+            target,
+            topic: record.topic.clone(),
+            payload: record.payload,
+            content_type: record.content_type,
+            timeout: record.timeout_ms.map(Duration::from_millis),
+            idempotency_key: record.idempotency_key,
+            data: record
+                .data
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect(),
+            max_concurrency: record.max_concurrency,
+            max_errors: record.max_errors,
+            deliver_within: record.deliver_within_ms.map(Duration::from_millis),
+            created_by: record.created_by.clone(),
+        };
+        let fleet = Arc::new(FleetEntry {
+            id: record.id.clone(),
+            target: request.target.to_string(),
+            request: Arc::new(request),
+            topic: record.topic,
+            created_by: record.created_by,
+            created_at: record.created_at,
+            max_concurrency: record.max_concurrency,
+            max_errors: record.max_errors,
+            inner: Mutex::new(Inner {
+                slots: record
+                    .slots
+                    .into_iter()
+                    .map(|slot| Slot {
+                        agent: slot.agent,
+                        entry: None,
+                        copied: 0,
+                        not_sent: slot.not_sent.map(|n| (n.status, n.why, n.at)),
+                    })
+                    .collect(),
+                events: Vec::new(),
+                finished_at: None,
+                in_flight: 0,
+                peak: record.peak,
+                errors: 0,
+            }),
+            changed: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+        });
+        if record.cancelled {
+            fleet.cancel.cancel();
+        }
+        let mut fleet_runs = runs.remove(&fleet.id).unwrap_or_default();
+        fleet_runs.sort_by_key(|r| r.origin.index);
+        for run in fleet_runs {
+            let index = run.origin.index as usize;
+            if index >= fleet.inner.lock().slots.len() {
+                continue;
+            }
+            let timeout_ms = run.origin.timeout_ms;
+            let entry = state.commands.restore(run.origin, run.view);
+            fleet.restore_run(index, entry.clone());
+            let view = entry.view();
+            if view.status.is_final() {
+                continue;
+            }
+            let Ok(agent) = AgentId::new(view.agent.clone()) else {
+                continue;
+            };
+            // Sent before the restart (its record is written before the Command leaves).
+            tokio::spawn(crate::dispatch::run(crate::dispatch::Dispatch {
+                state: state.clone(),
+                entry: entry.clone(),
+                agent,
+                command: command_for(&fleet.request, view.id, timeout_ms),
+                data: fleet.request.data.clone(),
+                deliver_by: tokio::time::Instant::now()
+                    + fleet.request.deliver_within.unwrap_or_default(),
+                sent_before: true,
+            }));
+        }
+        state.fleets.insert(fleet.clone());
+        match record.finished_at {
+            Some(at) => {
+                fleet.finish_at(at);
+                ended += 1;
+            }
+            None => {
+                tokio::spawn(drive(state.clone(), fleet, None));
+                resumed += 1;
+            }
+        }
+    }
+    if ended + resumed > 0 {
+        tracing::info!(
+            ended,
+            resumed,
+            "commands restored from the server's records"
+        );
+    }
 }
 
 /// How many ended commands the store keeps; each holds its agents' results.

@@ -13,8 +13,10 @@ mod fetch;
 pub mod fleet;
 mod listener;
 pub mod overrides;
+mod persist;
 pub mod plugins;
 pub mod registry;
+mod report;
 mod server;
 pub mod tokens;
 

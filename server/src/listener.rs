@@ -9,7 +9,7 @@ use ferry_protocol::{
     Reject, RejectCode, StreamKind, Welcome, close, version, write_frame,
 };
 
-use crate::fetch;
+use crate::report;
 use crate::server::ServerState;
 
 /// How long a peer has for the QUIC/TLS handshake and then for its Hello.
@@ -124,6 +124,11 @@ async fn serve_connection(
         );
     }
     tracing::info!(agent = %id, remote = %connection.remote_address(), labels = ?hello.labels, "agent connected");
+    if let Some(info) = state.registry.get(&id)
+        && let Err(e) = state.persist.save_agent(&info).await
+    {
+        tracing::warn!(agent = %id, error = %e, "cannot record the agent; it will be listed again once it connects after a restart");
+    }
 
     let mut control = Control {
         state: &state,
@@ -213,7 +218,7 @@ impl Control<'_> {
                 Ok(()) = plugin_changes.changed() => self.send_plugins().await?,
                 incoming = connection.accept_bi() => match incoming {
                     Ok((send, recv)) => {
-                        tokio::spawn(fetch::serve(self.state.clone(), id.clone(), send, recv));
+                        tokio::spawn(report::serve_agent_stream(self.state.clone(), id.clone(), send, recv));
                     }
                     Err(e) => return Err(format!("agent '{id}': {e}")),
                 },

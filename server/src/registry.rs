@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::{AgentId, Health, Heartbeat, Hello, HostMetrics, RuntimeState};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// Whether an agent can take commands now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentStatus {
     /// Connected, heartbeats arriving.
@@ -21,7 +21,7 @@ pub enum AgentStatus {
 }
 
 /// What the server knows of an agent, as the operator API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentInfo {
     /// The id from the agent's certificate.
     pub id: String,
@@ -47,7 +47,9 @@ pub struct AgentInfo {
     pub metrics: Option<HostMetrics>,
     /// Commands it said it was running in its last heartbeat.
     pub running_commands: u32,
-    /// Its last heartbeat, in the shape edge-orchestrator tools expect (sizes in GB).
+    /// Its last heartbeat, in the shape edge-orchestrator tools expect (sizes in GB); not
+    /// kept across a restart of the server.
+    #[serde(skip_deserializing)]
     pub heartbeat: Option<HeartbeatView>,
 }
 
@@ -90,6 +92,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Registry {
     agents: Mutex<HashMap<AgentId, Entry>>,
+    /// Bumped whenever an agent connects, for commands waiting to reach one.
+    connected: tokio::sync::watch::Sender<u64>,
 }
 
 /// The agent is not connected.
@@ -132,7 +136,47 @@ impl Registry {
                 last_heartbeat_at: Instant::now(),
             },
         );
+        drop(agents);
+        self.connected.send_modify(|n| *n = n.wrapping_add(1));
         previous.and_then(|e| e.connection).map(|(_, c)| c)
+    }
+
+    /// The connection to agent `id`, waiting for the agent to connect until `until`.
+    pub async fn wait_connection(
+        &self,
+        id: &AgentId,
+        until: tokio::time::Instant,
+    ) -> Option<(u64, quinn::Connection)> {
+        let mut changes = self.connected.subscribe();
+        loop {
+            changes.mark_unchanged();
+            if let Ok(found) = self.connection(id) {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(until, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.connection(id).ok(),
+            }
+        }
+    }
+
+    /// Makes agents known from an earlier run of the server (offline until they connect).
+    pub(crate) fn restore(&self, known: Vec<AgentInfo>) {
+        let mut agents = self.agents.lock();
+        for mut info in known {
+            let Ok(id) = AgentId::new(info.id.clone()) else {
+                continue;
+            };
+            info.status = AgentStatus::Offline;
+            info.connected_since = None;
+            info.remote_address = None;
+            info.running_commands = 0;
+            agents.entry(id).or_insert(Entry {
+                info,
+                connection: None,
+                last_heartbeat_at: Instant::now(),
+            });
+        }
     }
 
     /// Records a heartbeat of `session`; ignored if that session was replaced.

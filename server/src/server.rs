@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ferry_protocol::AgentId;
 use ferry_protocol::package::SigningKey;
 use ferry_protocol::pki::{PkiDir, write_file};
 use ferry_protocol::tls::{self, Identity, TransportSettings};
-use ferry_protocol::{AgentId, Command};
 use parking_lot::RwLock;
 use rand::RngCore;
 use tokio::task::JoinHandle;
@@ -21,10 +21,11 @@ use crate::commands::{CommandEntry, CommandStore};
 use crate::config::ServerConfig;
 use crate::fleet::{FleetEntry, FleetRequest, FleetStore, Target};
 use crate::overrides::Overrides;
+use crate::persist::{Persist, RunRecord};
 use crate::plugins::PluginRegistry;
 use crate::registry::{AgentInfo, NotConnected, Registry};
 use crate::tokens::{Scope, TokenStore};
-use crate::{api, db, dispatch, fleet, listener};
+use crate::{api, db, fleet, listener};
 
 /// The server's plugin signing key, under `<data_dir>/pki/`.
 pub const PLUGIN_KEY: &str = "plugin-signing.key";
@@ -80,6 +81,9 @@ pub enum SubmitError {
     /// A selector matched no agent.
     #[error("{0}")]
     NoTargets(String),
+    /// The command could not be recorded on disk, so it was not started.
+    #[error("the server could not record the command: {0}; check its data directory's disk")]
+    Storage(String),
 }
 
 /// What to run, where.
@@ -100,6 +104,9 @@ pub struct CommandRequest {
     /// Data the plugin may ask for by key while it runs (`request-data`); looked up before
     /// the server's own data.
     pub data: BTreeMap<String, Vec<u8>>,
+    /// How long to wait for the agent if it is not connected; `None` refuses the command at
+    /// once instead.
+    pub deliver_within: Option<Duration>,
 }
 
 /// Shared state of a running server.
@@ -118,10 +125,31 @@ pub(crate) struct ServerState {
     pub(crate) overrides: Overrides,
     /// Data an operator supplied for plugins to ask for by key.
     pub(crate) data: RwLock<BTreeMap<String, Arc<[u8]>>>,
+    /// Commands, runs and agents on disk.
+    pub(crate) persist: Persist,
+    /// Cancelled when the server stops: the tasks that carry commands end where they are
+    /// (everything they must not lose is on disk), so a restart takes over from there.
+    pub(crate) stop: CancellationToken,
     sessions: AtomicU64,
 }
 
 impl ServerState {
+    /// Writes one agent's run of a command to disk (`durable`: before this returns, it is on
+    /// disk); false, with the error logged, if it could not be written.
+    pub(crate) async fn persist_run(&self, entry: &CommandEntry, durable: bool) -> bool {
+        let record = RunRecord {
+            origin: entry.origin().clone(),
+            view: entry.view(),
+        };
+        match self.persist.save_run(&record, durable).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(command = %record.view.id, error = %e, "cannot record a command's run");
+                false
+            }
+        }
+    }
+
     pub(crate) fn next_session(&self) -> u64 {
         self.sessions.fetch_add(1, Ordering::Relaxed)
     }
@@ -222,7 +250,11 @@ impl Server {
         let tokens =
             TokenStore::open(db.clone(), &api_token).map_err(|e| data_dir_error(&data_dir, e))?;
         let audit = AuditLog::open(db.clone()).map_err(|e| data_dir_error(&data_dir, e))?;
-        let overrides = Overrides::open(db).map_err(|e| data_dir_error(&data_dir, e))?;
+        let overrides = Overrides::open(db.clone()).map_err(|e| data_dir_error(&data_dir, e))?;
+        let persist = Persist::open(db);
+        let mut loaded = persist
+            .load(crate::fleet::RETAINED_FLEETS)
+            .map_err(|e| data_dir_error(&data_dir, e))?;
         let state = Arc::new(ServerState {
             config,
             registry: Registry::default(),
@@ -233,10 +265,14 @@ impl Server {
             audit,
             overrides,
             data: RwLock::new(BTreeMap::new()),
+            persist,
+            stop: CancellationToken::new(),
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
         });
-        let stop = CancellationToken::new();
+        state.registry.restore(std::mem::take(&mut loaded.agents));
+        crate::fleet::restore(&state, loaded);
+        let stop = state.stop.clone();
         let mut tasks = vec![tokio::spawn(listener::accept_loop(
             endpoint.clone(),
             state.clone(),
@@ -331,27 +367,34 @@ impl Server {
 
     /// Sends a command to an agent; the returned entry follows it to its end. The command is
     /// listed by the operator API like any other, created by `server`.
-    pub fn submit(&self, request: CommandRequest) -> Result<Arc<CommandEntry>, SubmitError> {
-        let fleet = self.submit_fleet(FleetRequest {
-            target: Target::Agents(vec![request.agent]),
-            topic: request.topic,
-            payload: request.payload,
-            content_type: request.content_type,
-            timeout: request.timeout,
-            idempotency_key: request.idempotency_key,
-            data: request.data,
-            max_concurrency: None,
-            max_errors: None,
-            created_by: "server".into(),
-        })?;
+    pub async fn submit(&self, request: CommandRequest) -> Result<Arc<CommandEntry>, SubmitError> {
+        let fleet = self
+            .submit_fleet(FleetRequest {
+                target: Target::Agents(vec![request.agent]),
+                topic: request.topic,
+                payload: request.payload,
+                content_type: request.content_type,
+                timeout: request.timeout,
+                idempotency_key: request.idempotency_key,
+                data: request.data,
+                max_concurrency: None,
+                max_errors: None,
+                deliver_within: request.deliver_within,
+                created_by: "server".into(),
+            })
+            .await?;
         Ok(fleet
             .child(0)
             .expect("a command for one agent is sent before it is returned"))
     }
 
-    /// Sends a command to one or many agents (see [`crate::fleet`]).
-    pub fn submit_fleet(&self, request: FleetRequest) -> Result<Arc<FleetEntry>, SubmitError> {
-        fleet::start(&self.state, request)
+    /// Sends a command to one or many agents (see [`crate::fleet`]). A command whose
+    /// idempotency key was used before is not sent again: the first one is returned.
+    pub async fn submit_fleet(
+        &self,
+        request: FleetRequest,
+    ) -> Result<Arc<FleetEntry>, SubmitError> {
+        fleet::start(&self.state, request).await.map(|(f, _)| f)
     }
 
     /// A command by id, as [`Server::submit_fleet`] returned it.
@@ -407,6 +450,15 @@ impl Server {
             let _ = task.await;
         }
         drop(endpoint);
+        // The command tasks end at the stop signal; once they have let go of the state, its
+        // database closes (and a restart in the same process can open it again).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&state) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&state) > 1 {
+            tracing::warn!("some tasks still hold the server's state after 10 s");
+        }
         drop(state);
         // quinn's endpoint driver owns the socket and ends by itself once the last handle is
         // gone; wait until it has, boundedly (a busy machine takes a while).
@@ -437,41 +489,6 @@ pub(crate) fn check_request(
         )));
     }
     Ok(())
-}
-
-/// Sends one agent its copy of a command: a child command with its own id and stream.
-pub(crate) fn send_to(
-    state: &Arc<ServerState>,
-    agent: &AgentId,
-    request: &FleetRequest,
-) -> Result<Arc<CommandEntry>, SubmitError> {
-    let (_, connection) = state.registry.connection(agent)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let timeout = request
-        .timeout
-        .unwrap_or(state.config.default_command_timeout);
-    let entry = state
-        .commands
-        .create(id.clone(), agent.to_string(), request.topic.clone());
-    let command = Command {
-        id,
-        topic: request.topic.clone(),
-        payload: request.payload.clone(),
-        content_type: request.content_type.clone(),
-        timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
-        idempotency_key: request.idempotency_key.clone(),
-    };
-    tokio::spawn(dispatch::run(
-        entry.clone(),
-        connection,
-        command,
-        dispatch::DataSources {
-            command: request.data.clone(),
-            server: state.clone(),
-        },
-        state.config.max_frame_bytes,
-    ));
-    Ok(entry)
 }
 
 fn data_dir_error(path: &Path, e: impl std::fmt::Display) -> StartError {

@@ -94,7 +94,9 @@ async fn commands_for_an_agent_that_is_not_connected_are_refused() {
             timeout: None,
             idempotency_key: None,
             data: Default::default(),
+            deliver_within: None,
         })
+        .await
         .err()
         .expect("refused");
     assert!(

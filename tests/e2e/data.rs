@@ -40,7 +40,9 @@ async fn a_command_gets_its_own_data_then_the_servers() {
                 ("both".to_string(), b"the command's".to_vec()),
             ]
             .into(),
+            deliver_within: None,
         })
+        .await
         .unwrap();
 
     // Play the agent's part of the command stream.
@@ -130,7 +132,11 @@ async fn agent_with_probe(harness: &Harness, id: &str, allow: bool) -> ferry_age
     agent
 }
 
-fn ask(harness: &Harness, agent: &str, key: &str) -> std::sync::Arc<ferry_server::CommandEntry> {
+async fn ask(
+    harness: &Harness,
+    agent: &str,
+    key: &str,
+) -> std::sync::Arc<ferry_server::CommandEntry> {
     harness
         .server()
         .submit(CommandRequest {
@@ -141,7 +147,9 @@ fn ask(harness: &Harness, agent: &str, key: &str) -> std::sync::Arc<ferry_server
             timeout: None,
             idempotency_key: None,
             data: [("token".to_string(), b"s3cret".to_vec())].into(),
+            deliver_within: None,
         })
+        .await
         .unwrap()
 }
 
@@ -151,16 +159,16 @@ async fn a_plugin_asks_for_data_through_a_real_agent() {
     let _agent = agent_with_probe(&harness, "data-agent", true).await;
     harness.server().set_data("motd", b"welcome".to_vec());
 
-    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "token").wait())
+    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "token").await.wait())
         .await
         .unwrap();
     assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
     assert_eq!(view.output.payload_text.as_deref(), Some("s3cret"));
-    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "motd").wait())
+    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "motd").await.wait())
         .await
         .unwrap();
     assert_eq!(view.output.payload_text.as_deref(), Some("welcome"));
-    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "nothing").wait())
+    let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "nothing").await.wait())
         .await
         .unwrap();
     assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
@@ -171,7 +179,7 @@ async fn a_plugin_asks_for_data_through_a_real_agent() {
 async fn without_the_policy_grant_request_data_is_refused_by_name() {
     let harness = Harness::start().await;
     let _agent = agent_with_probe(&harness, "no-data-agent", false).await;
-    let view = tokio::time::timeout(WAIT, ask(&harness, "no-data-agent", "token").wait())
+    let view = tokio::time::timeout(WAIT, ask(&harness, "no-data-agent", "token").await.wait())
         .await
         .unwrap();
     assert_eq!(view.status, CommandStatus::Denied, "{view:?}");

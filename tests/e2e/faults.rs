@@ -61,7 +61,9 @@ async fn a_cancel_reaches_the_plugin() {
             timeout: Some(Duration::from_secs(20)),
             idempotency_key: None,
             data: Default::default(),
+            deliver_within: None,
         })
+        .await
         .unwrap();
     ferry_tests::eventually("the command runs", || {
         entry.view().status == CommandStatus::Running

@@ -19,6 +19,7 @@ fn request(topic: &str, target: Target) -> FleetRequest {
         data: Default::default(),
         max_concurrency: None,
         max_errors: None,
+        deliver_within: None,
         created_by: "test".into(),
     }
 }
@@ -80,7 +81,7 @@ async fn a_fan_out_to_50_agents_never_runs_more_than_max_concurrency_at_once() {
     let mut limited = request("echo", Target::Selector(Selector::all()));
     limited.max_concurrency = Some(limit);
     let t = Instant::now();
-    let fleet = harness.server().submit_fleet(limited).unwrap();
+    let fleet = harness.server().submit_fleet(limited).await.unwrap();
     let view = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
     eprintln!("fan-out to 50 agents, {limit} at a time: {:?}", t.elapsed());
     assert_eq!(view.status, FleetStatus::Succeeded, "{:?}", view.summary);
@@ -112,6 +113,7 @@ async fn a_fan_out_to_50_agents_never_runs_more_than_max_concurrency_at_once() {
     let fleet = harness
         .server()
         .submit_fleet(request("echo", Target::Selector(Selector::all())))
+        .await
         .unwrap();
     let unlimited = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
     eprintln!("fan-out to 50 agents, all at once: {:?}", t.elapsed());
@@ -129,6 +131,7 @@ async fn a_fan_out_to_50_agents_never_runs_more_than_max_concurrency_at_once() {
             "echo",
             Target::Selector("ring=odd".parse().unwrap()),
         ))
+        .await
         .unwrap();
     let odd = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
     assert_eq!(odd.summary.succeeded, 25);
@@ -151,7 +154,7 @@ async fn sending_stops_once_max_errors_agents_have_failed() {
     let mut failing = request("fault.fail", Target::Agents(targets));
     failing.max_concurrency = Some(1);
     failing.max_errors = Some(2);
-    let fleet = harness.server().submit_fleet(failing).unwrap();
+    let fleet = harness.server().submit_fleet(failing).await.unwrap();
     let view = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
     assert_eq!(view.status, FleetStatus::Failed);
     assert_eq!(view.summary.failed, 2, "{:?}", view.summary);
@@ -188,7 +191,7 @@ async fn cancelling_stops_the_sending_and_the_running() {
     }
     let mut waiting = request("fault.cancel", Target::Selector(Selector::all()));
     waiting.max_concurrency = Some(2);
-    let fleet = harness.server().submit_fleet(waiting).unwrap();
+    let fleet = harness.server().submit_fleet(waiting).await.unwrap();
     ferry_tests::eventually("two agents run it", || {
         fleet.view(false).summary.running == 2
     })

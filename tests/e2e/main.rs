@@ -8,6 +8,7 @@ mod fleet;
 mod handshake;
 mod plugins;
 mod reconnect;
+mod recovery;
 mod runtimes;
 mod sdk;
 mod tls;

@@ -147,7 +147,9 @@ async fn a_running_command_finishes_on_the_version_it_started_with() {
             timeout: Some(Duration::from_secs(60)),
             idempotency_key: None,
             data: Default::default(),
+            deliver_within: None,
         })
+        .await
         .unwrap();
     eventually("the long command runs", || {
         long.view().status == CommandStatus::Running

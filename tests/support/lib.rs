@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 use std::sync::Once;
+
 use std::time::Duration;
+use tracing_subscriber::Layer as _;
 
 use ferry_agent::{Agent, AgentConfig, PluginConfig};
 use ferry_protocol::AgentId;
@@ -13,16 +15,28 @@ use ferry_server::{CommandRequest, CommandView, Server, ServerConfig};
 /// are shared and small.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// Logs to the test output when `RUST_LOG` is set.
+mod network;
+mod runs;
+
+pub use network::Relay;
+pub use runs::runs_of;
+
+/// Installs the process's tracing: the count of plugin runs ([`runs_of`]) always, and logs to
+/// the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("RUST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        let logs = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
                 .with_test_writer()
-                .try_init();
-        }
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+        });
+        let _ = tracing_subscriber::registry()
+            .with(runs::RunCounter)
+            .with(logs)
+            .try_init();
     });
 }
 
@@ -165,7 +179,9 @@ impl Harness {
                 timeout,
                 idempotency_key: None,
                 data: Default::default(),
+                deliver_within: None,
             })
+            .await
             .expect("command submitted");
         tokio::time::timeout(WAIT, entry.wait())
             .await

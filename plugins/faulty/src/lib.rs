@@ -13,6 +13,7 @@
 //! | `fault.memory` | allocates until allocation fails | crashed, naming the memory limit |
 //! | `fault.cancel` | loops, checking `cancelled()`, and returns `error.cancelled` | cancelled |
 //! | `fault.print` | writes 100 000 lines to stdout and some to stderr | success; a bounded log |
+//! | `fault.nap` | sleeps for the milliseconds its payload names (text), then succeeds | success, late |
 //!
 //! It is built with the other plugins and embedded in `ferry-builtins` as a fixture; no agent
 //! serves it unless a test loads it.
@@ -35,6 +36,16 @@ impl Plugin for Faulty {
                 Err(Error::failed(
                     "woke up after an hour; the host should have ended this long ago",
                 ))
+            }
+            "fault.nap" => {
+                let text = String::from_utf8_lossy(&cmd.payload);
+                let ms: u64 = text.trim().parse().map_err(|_| {
+                    Error::invalid_input(format!(
+                        "fault.nap takes a number of milliseconds, not '{text}'"
+                    ))
+                })?;
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(format!("napped {ms} ms").into_bytes())
             }
             "fault.fail" => Err(Error::failed("faulty plugin failed on purpose")),
             "fault.memory" => exhaust_memory(),

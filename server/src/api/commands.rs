@@ -43,6 +43,8 @@ pub(super) struct CreateCommand {
     pub(super) data: Option<BTreeMap<String, serde_json::Value>>,
     pub(super) max_concurrency: Option<u32>,
     pub(super) max_errors: Option<u32>,
+    /// How long to wait for agents that are not connected, in milliseconds.
+    pub(super) deliver_within_ms: Option<u64>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -117,6 +119,7 @@ impl CreateCommand {
                 .collect(),
             max_concurrency: self.max_concurrency,
             max_errors: self.max_errors,
+            deliver_within: self.deliver_within_ms.map(Duration::from_millis),
             created_by,
         })
     }
@@ -132,12 +135,22 @@ pub(super) async fn create(
         Err(e) => return e.into_response(),
     };
     let note = format!("{} to {}", request.topic, request.target);
-    match fleet::start(&api.state, request) {
-        Ok(fleet) => {
+    match fleet::start(&api.state, request).await {
+        Ok((fleet, created)) => {
             let view = fleet.view(true);
+            if !created {
+                // The idempotency key was used before: the first command answers.
+                let note = format!("{} (idempotency key seen before; not sent again)", view.id);
+                return noted((StatusCode::OK, Json(view)), note);
+            }
             let note = format!("{} ({note}, {} agents)", view.id, view.summary.total);
             noted((StatusCode::ACCEPTED, Json(view)), note)
         }
+        Err(SubmitError::Storage(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-failed",
+            format!("the server could not record the command, so it was not sent: {e}"),
+        ),
         Err(SubmitError::NotConnected(e)) => {
             error(StatusCode::CONFLICT, "agent-not-connected", e.to_string())
         }

@@ -1,0 +1,274 @@
+//! What a restart of the server must not lose, in `<data_dir>/state.redb` beside the other
+//! parts' tables: operator commands (with their request, so that unsent agents can still be
+//! sent them), each agent's run of them with its result, idempotency keys, and the agents the
+//! server has seen.
+//!
+//! Durable writes (a command's creation before the API answers, a run before its Command
+//! frame leaves, a result before the agent gets its `ResultAck`) go through one
+//! [`ferry_store::Writer`], which commits the writes that arrive together in one fsync.
+//! Progress and log lines are not written: they are kept in memory for the event streams.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_store::{StoreError, Writer};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::commands::{CommandStatus, CommandView, Origin};
+use crate::registry::AgentInfo;
+
+/// Operator command id → [`FleetRecord`] (CBOR).
+const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
+/// Agent run id → [`RunRecord`] (CBOR).
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_runs");
+/// Idempotency key → operator command id.
+const KEYS: TableDefinition<&str, &str> = TableDefinition::new("command_idempotency_keys");
+/// Agent id → [`AgentInfo`] as last seen (CBOR).
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+
+/// An operator command as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FleetRecord {
+    pub(crate) id: String,
+    pub(crate) topic: String,
+    /// `Agents` ids or a selector's text.
+    pub(crate) target: TargetRecord,
+    #[serde(with = "serde_bytes")]
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: String,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) data: BTreeMap<String, serde_bytes::ByteBuf>,
+    pub(crate) max_concurrency: Option<u32>,
+    pub(crate) max_errors: Option<u32>,
+    pub(crate) deliver_within_ms: Option<u64>,
+    pub(crate) created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    /// Each agent in sending order, and why it was not sent, if it was not.
+    pub(crate) slots: Vec<SlotRecord>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) finished_at: Option<OffsetDateTime>,
+    pub(crate) cancelled: bool,
+    pub(crate) peak: u32,
+}
+
+/// A command's target as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum TargetRecord {
+    Agents(Vec<String>),
+    Selector(String),
+}
+
+/// An agent's place in an operator command as stored; its run, once sent, is a [`RunRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SlotRecord {
+    pub(crate) agent: String,
+    pub(crate) not_sent: Option<NotSent>,
+}
+
+/// Why an agent was never sent a command, and when that was decided.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NotSent {
+    pub(crate) status: CommandStatus,
+    pub(crate) why: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) at: OffsetDateTime,
+}
+
+/// One agent's run as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RunRecord {
+    pub(crate) origin: Origin,
+    pub(crate) view: CommandView,
+}
+
+/// Everything read back at start.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    /// Oldest first.
+    pub(crate) commands: Vec<FleetRecord>,
+    pub(crate) runs: Vec<RunRecord>,
+    pub(crate) agents: Vec<AgentInfo>,
+}
+
+/// The server's command journal.
+pub(crate) struct Persist {
+    writer: Writer,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(value, &mut bytes).expect("records encode");
+    bytes
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    ciborium::from_reader(bytes).ok()
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    format!("cannot read the server's command records: {e}")
+}
+
+impl Persist {
+    pub(crate) fn open(db: Arc<Database>) -> Persist {
+        Persist {
+            writer: Writer::start("commands", db),
+        }
+    }
+
+    /// Writes an operator command; `key`: its idempotency key, recorded with it.
+    pub(crate) async fn save_command(
+        &self,
+        record: &FleetRecord,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let id = record.id.clone();
+        let key = record.idempotency_key.clone();
+        let bytes = encode(record);
+        self.writer
+            .write("a command", durable, move |tx| {
+                tx.open_table(COMMANDS)?
+                    .insert(id.as_str(), bytes.as_slice())?;
+                if let Some(key) = key {
+                    tx.open_table(KEYS)?.insert(key.as_str(), id.as_str())?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Writes one agent's run.
+    pub(crate) async fn save_run(
+        &self,
+        record: &RunRecord,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let id = record.view.id.clone();
+        let bytes = encode(record);
+        self.writer
+            .write("a command's run on an agent", durable, move |tx| {
+                tx.open_table(RUNS)?.insert(id.as_str(), bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Writes what the server knows of an agent, for `ferry agents` after a restart.
+    pub(crate) async fn save_agent(&self, info: &AgentInfo) -> Result<(), StoreError> {
+        let id = info.id.clone();
+        let bytes = encode(info);
+        self.writer
+            .write("an agent", false, move |tx| {
+                tx.open_table(AGENTS)?
+                    .insert(id.as_str(), bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The operator command an idempotency key was first used for.
+    pub(crate) fn command_for_key(&self, key: &str) -> Option<String> {
+        let tx = self.writer.db().begin_read().ok()?;
+        let table = tx.open_table(KEYS).ok()?;
+        let id = table.get(key).ok()??.value().to_string();
+        Some(id)
+    }
+
+    /// Reads everything back, and forgets the oldest ended commands past `retain` (with their
+    /// runs and keys).
+    pub(crate) fn load(&self, retain: usize) -> Result<Loaded, String> {
+        let tx = self.writer.db().begin_read().map_err(failed)?;
+        let mut loaded = Loaded::default();
+        if let Some(table) = open(&tx, COMMANDS)? {
+            for row in table.iter().map_err(failed)? {
+                let (id, value) = row.map_err(failed)?;
+                match decode::<FleetRecord>(value.value()) {
+                    Some(record) => loaded.commands.push(record),
+                    None => tracing::warn!(
+                        id = id.value(),
+                        "skipping a command record that does not decode"
+                    ),
+                }
+            }
+        }
+        if let Some(table) = open(&tx, RUNS)? {
+            for row in table.iter().map_err(failed)? {
+                let (_, value) = row.map_err(failed)?;
+                if let Some(record) = decode::<RunRecord>(value.value()) {
+                    loaded.runs.push(record);
+                }
+            }
+        }
+        if let Some(table) = open(&tx, AGENTS)? {
+            for row in table.iter().map_err(failed)? {
+                let (_, value) = row.map_err(failed)?;
+                if let Some(info) = decode::<AgentInfo>(value.value()) {
+                    loaded.agents.push(info);
+                }
+            }
+        }
+        drop(tx);
+        loaded.commands.sort_by_key(|c| c.created_at);
+
+        let ended = loaded
+            .commands
+            .iter()
+            .filter(|c| c.finished_at.is_some())
+            .count();
+        if ended > retain {
+            let mut drop_count = ended - retain;
+            let mut forget = Vec::new();
+            loaded.commands.retain(|c| {
+                if drop_count > 0 && c.finished_at.is_some() {
+                    drop_count -= 1;
+                    forget.push((c.id.clone(), c.idempotency_key.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+            let forgotten: std::collections::HashSet<String> =
+                forget.iter().map(|(id, _)| id.clone()).collect();
+            let runs: Vec<String> = loaded
+                .runs
+                .iter()
+                .filter(|r| forgotten.contains(&r.origin.fleet))
+                .map(|r| r.view.id.clone())
+                .collect();
+            loaded.runs.retain(|r| !forgotten.contains(&r.origin.fleet));
+            self.writer
+                .write_now("forgetting old commands", move |tx| {
+                    let mut commands = tx.open_table(COMMANDS)?;
+                    let mut keys = tx.open_table(KEYS)?;
+                    for (id, key) in forget {
+                        commands.remove(id.as_str())?;
+                        if let Some(key) = key {
+                            keys.remove(key.as_str())?;
+                        }
+                    }
+                    let mut table = tx.open_table(RUNS)?;
+                    for id in runs {
+                        table.remove(id.as_str())?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(loaded)
+    }
+}
+
+fn open(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, String> {
+    match tx.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(failed(e)),
+    }
+}

@@ -1,0 +1,254 @@
+//! Durable writes for ferry's journals (the agent's command journal, the server's command
+//! store): a [`Writer`] owns one thread that commits every write queued while the previous
+//! commit was on disk in a single redb transaction.
+//!
+//! Why a thread of its own: a durable redb commit waits for an fsync (milliseconds on a virtual
+//! disk), which must not hold an async worker; and why *group* commit: with many commands in
+//! flight, one fsync then covers all of their writes instead of each paying its own, so the
+//! cost of durability stays per batch, not per command.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::oneshot;
+
+/// A write did not reach the disk.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// redb refused the transaction or the commit (a full or read-only disk, a damaged file).
+    #[error("{what}: {reason}")]
+    Database {
+        /// What was being written, for the person reading the error.
+        what: &'static str,
+        /// redb's reason.
+        reason: String,
+    },
+    /// The writer thread is gone (the process is shutting down).
+    #[error("the journal writer has stopped; the process is shutting down")]
+    Stopped,
+}
+
+/// One change to apply inside a write transaction.
+type Change = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
+
+struct Job {
+    what: &'static str,
+    change: Change,
+    durable: bool,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Commits writes to one database from one thread, batching the ones that arrive together.
+///
+/// The thread ends when the last clone is dropped, and that drop waits for it: once it
+/// returns, the writer's hold on the database is gone, so the same file can be opened again
+/// (a server or agent restarted inside one process).
+#[derive(Clone)]
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the writes already queued.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread of `db`.
+    pub fn start(name: &str, db: Arc<Database>) -> Writer {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread_db = db.clone();
+        let thread = thread::Builder::new()
+            .name(format!("{name}-writer"))
+            .spawn(move || run(thread_db, queue))
+            .expect("the journal writer thread starts");
+        Writer {
+            inner: Arc::new(Inner {
+                db,
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
+        }
+    }
+
+    /// The database, for reads (redb reads run beside the writer without waiting for it).
+    pub fn db(&self) -> &Arc<Database> {
+        &self.inner.db
+    }
+
+    fn queue(&self, job: Job) -> Result<(), StoreError> {
+        self.inner
+            .jobs
+            .as_ref()
+            .ok_or(StoreError::Stopped)?
+            .send(job)
+            .map_err(|_| StoreError::Stopped)
+    }
+
+    /// Applies `change` and returns once it is on disk (`durable`), or committed where a
+    /// crash may still lose it (not `durable`; it becomes durable with the next durable commit).
+    pub async fn write(
+        &self,
+        what: &'static str,
+        durable: bool,
+        change: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (done, finished) = oneshot::channel();
+        self.queue(Job {
+            what,
+            change: Box::new(change),
+            durable,
+            done,
+        })?;
+        finished.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Applies `change` durably on the calling thread, blocking it until the commit is on
+    /// disk: for start-up work (recovery, pruning), before anything else writes.
+    pub fn write_now(
+        &self,
+        what: &'static str,
+        change: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| StoreError::Database {
+                what,
+                reason: e.to_string(),
+            })?;
+        let failed = |e: redb::Error| StoreError::Database {
+            what,
+            reason: e.to_string(),
+        };
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| failed(e.into()))?;
+        change(&tx).map_err(failed)?;
+        tx.commit().map_err(|e| failed(e.into()))
+    }
+}
+
+fn run(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter());
+        let durable = batch.iter().any(|job| job.durable);
+        let mut done = Vec::with_capacity(batch.len());
+        let mut changes = Vec::with_capacity(batch.len());
+        for job in batch {
+            done.push((job.what, job.done));
+            changes.push((job.what, job.change));
+        }
+        let outcome = commit(&db, durable, changes);
+        if let Err((culprit, e)) = &outcome {
+            tracing::error!(error = %e, write = culprit, "a journal write failed");
+        }
+        for (what, done) in done {
+            // The transaction is rolled back as a whole: every write of the batch failed.
+            let result = outcome.as_ref().map(|_| ()).map_err(|(culprit, e)| {
+                let reason = if *culprit == what {
+                    e.to_string()
+                } else {
+                    format!("{e} (while writing {culprit} in the same commit)")
+                };
+                StoreError::Database { what, reason }
+            });
+            let _ = done.send(result);
+        }
+    }
+}
+
+fn commit(
+    db: &Database,
+    durable: bool,
+    changes: Vec<(&'static str, Change)>,
+) -> Result<(), (&'static str, redb::Error)> {
+    let mut tx = db.begin_write().map_err(|e| ("commit", e.into()))?;
+    let durability = if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    tx.set_durability(durability)
+        .map_err(|e| ("commit", e.into()))?;
+    for (what, change) in changes {
+        change(&tx).map_err(|e| (what, e))?;
+    }
+    tx.commit().map_err(|e| ("commit", e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+    const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_all_land_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            let writer = Writer::start("test", Arc::new(Database::create(&path).unwrap()));
+            let mut tasks = Vec::new();
+            for i in 0..200u64 {
+                let writer = writer.clone();
+                tasks.push(tokio::spawn(async move {
+                    writer
+                        .write("row", true, move |tx| {
+                            tx.open_table(T)?.insert(i, i * 2)?;
+                            Ok(())
+                        })
+                        .await
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+        }
+        // Dropping the last Writer waited for its thread: the file opens again at once.
+        let db = Database::create(&path).expect("the database reopens once the writer is gone");
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(T).unwrap();
+        assert_eq!(table.len().unwrap(), 200);
+        assert_eq!(table.get(7).unwrap().unwrap().value(), 14);
+    }
+
+    #[tokio::test]
+    async fn a_failing_change_fails_its_batch_and_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::start(
+            "test",
+            Arc::new(Database::create(dir.path().join("db.redb")).unwrap()),
+        );
+        let err = writer
+            .write("the bad row", true, |_| {
+                Err(redb::Error::Corrupted("made up for the test".into()))
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("the bad row"), "{err}");
+        // The writer keeps working after a failed batch.
+        writer
+            .write("a good row", true, |tx| {
+                tx.open_table(T)?.insert(1, 1)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+}
