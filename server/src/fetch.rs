@@ -6,7 +6,6 @@
 //! on this server's disk is caught there (and reported back in a `PluginReport`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_protocol::{
     AgentId, Fetch, FetchReply, FrameReader, Message, PackageChunk, Peer, StreamKind, close,
@@ -16,31 +15,40 @@ use tokio::io::AsyncReadExt;
 
 use crate::server::ServerState;
 
-/// How long an agent has to name the package after opening the stream.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per chunk: large enough that framing costs nothing, small enough to interleave with
 /// other streams.
 const CHUNK: usize = 256 * 1024;
 
+/// Serves one fetch stream. A stream that does not start with one whole `Fetch` within the
+/// handshake timeout is a protocol breach (an agent sends it as soon as it opens the stream),
+/// and closes the agent's connection: otherwise an agent could hold its stream slots with
+/// silent or garbage streams for ever.
 pub(crate) async fn serve(
     state: Arc<ServerState>,
     agent: AgentId,
+    connection: quinn::Connection,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     let max_frame = state.config.max_frame_bytes;
+    let timeout = state.config.handshake_timeout;
     let mut recv = FrameReader::new(recv, max_frame);
-    let digest = match tokio::time::timeout(REQUEST_TIMEOUT, recv.next()).await {
+    let breach = |why: &str| refuse(&agent, &connection, why);
+    let digest = match tokio::time::timeout(timeout, recv.next()).await {
         Ok(Ok(Some(message))) => match message.check_allowed(Peer::Agent, StreamKind::Fetch) {
             Ok(()) => match message {
                 Message::Fetch(Fetch { digest }) => digest,
                 _ => unreachable!("check_allowed admits only Fetch"),
             },
-            Err(e) => return refuse(&agent, &mut send, &e.to_string()),
+            Err(e) => return breach(&e.to_string()),
         },
-        Ok(Ok(None)) => return refuse(&agent, &mut send, "fetch stream ended before Fetch"),
-        Ok(Err(e)) => return refuse(&agent, &mut send, &e.to_string()),
-        Err(_) => return refuse(&agent, &mut send, "no Fetch in time"),
+        Ok(Ok(None)) => return breach("fetch stream ended before Fetch"),
+        Ok(Err(e)) => return breach(&format!("on a fetch stream: {e}")),
+        Err(_) => {
+            return breach(&format!(
+                "no Fetch within {timeout:?} of opening a fetch stream"
+            ));
+        }
     };
     let reply = |size, error| Message::FetchReply(FetchReply { size, error });
     let opened = match state.plugins.package_path(&digest) {
@@ -105,7 +113,7 @@ pub(crate) async fn serve(
     tracing::debug!(%agent, %digest, size, "package sent");
 }
 
-fn refuse(agent: &AgentId, send: &mut quinn::SendStream, why: &str) {
-    tracing::warn!(%agent, "refusing a fetch stream: {why}");
-    let _ = send.reset(close::PROTOCOL_ERROR.into());
+fn refuse(agent: &AgentId, connection: &quinn::Connection, why: &str) {
+    tracing::warn!(%agent, "closing the connection for a breach on a fetch stream: {why}");
+    connection.close(close::PROTOCOL_ERROR.into(), why.as_bytes());
 }
