@@ -56,8 +56,14 @@ fn by_decode_frame(mut stream: &[u8], max: u32) -> Vec<Seen> {
     loop {
         match decode_frame(stream, max) {
             Ok(Some((message, used))) => {
-                assert!(used > 0 && used <= stream.len(), "used {used} of {}", stream.len());
-                seen.push(Seen::Frame(codec::encode(&message).expect("a decoded message encodes")));
+                assert!(
+                    used > 0 && used <= stream.len(),
+                    "used {used} of {}",
+                    stream.len()
+                );
+                seen.push(Seen::Frame(
+                    codec::encode(&message).expect("a decoded message encodes"),
+                ));
                 stream = &stream[used..];
             }
             Ok(None) if stream.is_empty() => {
@@ -81,9 +87,9 @@ fn by_reader(stream: &[u8], max: u32, seed: u8) -> Vec<Seen> {
     let mut seen = Vec::new();
     loop {
         match block_on(reader.next()) {
-            Ok(Some(message)) => {
-                seen.push(Seen::Frame(codec::encode(&message).expect("a decoded message encodes")))
-            }
+            Ok(Some(message)) => seen.push(Seen::Frame(
+                codec::encode(&message).expect("a decoded message encodes"),
+            )),
             Ok(None) => {
                 seen.push(Seen::End);
                 return seen;

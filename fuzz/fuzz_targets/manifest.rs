@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let written = manifest.to_toml();
-    let again = Manifest::from_toml(&written)
-        .unwrap_or_else(|e| panic!("a valid manifest wrote TOML that does not parse: {e}\n{written}"));
-    assert_eq!(manifest, again, "the manifest changed through TOML:\n{written}");
+    let again = Manifest::from_toml(&written).unwrap_or_else(|e| {
+        panic!("a valid manifest wrote TOML that does not parse: {e}\n{written}")
+    });
+    assert_eq!(
+        manifest, again,
+        "the manifest changed through TOML:\n{written}"
+    );
 });

@@ -72,7 +72,11 @@ fn round_trip(message: &Message) {
     let again = codec::decode(&once).expect("an encoded message decodes");
     // Debug text, not `==`: a NaN in a metric is the same message, though not equal to itself.
     assert_eq!(format!("{message:?}"), format!("{again:?}"));
-    assert_eq!(once, codec::encode(&again).expect("encodes"), "encoding is not stable");
+    assert_eq!(
+        once,
+        codec::encode(&again).expect("encodes"),
+        "encoding is not stable"
+    );
     for from in [Peer::Agent, Peer::Server] {
         for stream in [StreamKind::Control, StreamKind::Command, StreamKind::Fetch] {
             if let Err(refusal) = message.check_allowed(from, stream) {
