@@ -135,6 +135,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Bytes of a frame begun but not complete yet: a caller that wants frames to arrive
+    /// within a bound once they have started (so that a peer cannot park half a frame) watches
+    /// this between calls to `next()`.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The stream underneath.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner

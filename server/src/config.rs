@@ -48,6 +48,17 @@ pub struct ServerConfig {
     /// The largest plugin package (manifest and component) accepted by `ferry plugin push`, in
     /// bytes. JavaScript and Python components are 10–20 MB.
     pub max_plugin_bytes: u64,
+    /// How long a connecting agent has for its whole handshake: QUIC/TLS, opening its control
+    /// stream and sending Hello. Also how long it has to name the package on a fetch stream.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How many connections may be in their handshake (not yet past Hello) at once; the server
+    /// refuses further ones at the QUIC level, before any TLS work, until some finish.
+    pub max_pending_handshakes: u32,
+    /// How many streams one agent may have open at once: its control stream and one per
+    /// package it fetches. Enforced by QUIC flow control (an agent cannot open more); commands
+    /// go the other way and are bounded by `max_concurrent_commands`.
+    pub max_agent_streams: u32,
 }
 
 /// Certificate files for the server.
@@ -79,7 +90,26 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(15),
             result_wait: Duration::from_secs(600),
             max_plugin_bytes: 256 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
+            max_agent_streams: 8,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses settings that would lock every agent out.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.max_agent_streams == 0 {
+            return Err("max_agent_streams must be at least 1: an agent's control stream is one; the default is 8".into());
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err("max_pending_handshakes must be at least 1, or no agent can connect; the default is 256".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("handshake_timeout must be longer than zero; the default is 10s".into());
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +130,32 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(config.heartbeat_grace, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn reads_the_handshake_and_stream_limits() {
+        let config: ServerConfig = toml::from_str(
+            r#"
+            handshake_timeout = "500ms"
+            max_pending_handshakes = 4
+            max_agent_streams = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_pending_handshakes, 4);
+        assert_eq!(config.max_agent_streams, 2);
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.max_pending_handshakes, 256);
+        assert_eq!(defaults.max_agent_streams, 8);
+        defaults.check().unwrap();
+        let locked_out = ServerConfig {
+            max_agent_streams: 0,
+            ..ServerConfig::default()
+        };
+        let err = locked_out.check().unwrap_err();
+        assert!(err.contains("max_agent_streams"), "{err}");
     }
 
     #[test]

@@ -9,19 +9,35 @@ use ferry_protocol::{
     Reject, RejectCode, StreamKind, Welcome, close, version, write_frame,
 };
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::report;
 use crate::server::ServerState;
 
-/// How long a peer has for the QUIC/TLS handshake and then for its Hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts connections until the endpoint closes.
+///
+/// At most `max_pending_handshakes` connections are in their handshake at once: each holds a
+/// permit until it is past Hello (or gone). Beyond that, `Incoming::refuse` answers at the QUIC
+/// level, before any TLS work, so a flood of slow or idle handshakes costs the server a packet
+/// each and cannot keep the slots filled longer than `handshake_timeout`.
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerState>) {
+    let pending = Arc::new(Semaphore::new(state.config.max_pending_handshakes as usize));
+    let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            incoming.refuse();
+            refused += 1;
+            // Logged at 1, 2, 4, 8… refusals, so that a flood cannot flood the log too.
+            if refused.is_power_of_two() {
+                tracing::warn!(%remote, refused, limit = state.config.max_pending_handshakes,
+                    "refusing a connection: too many handshakes in progress (max_pending_handshakes)");
+            }
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            if let Err(reason) = serve_connection(incoming, state).await {
+            if let Err(reason) = serve_connection(incoming, state, permit).await {
                 tracing::info!(%remote, "agent connection ended: {reason}");
             }
         });
@@ -31,12 +47,17 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerStat
 async fn serve_connection(
     incoming: quinn::Incoming,
     state: Arc<ServerState>,
+    handshake_permit: OwnedSemaphorePermit,
 ) -> Result<(), String> {
-    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    // One deadline for the whole handshake, so that a peer cannot take the timeout once for
+    // TLS, once for its control stream and once more for Hello.
+    let timeout = state.config.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let connection = match tokio::time::timeout_at(deadline, incoming).await {
         Ok(Ok(connection)) => connection,
         // Wrong or missing client certificates end here, refused by the TLS verifier.
         Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
-        Err(_) => return Err("handshake timed out".into()),
+        Err(_) => return Err(format!("QUIC/TLS handshake not done within {timeout:?}")),
     };
     let id = match agent_id_of(&connection) {
         Ok(id) => id,
@@ -53,31 +74,29 @@ async fn serve_connection(
         return Err(why);
     }
     let max_frame = state.config.max_frame_bytes;
-    let (mut send, recv) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi()).await {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "agent '{id}' closed before opening its control stream: {e}"
-                ));
-            }
-            Err(_) => {
-                connection.close(
-                    close::PROTOCOL_ERROR.into(),
-                    b"no control stream opened in time",
-                );
-                return Err(format!("agent '{id}' opened no control stream in time"));
-            }
-        };
+    let (mut send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "agent '{id}' closed before opening its control stream: {e}"
+            ));
+        }
+        Err(_) => {
+            let why =
+                format!("no control stream opened within the handshake timeout ({timeout:?})");
+            connection.close(close::PROTOCOL_ERROR.into(), why.as_bytes());
+            return Err(format!("agent '{id}': {why}"));
+        }
+    };
     let mut recv = FrameReader::new(recv, max_frame);
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv.next()).await {
+    let hello = match tokio::time::timeout_at(deadline, recv.next()).await {
         Ok(Ok(Some(Message::Hello(hello)))) => hello,
         other => {
             let why = match other {
                 Ok(Ok(Some(m))) => format!("expected Hello, got {}", m.kind()),
                 Ok(Ok(None)) => "control stream ended before Hello".to_string(),
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => "no Hello in time".to_string(),
+                Err(_) => format!("no complete Hello within the handshake timeout ({timeout:?})"),
             };
             let reject = Reject {
                 code: RejectCode::BadHello,
@@ -87,7 +106,7 @@ async fn serve_connection(
                 server_protocol: None,
                 agent_protocol: None,
             };
-            refuse(&connection, &mut send, reject, max_frame).await;
+            refuse(&connection, &mut send, reject, max_frame, &why).await;
             return Err(format!("agent '{id}': {why}"));
         }
     };
@@ -95,7 +114,7 @@ async fn serve_connection(
         Ok(v) => v,
         Err(reject) => {
             let why = reject.message.clone();
-            refuse(&connection, &mut send, reject, max_frame).await;
+            refuse(&connection, &mut send, reject, max_frame, &why).await;
             return Err(format!("agent '{id}' refused: {why}"));
         }
     };
@@ -129,6 +148,8 @@ async fn serve_connection(
     {
         tracing::warn!(agent = %id, error = %e, "cannot record the agent; it will be listed again once it connects after a restart");
     }
+    // Past Hello: this connection no longer counts against `max_pending_handshakes`.
+    drop(handshake_permit);
 
     let mut control = Control {
         state: &state,
@@ -164,10 +185,34 @@ impl Control<'_> {
         let mut plugin_changes = self.state.plugins.subscribe();
         // Sent even when empty: the agent then drops pushed plugins unassigned while it was away.
         self.send_plugins().await?;
+        // A frame begun must be complete within the handshake timeout: an agent sends each in
+        // one write, and half a frame parked for ever would hold the connection without the
+        // heartbeats that show it alive. The tick wakes the loop to notice a frame begun.
+        let stall_limit = self.state.config.handshake_timeout;
+        let mut tick = tokio::time::interval((stall_limit / 2).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut begun: Option<tokio::time::Instant> = None;
         loop {
+            begun = match (recv.pending_bytes(), begun) {
+                (0, _) => None,
+                (_, None) => Some(tokio::time::Instant::now()),
+                (_, since) => since,
+            };
+            let stalled = begun.map(|since| since + stall_limit);
             tokio::select! {
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(stalled.unwrap_or_else(tokio::time::Instant::now)), if stalled.is_some() => {
+                    let why = format!(
+                        "a frame on the control stream stayed incomplete for {stall_limit:?} ({} bytes of it arrived)",
+                        recv.pending_bytes()
+                    );
+                    connection.close(close::PROTOCOL_ERROR.into(), why.as_bytes());
+                    return Err(format!("agent '{id}': {why}"));
+                }
                 frame = recv.next() => match frame {
                     Ok(Some(message)) => {
+                        // A whole frame arrived; whatever follows it is a new frame, timed anew.
+                        begun = None;
                         if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Control) {
                             connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                             return Err(format!("agent '{id}': {e}"));
@@ -218,7 +263,7 @@ impl Control<'_> {
                 Ok(()) = plugin_changes.changed() => self.send_plugins().await?,
                 incoming = connection.accept_bi() => match incoming {
                     Ok((send, recv)) => {
-                        tokio::spawn(report::serve_agent_stream(self.state.clone(), id.clone(), send, recv));
+                        tokio::spawn(report::serve_agent_stream(self.state.clone(), id.clone(), connection.clone(), send, recv));
                     }
                     Err(e) => return Err(format!("agent '{id}': {e}")),
                 },
@@ -252,15 +297,26 @@ impl Control<'_> {
     }
 }
 
+/// Sends `reject` and closes the connection with `why` as the close reason, so that a peer
+/// that does not read the Reject (or whose stream is gone) still learns why.
 async fn refuse(
     connection: &quinn::Connection,
     send: &mut quinn::SendStream,
     reject: Reject,
     max_frame: u32,
+    why: &str,
 ) {
-    let _ = write_frame(send, &Message::Reject(reject), max_frame).await;
+    // Bounded: a peer that does not read must not hold the handshake slot.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        write_frame(send, &Message::Reject(reject), max_frame),
+    )
+    .await;
     let _ = send.finish();
     // Give the Reject a moment to leave before the close frame overtakes it.
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-    connection.close(close::REJECTED.into(), b"rejected");
+    connection.close(
+        close::REJECTED.into(),
+        format!("rejected: {why}").as_bytes(),
+    );
 }

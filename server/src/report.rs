@@ -6,7 +6,6 @@
 //! a command ends once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_protocol::{
     AgentId, CommandResult, FrameReader, Message, Peer, ResultAck, StreamKind, close, write_frame,
@@ -14,50 +13,48 @@ use ferry_protocol::{
 
 use crate::server::ServerState;
 
-/// How long an agent has to send the first frame of a stream it opened, and between results
-/// on a report stream.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one stream the agent opened, by its first frame.
+/// Serves one stream the agent opened, by its first frame. A stream that does not start with
+/// one whole `Fetch` or `Result` within the handshake timeout is a protocol breach (an agent
+/// sends it as soon as it opens the stream) and closes the agent's connection: otherwise an
+/// agent could hold its stream slots with silent or garbage streams for ever.
 pub(crate) async fn serve_agent_stream(
     state: Arc<ServerState>,
     agent: AgentId,
-    mut send: quinn::SendStream,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    let timeout = state.config.handshake_timeout;
     let mut recv = FrameReader::new(recv, state.config.max_frame_bytes);
-    let why = match tokio::time::timeout(FRAME_TIMEOUT, recv.next()).await {
+    let why = match tokio::time::timeout(timeout, recv.next()).await {
         Ok(Ok(Some(Message::Fetch(fetch)))) => {
             return crate::fetch::serve(state, agent, send, fetch).await;
         }
         Ok(Ok(Some(Message::Result(result)))) => {
-            return report(state, agent, send, recv, result).await;
+            return report(state, agent, connection, send, recv, result).await;
         }
-        Ok(Ok(Some(other))) => format!(
-            "agent sent `{}` first on a stream it opened, where only Fetch (a fetch stream) or Result (a report stream) may start one",
-            other.kind()
-        ),
-        Ok(Ok(None)) => "the stream ended before its first frame".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no first frame in time".into(),
+        // Named as the fetch stream it would be: the allowlist's words for what may start one.
+        Ok(Ok(Some(other))) => match other.check_allowed(Peer::Agent, StreamKind::Fetch) {
+            Err(e) => format!("{e} (or Result, on a report stream)"),
+            Ok(()) => unreachable!("only Fetch is allowed there, and it was served above"),
+        },
+        Ok(Ok(None)) => "fetch stream ended before Fetch".into(),
+        Ok(Err(e)) => format!("on a fetch stream: {e}"),
+        Err(_) => format!("no Fetch within {timeout:?} of opening a fetch stream"),
     };
-    refuse(&agent, &mut send, &mut recv, &why);
+    breach(&agent, &connection, &why);
 }
 
-fn refuse(
-    agent: &AgentId,
-    send: &mut quinn::SendStream,
-    recv: &mut FrameReader<quinn::RecvStream>,
-    why: &str,
-) {
-    tracing::warn!(%agent, "refusing a stream the agent opened: {why}");
-    let _ = send.reset(close::PROTOCOL_ERROR.into());
-    let _ = recv.get_mut().stop(close::PROTOCOL_ERROR.into());
+fn breach(agent: &AgentId, connection: &quinn::Connection, why: &str) {
+    tracing::warn!(%agent, "closing the connection for a breach on a stream it opened: {why}");
+    connection.close(close::PROTOCOL_ERROR.into(), why.as_bytes());
 }
 
 async fn report(
     state: Arc<ServerState>,
     agent: AgentId,
+    connection: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: FrameReader<quinn::RecvStream>,
     first: CommandResult,
@@ -71,7 +68,7 @@ async fn report(
             None => match tokio::time::timeout(FRAME_TIMEOUT, recv.next()).await {
                 Ok(Ok(Some(message))) => {
                     if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Report) {
-                        return refuse(&agent, &mut send, &mut recv, &e.to_string());
+                        return breach(&agent, &connection, &e.to_string());
                     }
                     match message {
                         Message::Result(result) => result,
@@ -79,8 +76,14 @@ async fn report(
                     }
                 }
                 Ok(Ok(None)) => break,
-                Ok(Err(e)) => return refuse(&agent, &mut send, &mut recv, &e.to_string()),
-                Err(_) => return refuse(&agent, &mut send, &mut recv, "no frame in time"),
+                Ok(Err(e)) => return breach(&agent, &connection, &format!("on a report stream: {e}")),
+                Err(_) => {
+                    return breach(
+                        &agent,
+                        &connection,
+                        "no next Result or end within the handshake timeout on a report stream",
+                    );
+                }
             },
         };
         let id = result.id.clone();

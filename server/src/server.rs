@@ -57,6 +57,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// A setting is out of its range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// An address could not be bound.
     #[error(
         "cannot listen on {addr}: {source}; is another server running there? choose another address with --listen / --api-listen"
@@ -184,6 +187,7 @@ impl Server {
     /// Starts a server: makes (or loads) its keys and certificates under the data directory,
     /// binds the QUIC endpoint and the operator API, and begins accepting agents.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        config.check().map_err(StartError::Config)?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
 
@@ -207,7 +211,7 @@ impl Server {
             idle_timeout: config.idle_timeout,
             // Agents open their control stream and a stream per package they fetch; commands go
             // the other way.
-            max_incoming_bidi_streams: 8,
+            max_incoming_bidi_streams: config.max_agent_streams,
         };
         let server_config = tls::server_config(identity, client_roots, &transport)?;
         let secret = load_or_create_secret(&data_dir.join("server.secret"))?;

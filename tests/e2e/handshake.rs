@@ -15,6 +15,17 @@ pub(crate) struct RawAgent {
 }
 
 pub(crate) async fn raw_agent(harness: &Harness, id: &str) -> RawAgent {
+    try_raw_agent(harness, id)
+        .await
+        .unwrap_or_else(|e| panic!("raw agent {id} could not connect: {e}"))
+}
+
+/// A connection with agent `id`'s valid certificate and its control stream opened (but nothing
+/// sent, so the server does not see the stream yet), or why the server refused the connection.
+pub(crate) async fn try_raw_agent(
+    harness: &Harness,
+    id: &str,
+) -> Result<RawAgent, quinn::ConnectionError> {
     let pki = harness.pki();
     let (cert, key) = pki.ensure_agent(&AgentId::new(id).unwrap()).unwrap();
     let client = tls::client_config(
@@ -27,15 +38,14 @@ pub(crate) async fn raw_agent(harness: &Harness, id: &str) -> RawAgent {
     let connection = endpoint
         .connect_with(client, harness.config.listen, "localhost")
         .unwrap()
-        .await
-        .unwrap();
-    let (send, recv) = connection.open_bi().await.unwrap();
-    RawAgent {
+        .await?;
+    let (send, recv) = connection.open_bi().await?;
+    Ok(RawAgent {
         connection,
         send,
         recv: FrameReader::new(recv, 1 << 20),
         _endpoint: endpoint,
-    }
+    })
 }
 
 pub(crate) fn hello(protocol: VersionRange) -> Message {

@@ -202,8 +202,9 @@ pub(super) async fn revoke(
     // Weak: a server shutting down must not wait for this to let go of its database.
     let later = std::sync::Arc::downgrade(&api.state);
     let later_id = id.clone();
+    let after = api.state.config.handshake_timeout + Duration::from_secs(1);
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::time::sleep(after).await;
         if let Some(state) = later.upgrade()
             && state.overrides.revoked(later_id.as_str()).is_some()
             && let Ok((_, connection)) = state.registry.connection(&later_id)
