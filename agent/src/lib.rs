@@ -9,10 +9,12 @@ mod backoff;
 pub mod config;
 mod connection;
 mod deploy;
+pub mod enroll;
 mod executor;
 pub mod host;
 pub mod metrics;
 pub mod policy;
+mod renew;
 mod routes;
 pub mod runtimes;
 

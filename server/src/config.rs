@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// The largest plugin package (manifest and component) accepted by `ferry plugin push`, in
     /// bytes. JavaScript and Python components are 10–20 MB.
     pub max_plugin_bytes: u64,
+    /// How long the certificates of enrolled agents (`ferry agent --join`) are valid; agents
+    /// renew them at about two thirds of that.
+    #[serde(with = "humantime_serde")]
+    pub agent_cert_ttl: Duration,
 }
 
 /// Certificate files for the server.
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             max_plugin_bytes: 256 << 20,
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
