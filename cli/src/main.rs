@@ -68,6 +68,8 @@ enum AgentsCommand {
     Revoke(admin::RevokeArgs),
 }
 
+// Parsed once per process: the size of the largest variant (the agent's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a server and one agent in this process, on loopback, and keep them running.
