@@ -127,13 +127,9 @@ impl Agent {
             path: config.cert.display().to_string(),
             source,
         })?;
-        let roots = tls::roots_from_pem_file(&config.ca)?;
-        let transport = TransportSettings {
-            keep_alive: config.keep_alive,
-            idle_timeout: config.idle_timeout,
-            max_incoming_bidi_streams: config.max_concurrent_commands,
-        };
-        let client_config = tls::client_config(identity, roots, &transport)?;
+        let client_config = client_config(&config, identity)?;
+        let renewal =
+            crate::renew::Renewal::load(id.clone(), config.cert.clone(), config.key.clone());
 
         let cache_dir = config
             .cache_dir
@@ -229,7 +225,8 @@ impl Agent {
         let sampler = Arc::new(Mutex::new(MetricsSampler::new(&config.data_dir)));
         let link = Arc::new(Link {
             config,
-            client_config,
+            client_config: Mutex::new(client_config),
+            renewal: Mutex::new(renewal),
             hello,
             executor,
             sampler,
@@ -321,6 +318,20 @@ impl Agent {
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
     }
+}
+
+/// The QUIC client configuration for `identity` and the configured CA.
+pub(crate) fn client_config(
+    config: &AgentConfig,
+    identity: Identity,
+) -> Result<quinn::ClientConfig, AgentError> {
+    let roots = tls::roots_from_pem_file(&config.ca)?;
+    let transport = TransportSettings {
+        keep_alive: config.keep_alive,
+        idle_timeout: config.idle_timeout,
+        max_incoming_bidi_streams: config.max_concurrent_commands,
+    };
+    Ok(tls::client_config(identity, roots, &transport)?)
 }
 
 fn load_plugins(

@@ -21,12 +21,16 @@ use crate::config::AgentConfig;
 use crate::deploy::{Deployer, Session as PluginSession};
 use crate::executor::Executor;
 use crate::metrics::MetricsSampler;
+use crate::renew::Renewal;
 use crate::runtimes::{Runtimes, Status as RuntimeStatus};
 
 /// What the loop needs, built once at start.
 pub(crate) struct Link {
     pub(crate) config: AgentConfig,
-    pub(crate) client_config: quinn::ClientConfig,
+    /// Rebuilt when the certificate is renewed: the next connection presents the new one.
+    pub(crate) client_config: Mutex<quinn::ClientConfig>,
+    /// When and how the certificate is renewed; `None` if its expiry cannot be read.
+    pub(crate) renewal: Mutex<Option<Renewal>>,
     pub(crate) hello: Hello,
     pub(crate) executor: Arc<Executor>,
     pub(crate) sampler: Arc<Mutex<MetricsSampler>>,
@@ -175,7 +179,8 @@ async fn handshake(
         Err(e) => return Err(Ended::Failed(e)),
     };
     let server_name = config.effective_server_name();
-    let connecting = match endpoint.connect_with(link.client_config.clone(), addr, &server_name) {
+    let client_config = link.client_config.lock().clone();
+    let connecting = match endpoint.connect_with(client_config, addr, &server_name) {
         Ok(connecting) => connecting,
         Err(e) => return Err(Ended::Failed(format!("cannot connect to {addr}: {e}"))),
     };
@@ -279,9 +284,18 @@ async fn serve(
         connection.clone(),
     )));
     let ended = loop {
+        let renew_at = link.renewal.lock().as_ref().map(Renewal::due);
         tokio::select! {
             _ = link.executor.replay_wanted.notified(), if replaying.as_ref().is_none_or(|r| r.is_finished()) => {
                 replaying = Some(tokio::spawn(replay(link.executor.clone(), connection.clone())));
+            }
+            _ = sleep_until(renew_at) => {
+                let request = link.renewal.lock().as_mut().and_then(Renewal::request);
+                if let Some(request) = request
+                    && let Err(e) = write_frame(&mut send, &request, max_frame).await
+                {
+                    break format!("cannot send a renewal request: {e}");
+                }
             }
             Ok(()) = removal.changed() => {
                 let Some(reason) = removal.borrow_and_update().clone() else { continue };
@@ -337,6 +351,12 @@ async fn serve(
                     }
                     match message {
                         Message::Bye(Bye { reason }) => break format!("the server said goodbye: {reason}"),
+                        Message::Renewed(renewed) => link.renewed(renewed),
+                        Message::EnrollRefused(refused) => {
+                            if let Some(renewal) = link.renewal.lock().as_mut() {
+                                renewal.refused(refused);
+                            }
+                        }
                         Message::PluginAssign(assign) => link.deployer.assign(
                             assign.plugins,
                             PluginSession { connection: connection.clone(), reports: reports.clone() },
@@ -355,6 +375,36 @@ async fn serve(
 async fn replay(executor: Arc<Executor>, connection: quinn::Connection) {
     if let Err(e) = executor.replay(&connection).await {
         tracing::warn!(error = %e, "could not deliver the results the server has not acknowledged; trying again on the next connection");
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Link {
+    /// Keeps a renewed certificate and makes the next connection present it; the live one is
+    /// left alone.
+    fn renewed(&self, renewed: ferry_protocol::Renewed) {
+        let written = match self.renewal.lock().as_mut() {
+            Some(renewal) => renewal.renewed(renewed),
+            None => false,
+        };
+        if !written {
+            return;
+        }
+        let rebuilt =
+            ferry_protocol::tls::Identity::from_pem_files(&self.config.cert, &self.config.key)
+                .map_err(crate::AgentError::from)
+                .and_then(|identity| crate::agent::client_config(&self.config, identity));
+        match rebuilt {
+            Ok(config) => *self.client_config.lock() = config,
+            Err(e) => tracing::error!("the renewed certificate cannot be used: {e}"),
+        }
     }
 }
 

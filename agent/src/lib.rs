@@ -9,11 +9,13 @@ mod backoff;
 pub mod config;
 mod connection;
 mod deploy;
+pub mod enroll;
 mod executor;
 pub mod host;
 mod journal;
 pub mod metrics;
 pub mod policy;
+mod renew;
 mod routes;
 pub mod runtimes;
 

@@ -68,21 +68,7 @@ pub async fn agent(command: AgentCommand) -> Result<()> {
     match command {
         AgentCommand::Show(args) => show(args).await,
         AgentCommand::Label(args) => label(args).await,
-        AgentCommand::Revoke(args) => {
-            let client = Client::from_args(&args.api)?;
-            let out = client
-                .post(
-                    &format!("/v1/agents/{}/revoke", segment(&args.id)),
-                    &json!({"reason": args.reason}),
-                )
-                .await?;
-            print(&out, args.json, || {
-                format!(
-                    "agent {} revoked; it is refused until `ferry agent unrevoke {}`",
-                    args.id, args.id
-                )
-            })
-        }
+        AgentCommand::Revoke(args) => revoke(args).await,
         AgentCommand::Unrevoke(args) => {
             let client = Client::from_args(&args.api)?;
             let out = client
@@ -96,6 +82,23 @@ pub async fn agent(command: AgentCommand) -> Result<()> {
             })
         }
     }
+}
+
+/// `ferry agent revoke <id>` and `ferry agents revoke <id>`.
+pub async fn revoke(args: RevokeArgs) -> Result<()> {
+    let client = Client::from_args(&args.api)?;
+    let out = client
+        .post(
+            &format!("/v1/agents/{}/revoke", segment(&args.id)),
+            &json!({"reason": args.reason}),
+        )
+        .await?;
+    print(&out, args.json, || {
+        format!(
+            "agent {} revoked; it is refused until `ferry agent unrevoke {}`",
+            args.id, args.id
+        )
+    })
 }
 
 fn print(value: &Value, json: bool, text: impl FnOnce() -> String) -> Result<()> {

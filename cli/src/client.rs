@@ -117,6 +117,11 @@ impl Client {
     }
 
     /// `GET path`, as JSON.
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         Ok(self
             .send(self.http.get(format!("{}{path}", self.base)))

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use ferry_agent::enroll::{self, IdentityFiles, JoinOptions, Joined};
 use ferry_agent::{Agent, AgentConfig, PluginConfig};
 use ferry_server::{Server, ServerConfig};
 
@@ -65,6 +66,26 @@ pub struct AgentArgs {
     /// The policy file: what plugins may touch on this host (default: nothing).
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Enroll with this server (host:port) first: make a key here, send a certificate request
+    /// with --token, keep the certificate the server issues in the data directory, then run.
+    /// On a data directory that is already enrolled, the identity there is used.
+    #[arg(long, value_name = "SERVER", requires_all = ["join_token", "ca_fingerprint"])]
+    pub join: Option<String>,
+    /// The join token (`ferry token create` on the server).
+    #[arg(
+        long = "token",
+        id = "join_token",
+        value_name = "TOKEN",
+        requires = "join"
+    )]
+    pub join_token: Option<String>,
+    /// The SHA-256 fingerprint of the server's CA certificate (`ferry token create` prints it):
+    /// the agent talks to no server whose CA does not have it.
+    #[arg(long, value_name = "SHA256", requires = "join")]
+    pub ca_fingerprint: Option<String>,
+    /// The agent id to ask for when enrolling (default: this host's name).
+    #[arg(long, requires = "join")]
+    pub name: Option<String>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -142,11 +163,70 @@ pub async fn server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
+/// With `--join`: enrolls (unless the data directory already holds an identity) and uses the
+/// identity. Without: uses an enrolled identity in the data directory when no certificate was
+/// configured.
+async fn enrolled_identity(
+    config: &mut AgentConfig,
+    join: Option<String>,
+    token: Option<String>,
+    ca_fingerprint: Option<String>,
+    name: Option<String>,
+    server_given: bool,
+    identity_given: bool,
+) -> Result<()> {
+    let files = IdentityFiles::in_data_dir(&config.data_dir);
+    let defaults = AgentConfig::default();
+    let identity_configured =
+        identity_given || config.cert != defaults.cert || config.key != defaults.key;
+    if let Some(server) = join {
+        if identity_configured {
+            bail!(
+                "--join makes this agent's identity; drop --cert/--key (or cert/key in the config file), or drop --join to use them"
+            );
+        }
+        let options = JoinOptions {
+            server: server.clone(),
+            server_name: config.server_name.clone(),
+            token: token.unwrap_or_default(),
+            ca_fingerprint: ca_fingerprint.unwrap_or_default(),
+            name,
+            data_dir: config.data_dir.clone(),
+            timeout: config
+                .connect_timeout
+                .max(std::time::Duration::from_secs(10)),
+        };
+        match enroll::join(&options).await? {
+            Joined::Enrolled(id) => eprintln!(
+                "enrolled as agent '{id}'; its key and certificate are in {}",
+                files.cert.parent().unwrap_or(&config.data_dir).display()
+            ),
+            Joined::AlreadyEnrolled => eprintln!(
+                "{} already holds this agent's identity: using it, and not the token (to enroll again, delete that directory first)",
+                files.cert.parent().unwrap_or(&config.data_dir).display()
+            ),
+        }
+        config.server = server;
+        files.apply(config);
+    } else if !identity_configured && files.exists() {
+        if !server_given
+            && config.server == defaults.server
+            && let Some(server) = files.server()
+        {
+            config.server = server;
+        }
+        files.apply(config);
+    }
+    Ok(())
+}
+
 pub async fn agent(args: AgentArgs) -> Result<()> {
     let mut config: AgentConfig = match &args.config {
         Some(path) => read_toml(path)?,
         None => AgentConfig::default(),
     };
+    let server_flag = args.server.is_some();
+    let identity_flags = args.cert.is_some() || args.key.is_some();
     if let Some(v) = args.server {
         config.server = v;
     }
@@ -176,6 +256,16 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
     if let Some(policy) = args.policy {
         config.policy = Some(policy);
     }
+    enrolled_identity(
+        &mut config,
+        args.join,
+        args.join_token,
+        args.ca_fingerprint,
+        args.name,
+        server_flag,
+        identity_flags,
+    )
+    .await?;
     if !config.builtins && config.plugins.is_empty() {
         bail!(
             "this agent would serve no topic: keep the built-in plugins or add one with --plugin PATH=topic"

@@ -147,6 +147,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("In another terminal:");
     println!("  {exe} agents");
     println!("  {exe} run echo --payload '{{\"hello\":\"ferry\"}}'");
+    println!(
+        "Another agent: `{exe} token create` prints the `{exe} agent --join …` line to run (here, add --data-dir DIR)."
+    );
     println!("Stop with Ctrl-C.");
 
     shutdown_signal().await;

@@ -9,6 +9,7 @@ mod commands;
 mod daemons;
 mod dev;
 mod follow;
+mod join_tokens;
 mod output;
 mod plugin;
 mod progress;
@@ -50,6 +51,25 @@ struct AgentCliArgs {
     daemon: daemons::AgentArgs,
 }
 
+/// `ferry agents [FLAGS]` lists agents; `ferry agents revoke <id>` refuses one.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentsCliArgs {
+    #[command(subcommand)]
+    manage: Option<AgentsCommand>,
+    #[command(flatten)]
+    list: commands::AgentsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Refuse the agent from now on (at its next handshake, also after a server restart) and
+    /// close its connection now; it cannot renew its certificate either.
+    Revoke(admin::RevokeArgs),
+}
+
+// Parsed once per process: the size of the largest variant (the agent's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a server and one agent in this process, on loopback, and keep them running.
@@ -81,8 +101,10 @@ enum Command {
     /// One command: `ferry command show <id>`.
     #[command(name = "command")]
     Show(commands::CommandArgs),
-    /// List the agents the server knows.
-    Agents(commands::AgentsArgs),
+    /// List the agents the server knows; `ferry agents revoke <id>` refuses one.
+    Agents(AgentsCliArgs),
+    /// Join tokens for enrolling new agents (`ferry agent --join`): create, list, revoke.
+    Token(join_tokens::TokenArgs),
     /// Tokens for the operator API: create, list, revoke.
     ApiToken(admin::ApiTokenArgs),
     /// The audit log: who did what, when, and how it ended.
@@ -118,7 +140,12 @@ fn main() -> Result<()> {
             Command::Cancel(args) => commands::cancel(args).await,
             Command::Commands(args) => commands::commands(args).await,
             Command::Show(args) => commands::command(args).await,
-            Command::Agents(args) => commands::agents(args).await,
+            Command::Agents(AgentsCliArgs {
+                manage: Some(AgentsCommand::Revoke(args)),
+                ..
+            }) => admin::revoke(args).await,
+            Command::Agents(args) => commands::agents(args.list).await,
+            Command::Token(args) => join_tokens::run(args).await,
             Command::ApiToken(args) => admin::api_token(args).await,
             Command::Audit(args) => admin::audit(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -35,6 +35,12 @@ const KINDS: &[&str] = &[
     "Fetch",
     "FetchReply",
     "PackageChunk",
+    "ResultAck",
+    "Enroll",
+    "Enrolled",
+    "EnrollRefused",
+    "Renew",
+    "Renewed",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -68,6 +68,20 @@ pub enum Message {
     FetchReply(FetchReply),
     /// Server → agent: the next bytes of the package.
     PackageChunk(PackageChunk),
+
+    // Enrollment (one bidirectional stream on a `ferry-enroll/1` connection, opened by the
+    // agent) and renewal (on the control stream).
+    /// Agent → server, first frame of an enroll stream: a join token and a CSR.
+    Enroll(Enroll),
+    /// Server → agent: the agent's certificate, the CA and the plugin signing key.
+    Enrolled(Enrolled),
+    /// Server → agent, on an enroll stream or the control stream: enrollment or renewal is
+    /// refused.
+    EnrollRefused(EnrollRefused),
+    /// Agent → server, on the control stream: a fresh certificate for the same key, please.
+    Renew(Renew),
+    /// Server → agent, on the control stream: the renewed certificate.
+    Renewed(Renewed),
 }
 
 /// Who sent a frame.
@@ -91,6 +105,8 @@ pub enum StreamKind {
     /// A bidirectional stream, opened by the agent, on which it delivers again the results
     /// the server has not acknowledged (after a reconnection or a restart of either side).
     Report,
+    /// The one bidirectional stream of an enrollment connection (ALPN `ferry-enroll/1`).
+    Enroll,
 }
 
 impl fmt::Display for Peer {
@@ -109,6 +125,7 @@ impl fmt::Display for StreamKind {
             StreamKind::Command => "command",
             StreamKind::Fetch => "fetch",
             StreamKind::Report => "report",
+            StreamKind::Enroll => "enroll",
         })
     }
 }
@@ -151,6 +168,11 @@ impl Message {
             Message::Fetch(_) => "Fetch",
             Message::FetchReply(_) => "FetchReply",
             Message::PackageChunk(_) => "PackageChunk",
+            Message::Enroll(_) => "Enroll",
+            Message::Enrolled(_) => "Enrolled",
+            Message::EnrollRefused(_) => "EnrollRefused",
+            Message::Renew(_) => "Renew",
+            Message::Renewed(_) => "Renewed",
         }
     }
 
@@ -161,12 +183,13 @@ impl Message {
             (Peer::Agent, StreamKind::Control) => {
                 matches!(
                     self,
-                    Hello(_) | Heartbeat(_) | PluginReport(_) | Leave(_) | Bye(_)
+                    Hello(_) | Heartbeat(_) | PluginReport(_) | Leave(_) | Bye(_) | Renew(_)
                 )
             }
-            (Peer::Server, StreamKind::Control) => {
-                matches!(self, Welcome(_) | Reject(_) | PluginAssign(_) | Bye(_))
-            }
+            (Peer::Server, StreamKind::Control) => matches!(
+                self,
+                Welcome(_) | Reject(_) | PluginAssign(_) | Bye(_) | Renewed(_) | EnrollRefused(_)
+            ),
             (Peer::Server, StreamKind::Command) => {
                 matches!(
                     self,
@@ -181,19 +204,27 @@ impl Message {
             (Peer::Server, StreamKind::Fetch) => matches!(self, FetchReply(_) | PackageChunk(_)),
             (Peer::Agent, StreamKind::Report) => matches!(self, Result(_)),
             (Peer::Server, StreamKind::Report) => matches!(self, ResultAck(_)),
+            (Peer::Agent, StreamKind::Enroll) => matches!(self, Enroll(_)),
+            (Peer::Server, StreamKind::Enroll) => matches!(self, Enrolled(_) | EnrollRefused(_)),
         };
         if ok {
             return Ok(());
         }
         let allowed = match (from, stream) {
-            (Peer::Agent, StreamKind::Control) => "Hello, Heartbeat, PluginReport, Leave or Bye",
-            (Peer::Server, StreamKind::Control) => "Welcome, Reject, PluginAssign or Bye",
+            (Peer::Agent, StreamKind::Control) => {
+                "Hello, Heartbeat, PluginReport, Leave, Renew or Bye"
+            }
+            (Peer::Server, StreamKind::Control) => {
+                "Welcome, Reject, PluginAssign, Renewed, EnrollRefused or Bye"
+            }
             (Peer::Server, StreamKind::Command) => "Command, Cancel, DataResponse or ResultAck",
             (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log, DataRequest or Result",
             (Peer::Agent, StreamKind::Fetch) => "Fetch",
             (Peer::Server, StreamKind::Fetch) => "FetchReply or PackageChunk",
             (Peer::Agent, StreamKind::Report) => "Result",
             (Peer::Server, StreamKind::Report) => "ResultAck",
+            (Peer::Agent, StreamKind::Enroll) => "Enroll",
+            (Peer::Server, StreamKind::Enroll) => "Enrolled or EnrollRefused",
         };
         Err(NotAllowed {
             kind: self.kind(),
@@ -629,4 +660,79 @@ pub struct PackageChunk {
     /// The bytes.
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
+}
+
+/// A new agent asks for a certificate: the first and only frame it sends on an enroll stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enroll {
+    /// The join token an operator made with `ferry token create`.
+    pub token: String,
+    /// A PKCS#10 certificate signing request for the key the agent made, DER. Only its public
+    /// key counts: the server sets the certificate's names itself.
+    #[serde(with = "serde_bytes")]
+    pub csr: Vec<u8>,
+    /// The agent id the agent proposes (its `--name`, by default its host name).
+    pub requested_id: String,
+}
+
+/// The server issued the agent its certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The agent id the certificate names.
+    pub agent_id: String,
+    /// The agent's certificate, PEM.
+    pub certificate_pem: String,
+    /// The CA certificate: what the agent trusts the server by from now on, PEM.
+    pub ca_pem: String,
+    /// The server's plugin signing key (the contents of `plugin-signing.pub`), when it has one.
+    pub plugin_key: Option<String>,
+    /// When the certificate expires, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Why enrollment or renewal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollCode {
+    /// No such join token.
+    UnknownToken,
+    /// The token's time ran out.
+    ExpiredToken,
+    /// The token has no uses left.
+    UsedToken,
+    /// An operator revoked the token.
+    RevokedToken,
+    /// Another agent (another key) already has the requested id.
+    IdTaken,
+    /// The agent (or the id it asks for) is revoked.
+    AgentRevoked,
+    /// The request is malformed: a bad id or CSR, or a renewal for another key.
+    BadRequest,
+    /// The server cannot issue certificates (its CA key is not available to it).
+    Unavailable,
+}
+
+/// Enrollment or renewal is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRefused {
+    /// A machine-readable reason.
+    pub code: EnrollCode,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
+/// An enrolled agent asks for a fresh certificate for the key it already has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renew {
+    /// A certificate signing request made with the agent's current key, DER.
+    #[serde(with = "serde_bytes")]
+    pub csr: Vec<u8>,
+}
+
+/// The renewed certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renewed {
+    /// The agent's new certificate, PEM.
+    pub certificate_pem: String,
+    /// When it expires, in seconds since the Unix epoch.
+    pub not_after: i64,
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -134,6 +135,26 @@ impl CertificateAuthority {
         self.sign(params)
     }
 
+    /// Signs an agent's certificate signing request (DER) for agent `id`, valid for `validity`;
+    /// returns the certificate, PEM. Only the CSR's public key (and its proof of possession,
+    /// the CSR's signature) is used: the subject and the `ferry://agent/<id>` SAN are set here,
+    /// whatever the CSR asks for.
+    pub fn sign_agent_csr(
+        &self,
+        csr_der: &[u8],
+        id: &AgentId,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(id.as_str());
+        params.subject_alt_names = vec![SanType::URI(id.uri().as_str().try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        set_validity_with_slack(&mut params, validity, AGENT_CLOCK_SLACK.min(validity));
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
     fn sign(&self, params: CertificateParams) -> Result<CertifiedKey, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -151,10 +172,72 @@ fn name(common_name: &str) -> DistinguishedName {
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
-    let now = OffsetDateTime::now_utc();
     // An hour of slack for hosts whose clocks run a little behind.
-    params.not_before = now - Duration::from_secs(3600);
+    set_validity_with_slack(params, validity, Duration::from_secs(3600));
+}
+
+/// How far back an enrolled agent's certificate is valid from (room for a clock stepped back
+/// a little); never more than the certificate's own lifetime, so that short lifetimes stay short.
+const AGENT_CLOCK_SLACK: Duration = Duration::from_secs(300);
+
+fn set_validity_with_slack(params: &mut CertificateParams, validity: Duration, slack: Duration) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - slack;
     params.not_after = now + validity;
+}
+
+/// A new agent key pair and a certificate signing request for it, naming `id` (which the
+/// server may replace): returns the key (PKCS#8 PEM) and the CSR (DER).
+pub fn new_agent_key_and_csr(id: &AgentId) -> Result<(String, Vec<u8>), PkiError> {
+    let key = KeyPair::generate()?;
+    let csr = agent_csr(&key.serialize_pem(), id)?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// A certificate signing request for the key `key_pem` (PKCS#8 PEM) naming `id`, DER.
+pub fn agent_csr(key_pem: &str, id: &AgentId) -> Result<Vec<u8>, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(id.as_str());
+    params.subject_alt_names = vec![SanType::URI(id.uri().as_str().try_into()?)];
+    Ok(params.serialize_request(&key)?.der().to_vec())
+}
+
+/// The public key (its raw subject-public-key bits) a certificate signing request carries;
+/// the CSR's signature is checked first.
+pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())?;
+    Ok(csr.public_key.der_bytes().to_vec())
+}
+
+/// The public key (its raw subject-public-key bits) of a private key (PKCS#8 PEM).
+pub fn key_public_key(key_pem: &str) -> Result<Vec<u8>, PkiError> {
+    Ok(KeyPair::from_pem(key_pem)?.der_bytes().to_vec())
+}
+
+/// The public key (its raw subject-public-key bits) of a DER certificate.
+pub fn cert_public_key(der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// When a DER certificate stops being valid.
+pub fn cert_not_after(der: &[u8]) -> Result<OffsetDateTime, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+/// The SHA-256 fingerprint of a DER certificate, lower-case hex (what `ferry agent --join
+/// --ca-fingerprint` takes).
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    pem_to_der(pem)
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
@@ -306,6 +389,39 @@ mod tests {
         let issued = ca.issue_agent(&id, Duration::from_secs(60)).unwrap();
         let der = pem_to_der(&issued.cert_pem).unwrap();
         assert_eq!(agent_id_from_cert(&der).unwrap(), id);
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_the_id_the_ca_chooses_and_only_with_a_valid_signature() {
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let (key, csr) = new_agent_key_and_csr(&AgentId::new("victim").unwrap()).unwrap();
+        let chosen = AgentId::new("chosen").unwrap();
+        let pem = ca
+            .sign_agent_csr(&csr, &chosen, Duration::from_secs(60))
+            .unwrap();
+        let der = pem_to_der(&pem).unwrap();
+        assert_eq!(agent_id_from_cert(&der).unwrap(), chosen);
+        assert_eq!(
+            cert_public_key(&der).unwrap(),
+            key_public_key(&key).unwrap()
+        );
+        assert_eq!(csr_public_key(&csr).unwrap(), key_public_key(&key).unwrap());
+        let left = cert_not_after(&der).unwrap() - OffsetDateTime::now_utc();
+        assert!(
+            left <= time::Duration::seconds(60) && left > time::Duration::seconds(50),
+            "{left}"
+        );
+        let mut forged = csr.clone();
+        let last = forged.len() - 3;
+        forged[last] ^= 0x55;
+        assert!(
+            ca.sign_agent_csr(&forged, &chosen, Duration::from_secs(60))
+                .is_err()
+        );
+        assert!(
+            ca.sign_agent_csr(b"junk", &chosen, Duration::from_secs(60))
+                .is_err()
+        );
     }
 
     #[test]

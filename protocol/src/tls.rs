@@ -12,6 +12,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// The ALPN protocol id of ferry's v1 protocol.
 pub const ALPN: &[u8] = b"ferry/1";
 
+/// The ALPN protocol id of enrollment: a new agent, without a certificate yet, trades a join
+/// token and a certificate signing request for its certificate. A connection without a client
+/// certificate is served this and nothing else.
+pub const ENROLL_ALPN: &[u8] = b"ferry-enroll/1";
+
 /// TLS material could not be loaded or configured.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -131,7 +136,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The server's QUIC configuration: its identity, and the CA whose certificates agents must
-/// present. A client without a certificate from that CA is refused in the handshake.
+/// present. A client certificate that does not chain to that CA is refused in the handshake.
+/// A client *without* a certificate completes the handshake (it may be a new agent coming to
+/// enroll, ALPN [`ENROLL_ALPN`]); the server must then serve it enrollment only, and close a
+/// `ferry/1` connection without a certificate at once.
 pub fn server_config(
     identity: Identity,
     client_roots: RootCertStore,
@@ -142,6 +150,7 @@ pub fn server_config(
         Arc::new(client_roots),
         provider.clone(),
     )
+    .allow_unauthenticated()
     .build()
     .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -154,7 +163,7 @@ pub fn server_config(
                 "server certificate and key do not fit together: {e}"
             ))
         })?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport.to_quinn()?));
@@ -182,6 +191,132 @@ pub fn client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport.to_quinn()?));
     Ok(config)
+}
+
+/// The ALPN protocol a connection negotiated (`None` without ALPN).
+pub fn alpn_of(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The enrolling agent's QUIC configuration: no client certificate (it has none yet), ALPN
+/// [`ENROLL_ALPN`], and the server accepted only if the chain it sends holds a CA certificate
+/// whose SHA-256 fingerprint is `ca_fingerprint` (hex) and its certificate verifies against
+/// that CA for the server name. A wrong fingerprint fails the handshake, before the agent
+/// has sent anything.
+pub fn enroll_client_config(
+    ca_fingerprint: &str,
+    transport: &TransportSettings,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let pinned = parse_fingerprint(ca_fingerprint)?;
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa { pinned, provider }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport.to_quinn()?));
+    Ok(config)
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, optionally `sha256:`-prefixed and with `:`
+/// between bytes, in either case.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
+    let digits: String = text
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    hex::decode(&digits)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            TlsError::Config(format!(
+                "'{text}' is not a CA fingerprint: give the 64 hex digits `ferry token create` prints (the SHA-256 of the server's CA certificate)"
+            ))
+        })
+}
+
+/// Accepts a server whose chain holds the pinned CA and whose certificate that CA signed.
+#[derive(Debug)]
+struct PinnedCa {
+    pinned: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest as _;
+        let ca = intermediates
+            .iter()
+            .find(|c| sha2::Sha256::digest(c.as_ref()).as_slice() == self.pinned)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the server's CA does not have the pinned fingerprint {}: check --ca-fingerprint against what `ferry token create` printed on the server (this may not be your server)",
+                    hex::encode(self.pinned)
+                ))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("the pinned CA is not usable: {e}")))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// An endpoint configuration whose stateless-reset key and connection-id generator are derived
@@ -244,5 +379,30 @@ fn pem_error(what: &'static str, origin: &str, e: rustls::pki_types::pem::Error)
         what,
         path: origin.to_string(),
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_the_usual_spellings() {
+        let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let bytes = parse_fingerprint(hex).unwrap();
+        assert_eq!(parse_fingerprint(&hex.to_uppercase()).unwrap(), bytes);
+        assert_eq!(parse_fingerprint(&format!("sha256:{hex}")).unwrap(), bytes);
+        let colons: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(parse_fingerprint(&colons.join(":")).unwrap(), bytes);
+        for bad in [
+            "",
+            "abc",
+            &hex[..62],
+            &format!("{hex}00"),
+            &hex.replace('9', "g"),
+        ] {
+            let err = parse_fingerprint(bad).unwrap_err().to_string();
+            assert!(err.contains("ferry token create"), "{err}");
+        }
     }
 }

@@ -76,7 +76,53 @@ fn metrics() -> impl Strategy<Value = HostMetrics> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![session_message(), plugin_message()]
+    prop_oneof![session_message(), plugin_message(), enroll_message()]
+}
+
+/// Enrollment and renewal.
+fn enroll_message() -> impl Strategy<Value = Message> {
+    let code = prop_oneof![
+        Just(EnrollCode::UnknownToken),
+        Just(EnrollCode::ExpiredToken),
+        Just(EnrollCode::UsedToken),
+        Just(EnrollCode::RevokedToken),
+        Just(EnrollCode::IdTaken),
+        Just(EnrollCode::AgentRevoked),
+        Just(EnrollCode::BadRequest),
+        Just(EnrollCode::Unavailable),
+    ];
+    prop_oneof![
+        (text(), bytes(), text()).prop_map(|(token, csr, requested_id)| Message::Enroll(Enroll {
+            token,
+            csr,
+            requested_id
+        })),
+        (
+            text(),
+            text(),
+            text(),
+            proptest::option::of(text()),
+            any::<i64>()
+        )
+            .prop_map(
+                |(agent_id, certificate_pem, ca_pem, plugin_key, not_after)| {
+                    Message::Enrolled(Enrolled {
+                        agent_id,
+                        certificate_pem,
+                        ca_pem,
+                        plugin_key,
+                        not_after,
+                    })
+                }
+            ),
+        (code, text())
+            .prop_map(|(code, message)| Message::EnrollRefused(EnrollRefused { code, message })),
+        bytes().prop_map(|csr| Message::Renew(Renew { csr })),
+        (text(), any::<i64>()).prop_map(|(certificate_pem, not_after)| Message::Renewed(Renewed {
+            certificate_pem,
+            not_after
+        })),
+    ]
 }
 
 fn digest() -> impl Strategy<Value = package::Digest> {
@@ -518,11 +564,42 @@ fn the_allowlist_names_the_breach() {
             .check_allowed(Peer::Agent, StreamKind::Control)
             .unwrap_err()
             .to_string(),
-        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, PluginReport, Leave or Bye is allowed"
+        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, PluginReport, Leave, Renew or Bye is allowed"
     );
     assert!(
         assign
             .check_allowed(Peer::Server, StreamKind::Control)
             .is_ok()
+    );
+    // Enrollment: a token only on an enroll stream, a renewal only on the control stream
+    // (which exists only for an authenticated agent).
+    let enroll = Message::Enroll(Enroll {
+        token: String::new(),
+        csr: vec![],
+        requested_id: String::new(),
+    });
+    assert!(
+        enroll
+            .check_allowed(Peer::Agent, StreamKind::Enroll)
+            .is_ok()
+    );
+    for stream in [StreamKind::Control, StreamKind::Command, StreamKind::Fetch] {
+        assert!(enroll.check_allowed(Peer::Agent, stream).is_err());
+    }
+    let renew = Message::Renew(Renew { csr: vec![] });
+    assert!(
+        renew
+            .check_allowed(Peer::Agent, StreamKind::Control)
+            .is_ok()
+    );
+    assert!(
+        renew
+            .check_allowed(Peer::Agent, StreamKind::Enroll)
+            .is_err()
+    );
+    assert!(
+        renew
+            .check_allowed(Peer::Server, StreamKind::Control)
+            .is_err()
     );
 }

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// package it fetches. Enforced by QUIC flow control (an agent cannot open more); commands
     /// go the other way and are bounded by `max_concurrent_commands`.
     pub max_agent_streams: u32,
+    /// How long the certificates of enrolled agents (`ferry agent --join`) are valid; agents
+    /// renew them at about two thirds of that.
+    #[serde(with = "humantime_serde")]
+    pub agent_cert_ttl: Duration,
 }
 
 /// Certificate files for the server.
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,
             max_agent_streams: 8,
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 mod db;
 mod dispatch;
+pub mod enroll;
 mod fetch;
 pub mod fleet;
 mod listener;

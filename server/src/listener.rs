@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::identity::agent_id_of;
+use ferry_protocol::identity::{IdentityError, agent_id_of};
+use ferry_protocol::tls;
 use ferry_protocol::{
     AgentId, AssignedPlugin, FrameError, FrameReader, Hello, Limits, Message, Peer, PluginAssign,
     Reject, RejectCode, StreamKind, Welcome, close, version, write_frame,
@@ -59,8 +60,17 @@ async fn serve_connection(
         Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
         Err(_) => return Err(format!("QUIC/TLS handshake not done within {timeout:?}")),
     };
+    // A connection without a client certificate reaches enrollment and nothing else.
+    if tls::alpn_of(&connection).as_deref() == Some(tls::ENROLL_ALPN) {
+        return crate::enroll::serve(connection, state).await;
+    }
     let id = match agent_id_of(&connection) {
         Ok(id) => id,
+        Err(IdentityError::NoCertificate) => {
+            let why = "no client certificate: enroll this agent with `ferry agent --join <server> --token <token> --ca-fingerprint <sha256>`, or give it a certificate from the server's CA";
+            connection.close(close::REJECTED.into(), why.as_bytes());
+            return Err(why.to_string());
+        }
         Err(e) => {
             connection.close(close::REJECTED.into(), e.to_string().as_bytes());
             return Err(e.to_string());
@@ -242,6 +252,7 @@ impl Control<'_> {
                                 connection.close(close::NORMAL.into(), b"decommissioned");
                                 return Ok(());
                             }
+                            Message::Renew(renew) => self.renew(renew).await?,
                             Message::Hello(_) => {
                                 connection.close(close::PROTOCOL_ERROR.into(), b"Hello sent twice");
                                 return Err(format!("agent '{id}' sent Hello twice"));
@@ -270,6 +281,36 @@ impl Control<'_> {
                 reason = connection.closed() => return Err(reason.to_string()),
             }
         }
+    }
+
+    /// Answers a renewal: a certificate for the key this connection was authenticated with.
+    async fn renew(&mut self, renew: ferry_protocol::Renew) -> Result<(), String> {
+        let peer_cert = self
+            .connection
+            .peer_identity()
+            .and_then(|i| {
+                i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().map(|c| c.to_vec()))
+            .unwrap_or_default();
+        let state = self.state.clone();
+        let id = self.id.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            state.enrollment.renew(&state, &id, &peer_cert, &renew)
+        })
+        .await
+        .map_err(|e| format!("agent '{}': renewal failed: {e}", self.id))?;
+        let message = match answer {
+            Ok(renewed) => Message::Renewed(renewed),
+            Err(refused) => {
+                tracing::warn!(agent = %self.id, code = ?refused.code, "renewal refused: {}", refused.message);
+                Message::EnrollRefused(refused)
+            }
+        };
+        write_frame(self.send, &message, self.state.config.max_frame_bytes)
+            .await
+            .map_err(|e| format!("agent '{}': cannot answer its renewal: {e}", self.id))
     }
 
     /// Sends the agent the plugins assigned to it, if that set changed since the last time.

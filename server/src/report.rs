@@ -13,7 +13,6 @@ use ferry_protocol::{
 
 use crate::server::ServerState;
 
-
 /// Serves one stream the agent opened, by its first frame. A stream that does not start with
 /// one whole `Fetch` or `Result` within the handshake timeout is a protocol breach (an agent
 /// sends it as soon as it opens the stream) and closes the agent's connection: otherwise an
@@ -65,7 +64,7 @@ async fn report(
     loop {
         let result = match next.take() {
             Some(result) => result,
-            None => match tokio::time::timeout(FRAME_TIMEOUT, recv.next()).await {
+            None => match tokio::time::timeout(state.config.handshake_timeout, recv.next()).await {
                 Ok(Ok(Some(message))) => {
                     if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Report) {
                         return breach(&agent, &connection, &e.to_string());
@@ -76,7 +75,9 @@ async fn report(
                     }
                 }
                 Ok(Ok(None)) => break,
-                Ok(Err(e)) => return breach(&agent, &connection, &format!("on a report stream: {e}")),
+                Ok(Err(e)) => {
+                    return breach(&agent, &connection, &format!("on a report stream: {e}"));
+                }
                 Err(_) => {
                     return breach(
                         &agent,

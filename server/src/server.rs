@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use crate::commands::{CommandEntry, CommandStore};
 use crate::config::ServerConfig;
+use crate::enroll::{Enrollment, JoinToken};
 use crate::fleet::{FleetEntry, FleetRequest, FleetStore, Target};
 use crate::overrides::Overrides;
 use crate::persist::{Persist, RunRecord};
@@ -126,6 +127,8 @@ pub(crate) struct ServerState {
     pub(crate) audit: AuditLog,
     /// Operators' labels and revocations of agents.
     pub(crate) overrides: Overrides,
+    /// Join tokens, and certificates for agents that enroll.
+    pub(crate) enrollment: Enrollment,
     /// Data an operator supplied for plugins to ask for by key.
     pub(crate) data: RwLock<BTreeMap<String, Arc<[u8]>>>,
     /// Commands, runs and agents on disk.
@@ -191,11 +194,12 @@ impl Server {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
 
-        let (identity, client_roots, ca_cert_path) = match &config.tls {
+        let (mut identity, client_roots, ca_cert_path, ca) = match &config.tls {
             Some(paths) => (
                 Identity::from_pem_files(&paths.cert, &paths.key)?,
                 tls::roots_from_pem_file(&paths.client_ca)?,
                 paths.client_ca.clone(),
+                None,
             ),
             None => {
                 let pki = PkiDir::open_or_create(&data_dir.join("pki"), &config.server_names)?;
@@ -203,9 +207,21 @@ impl Server {
                     Identity::from_pem_files(&pki.server_cert_path(), &pki.server_key_path())?,
                     tls::roots_from_pem_file(&pki.ca_cert_path())?,
                     pki.ca_cert_path(),
+                    Some(pki.ca()?),
                 )
             }
         };
+        // The CA goes in the chain the server sends: an enrolling agent has only the CA's
+        // fingerprint, and finds the CA to check the server's certificate against there.
+        if let Some(ca) = &ca
+            && identity.chain.len() == 1
+        {
+            identity.chain.push(
+                ferry_protocol::pki::first_cert_der(ca.cert_pem())
+                    .map_err(StartError::Pki)?
+                    .into(),
+            );
+        }
         let transport = TransportSettings {
             keep_alive: config.keep_alive,
             idle_timeout: config.idle_timeout,
@@ -255,6 +271,16 @@ impl Server {
             TokenStore::open(db.clone(), &api_token).map_err(|e| data_dir_error(&data_dir, e))?;
         let audit = AuditLog::open(db.clone()).map_err(|e| data_dir_error(&data_dir, e))?;
         let overrides = Overrides::open(db.clone()).map_err(|e| data_dir_error(&data_dir, e))?;
+        let ca_pem =
+            std::fs::read_to_string(&ca_cert_path).map_err(|e| data_dir_error(&ca_cert_path, e))?;
+        let enrollment = Enrollment::open(
+            db.clone(),
+            ca,
+            ca_pem,
+            std::fs::read_to_string(&plugin_key_path).ok(),
+            config.agent_cert_ttl,
+        )
+        .map_err(|e| data_dir_error(&data_dir, e))?;
         let persist = Persist::open(db);
         let mut loaded = persist
             .load(crate::fleet::RETAINED_FLEETS)
@@ -268,6 +294,7 @@ impl Server {
             tokens,
             audit,
             overrides,
+            enrollment,
             data: RwLock::new(BTreeMap::new()),
             persist,
             stop: CancellationToken::new(),
@@ -357,6 +384,26 @@ impl Server {
     /// The CA certificate agents must trust (and whose certificates agents present).
     pub fn ca_cert_path(&self) -> &Path {
         &self.ca_cert_path
+    }
+
+    /// The SHA-256 fingerprint of the CA certificate, hex: what `ferry agent --join
+    /// --ca-fingerprint` takes.
+    pub fn ca_fingerprint(&self) -> String {
+        self.state.enrollment.ca_fingerprint()
+    }
+
+    /// Makes a join token (see [`crate::enroll`]); returns its record and the token, which is
+    /// shown nowhere else.
+    pub fn create_join_token(
+        &self,
+        labels: BTreeMap<String, String>,
+        ttl: Duration,
+        uses: u32,
+    ) -> Result<(JoinToken, String), String> {
+        self.state
+            .enrollment
+            .create(labels, ttl, uses, "server")
+            .map_err(|e| e.to_string())
     }
 
     /// Every agent the server knows.

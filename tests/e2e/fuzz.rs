@@ -350,6 +350,30 @@ fn sample_messages() -> Vec<Message> {
         Message::PackageChunk(PackageChunk {
             bytes: vec![0, 1, 2, 3],
         }),
+        Message::ResultAck(ResultAck { id: "c1".into() }),
+        Message::Enroll(Enroll {
+            token: "ferry_jt_00".into(),
+            csr: vec![0x30, 0x82, 1, 2],
+            requested_id: "edge-1".into(),
+        }),
+        Message::Enrolled(Enrolled {
+            agent_id: "edge-1".into(),
+            certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----".into(),
+            plugin_key: Some("ed25519:00".into()),
+            not_after: 1_900_000_000,
+        }),
+        Message::EnrollRefused(EnrollRefused {
+            code: EnrollCode::UsedToken,
+            message: "used".into(),
+        }),
+        Message::Renew(Renew {
+            csr: vec![0x30, 0x82],
+        }),
+        Message::Renewed(Renewed {
+            certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
+            not_after: 1_900_000_000,
+        }),
     ];
     for message in &messages {
         every_kind_has_a_seed(message);
@@ -379,6 +403,12 @@ fn every_kind_has_a_seed(message: &Message) {
         | Message::DataResponse(_)
         | Message::Fetch(_)
         | Message::FetchReply(_)
-        | Message::PackageChunk(_) => {}
+        | Message::PackageChunk(_)
+        | Message::ResultAck(_)
+        | Message::Enroll(_)
+        | Message::Enrolled(_)
+        | Message::EnrollRefused(_)
+        | Message::Renew(_)
+        | Message::Renewed(_) => {}
     }
 }

@@ -3,6 +3,7 @@
 mod api;
 mod commands;
 mod data;
+mod enroll;
 mod faults;
 mod fleet;
 mod fuzz;

@@ -13,6 +13,7 @@ mod admin;
 mod agents;
 mod commands;
 mod data;
+mod join_tokens;
 mod plugins;
 #[cfg(test)]
 mod tests;
@@ -223,6 +224,27 @@ pub(crate) fn routes(plugin_limit: usize) -> Vec<Route> {
             admin::revoke_token,
         ),
         route(M::GET, "/v1/audit", Some(Admin), "audit.list", admin::audit),
+        route(
+            M::GET,
+            "/v1/join-tokens",
+            Some(Admin),
+            "join-token.list",
+            join_tokens::list,
+        ),
+        route(
+            M::POST,
+            "/v1/join-tokens",
+            Some(Admin),
+            "join-token.create",
+            join_tokens::create,
+        ),
+        route(
+            M::DELETE,
+            "/v1/join-tokens/{id}",
+            Some(Admin),
+            "join-token.revoke",
+            join_tokens::revoke,
+        ),
     ]
 }
 

@@ -95,6 +95,9 @@ fn example_requests_are_accepted() {
         serde_json::from_value(example("post", "/v1/agents/{id}/revoke")).unwrap();
     let _: super::admin::CreateToken =
         serde_json::from_value(example("post", "/v1/api-tokens")).unwrap();
+    let join: super::join_tokens::CreateJoinToken =
+        serde_json::from_value(example("post", "/v1/join-tokens")).unwrap();
+    assert_eq!(join.ttl, Some(std::time::Duration::from_secs(3600)));
     let _: super::plugins::AssignBody =
         serde_json::from_value(example("post", "/v1/plugins/{name}/assign")).unwrap();
     let _: super::plugins::RollbackBody =
@@ -114,7 +117,7 @@ fn example_requests_are_accepted() {
         }
     }
     assert_eq!(
-        with_json_bodies, 6,
+        with_json_bodies, 7,
         "a new JSON body needs its example checked here"
     );
 }
