@@ -274,14 +274,12 @@ async fn serve(
     let mut removal = link.executor.decommission.subscribe();
     // Results the server has not acknowledged (from before a reconnection or a restart) go out
     // first, on a report stream of their own, and again whenever one could not be delivered.
-    let mut replaying = Some(tokio::spawn(replay(
-        link.executor.clone(),
-        connection.clone(),
-    )));
+    let tasks = &link.executor.tasks;
+    let mut replaying = Some(tasks.spawn(replay(link.executor.clone(), connection.clone())));
     let ended = loop {
         tokio::select! {
             _ = link.executor.replay_wanted.notified(), if replaying.as_ref().is_none_or(|r| r.is_finished()) => {
-                replaying = Some(tokio::spawn(replay(link.executor.clone(), connection.clone())));
+                replaying = Some(tasks.spawn(replay(link.executor.clone(), connection.clone())));
             }
             Ok(()) = removal.changed() => {
                 let Some(reason) = removal.borrow_and_update().clone() else { continue };
