@@ -404,7 +404,10 @@ async fn server_labels_steer_selectors_and_a_revoked_agent_stays_out() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     // Known from before the restart (the server keeps the agents it has seen), but refused
     // before it is registered as connected.
-    let known = harness.server().agent(&id).expect("known from before the restart");
+    let known = harness
+        .server()
+        .agent(&id)
+        .expect("known from before the restart");
     assert_eq!(known.status, AgentStatus::Offline, "{known:?}");
     assert!(
         known.connected_since.is_none(),
