@@ -191,7 +191,7 @@ impl Agent {
         }
         let deployer = Arc::new(Deployer::new(
             routes.clone(),
-            journal.clone(),
+            Arc::downgrade(&journal),
             host.clone(),
             policy,
             key,

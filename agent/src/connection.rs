@@ -279,15 +279,13 @@ async fn serve(
     let mut removal = link.executor.decommission.subscribe();
     // Results the server has not acknowledged (from before a reconnection or a restart) go out
     // first, on a report stream of their own, and again whenever one could not be delivered.
-    let mut replaying = Some(tokio::spawn(replay(
-        link.executor.clone(),
-        connection.clone(),
-    )));
+    let tasks = &link.executor.tasks;
+    let mut replaying = Some(tasks.spawn(replay(link.executor.clone(), connection.clone())));
     let ended = loop {
         let renew_at = link.renewal.lock().as_ref().map(Renewal::due);
         tokio::select! {
             _ = link.executor.replay_wanted.notified(), if replaying.as_ref().is_none_or(|r| r.is_finished()) => {
-                replaying = Some(tokio::spawn(replay(link.executor.clone(), connection.clone())));
+                replaying = Some(tasks.spawn(replay(link.executor.clone(), connection.clone())));
             }
             _ = sleep_until(renew_at) => {
                 let request = link.renewal.lock().as_mut().and_then(Renewal::request);

@@ -53,8 +53,9 @@ struct Desired {
 /// Carries out the server's plugin assignments.
 pub(crate) struct Deployer {
     routes: Arc<Routes>,
-    /// Loading a new version of a quarantined plugin lifts its quarantine.
-    journal: Arc<crate::journal::Journal>,
+    /// Loading a new version of a quarantined plugin lifts its quarantine. Weak: the journal
+    /// closes its file when the agent stops, whatever the deployer's tasks still hold.
+    journal: std::sync::Weak<crate::journal::Journal>,
     host: PluginHost,
     policy: Arc<Policy>,
     /// The pinned server key, or why there is none.
@@ -69,7 +70,7 @@ impl Deployer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         routes: Arc<Routes>,
-        journal: Arc<crate::journal::Journal>,
+        journal: std::sync::Weak<crate::journal::Journal>,
         host: PluginHost,
         policy: Arc<Policy>,
         key: Result<PublicKey, String>,
@@ -171,11 +172,13 @@ impl Deployer {
             match self.load(&plugin, set.session.as_ref()).await {
                 Ok(loaded) => {
                     tracing::info!(plugin = %plugin.name, version = %plugin.version, digest = %plugin.digest, from_cache = loaded.from_cache(), "pushed plugin ready");
-                    if self.journal.quarantined(&plugin.name).is_some() {
-                        tracing::info!(plugin = %plugin.name, version = %plugin.version, "a new version lifts the plugin's quarantine");
-                    }
-                    if let Err(e) = self.journal.release(&plugin.name).await {
-                        tracing::warn!(plugin = %plugin.name, error = %e, "cannot record that the quarantine is lifted");
+                    if let Some(journal) = self.journal.upgrade() {
+                        if journal.quarantined(&plugin.name).is_some() {
+                            tracing::info!(plugin = %plugin.name, version = %plugin.version, "a new version lifts the plugin's quarantine");
+                        }
+                        if let Err(e) = journal.release(&plugin.name).await {
+                            tracing::warn!(plugin = %plugin.name, error = %e, "cannot record that the quarantine is lifted");
+                        }
                     }
                     self.routes.ready(&plugin, loaded);
                 }

@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// journal), before the command ends as `lost`.
     #[serde(with = "humantime_serde")]
     pub result_wait: Duration,
+    /// After a restart, how long a command restored from disk waits for an agent still due its
+    /// copy to reconnect (agents back off up to their `reconnect_max`, 30 s by default) before
+    /// that agent is `undelivered`. A command's own `deliver_within`, when longer, wins.
+    #[serde(with = "humantime_serde")]
+    pub restart_grace: Duration,
     /// The largest plugin package (manifest and component) accepted by `ferry plugin push`, in
     /// bytes. JavaScript and Python components are 10–20 MB.
     pub max_plugin_bytes: u64,
@@ -93,6 +98,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             result_wait: Duration::from_secs(600),
+            restart_grace: Duration::from_secs(60),
             max_plugin_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,

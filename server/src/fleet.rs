@@ -9,7 +9,8 @@
 //!   more are sent it; the agents left are `undelivered`, with the reason.
 //!
 //! Agents that are offline when their turn comes are `undelivered` too, and do not count as
-//! errors: they never ran it. Cancelling a command stops the sending (the agents left are
+//! errors: they never ran it. After a server restart, the agents a restored command has not
+//! been sent yet are waited for up to `restart_grace` first: the restart cut them off. Cancelling a command stops the sending (the agents left are
 //! `cancelled`) and cancels every child still running.
 //!
 //! Like child commands, a command keeps all its events in order — the children's, tagged with
@@ -295,6 +296,10 @@ pub struct FleetEntry {
     inner: Mutex<Inner>,
     changed: watch::Sender<usize>,
     cancel: CancellationToken,
+    /// Set when the command was restored after a server restart: the agents still due their
+    /// copy were cut off by the restart, not gone, so each is waited for until then (at least)
+    /// instead of being `undelivered` for not having reconnected yet.
+    reconnect_grace_until: Option<tokio::time::Instant>,
 }
 
 impl FleetEntry {
@@ -505,6 +510,22 @@ impl FleetEntry {
         self.inner.lock().slots[index].copied = events.len();
     }
 
+    /// Whether an agent that is not connected now may still be sent its copy later.
+    fn may_wait(&self) -> bool {
+        self.request.deliver_within.is_some()
+            || self
+                .reconnect_grace_until
+                .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Until when a copy sent now may wait for its agent to connect.
+    fn deliver_by(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let asked = now + self.request.deliver_within.unwrap_or_default();
+        self.reconnect_grace_until
+            .map_or(asked, |grace| asked.max(grace))
+    }
+
     /// Neither sent nor decided yet.
     fn is_unsent(&self, index: usize) -> bool {
         let inner = self.inner.lock();
@@ -651,6 +672,7 @@ pub(crate) async fn start(
         }),
         changed: watch::Sender::new(0),
         cancel: CancellationToken::new(),
+        reconnect_grace_until: None,
     });
     state
         .persist
@@ -697,7 +719,7 @@ fn send_to(
         request.topic.clone(),
         origin,
     );
-    let deliver_by = tokio::time::Instant::now() + request.deliver_within.unwrap_or_default();
+    let deliver_by = fleet.deliver_by();
     tokio::spawn(crate::dispatch::run(crate::dispatch::Dispatch {
         state: state.clone(),
         entry: entry.clone(),
@@ -806,15 +828,10 @@ async fn send_all(
             Ok(id) if state.overrides.revoked(&agent).is_some() => {
                 Err(format!("not sent: agent '{id}' is revoked"))
             }
-            Ok(id)
-                if fleet.request.deliver_within.is_none()
-                    && state.registry.connection(&id).is_err() =>
-            {
-                Err(format!(
-                    "not sent: {}",
-                    crate::registry::NotConnected(id.to_string())
-                ))
-            }
+            Ok(id) if !fleet.may_wait() && state.registry.connection(&id).is_err() => Err(format!(
+                "not sent: {}",
+                crate::registry::NotConnected(id.to_string())
+            )),
             Ok(id) => Ok(send_to(&state, &fleet, index, &id)),
             Err(e) => Err(e.to_string()),
         };
@@ -943,6 +960,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
             }),
             changed: watch::Sender::new(0),
             cancel: CancellationToken::new(),
+            reconnect_grace_until: Some(tokio::time::Instant::now() + state.config.restart_grace),
         });
         if record.cancelled {
             fleet.cancel.cancel();

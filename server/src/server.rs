@@ -519,6 +519,9 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if std::net::UdpSocket::bind(quic_addr).is_err() {
+            tracing::warn!(%quic_addr, "the QUIC port is still taken 10 s after shutdown");
+        }
     }
 }
 

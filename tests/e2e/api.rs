@@ -402,9 +402,16 @@ async fn server_labels_steer_selectors_and_a_revoked_agent_stays_out() {
     let a = "edge-a".parse().unwrap();
     eventually("edge-a is back", || harness.server().agent(&a).is_some()).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // Known from before the restart (the server keeps the agents it has seen), but refused
+    // before it is registered as connected.
+    let known = harness
+        .server()
+        .agent(&id)
+        .expect("known from before the restart");
+    assert_eq!(known.status, AgentStatus::Offline, "{known:?}");
     assert!(
-        harness.server().agent(&id).is_none(),
-        "a revoked agent is refused before it is registered"
+        known.connected_since.is_none(),
+        "a revoked agent is refused before it is registered: {known:?}"
     );
     let (status, _) = http
         .call(

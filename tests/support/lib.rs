@@ -25,7 +25,6 @@ pub use runs::runs_of;
 /// the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let logs = std::env::var_os("RUST_LOG").is_some().then(|| {
@@ -33,10 +32,16 @@ pub fn init_tracing() {
                 .with_test_writer()
                 .with_filter(tracing_subscriber::EnvFilter::from_default_env())
         });
-        let _ = tracing_subscriber::registry()
-            .with(runs::RunCounter)
-            .with(logs)
-            .try_init();
+        // The counter reads only the agents' INFO spans and events: unfiltered, the registry
+        // would enable every callsite, and `try_init` would also route the `log` crate through
+        // it at TRACE, turning on Cranelift's trace logging in every compile (it made a debug
+        // build's plugin compiles ten times slower). `set_global_default` bridges nothing.
+        let counter = runs::RunCounter.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("ferry_agent", tracing::Level::INFO),
+        );
+        let subscriber = tracing_subscriber::registry().with(counter).with(logs);
+        let _ = tracing::subscriber::set_global_default(subscriber);
     });
 }
 
@@ -156,7 +161,21 @@ impl Harness {
         if config.api_listen.is_some() {
             config.api_listen = Some("127.0.0.1:0".parse().unwrap());
         }
-        let server = Server::start(config).await.expect("server restarts");
+        // A loaded machine may take a while to drain the old endpoint's connections and free
+        // its port; retry the bind boundedly rather than fail on the first refusal.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let server = loop {
+            match Server::start(config.clone()).await {
+                Ok(server) => break server,
+                Err(ferry_server::StartError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("server restarts: {e}"),
+            }
+        };
         self.config.api_listen = server.api_addr();
         self.server = Some(server);
     }
