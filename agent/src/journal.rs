@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::{Command, CommandResult, Outcome, ResultStats};
-use ferry_store::{StoreError, Writer};
+use ferry_store::{StoreError, Writer, decode, encode};
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -142,16 +142,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    ciborium::into_writer(value, &mut bytes).expect("journal records encode");
-    bytes
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
-    ciborium::from_reader(bytes).ok()
 }
 
 impl Journal {

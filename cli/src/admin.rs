@@ -5,10 +5,10 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::ApiArgs;
 use crate::client::{Client, query_string, segment};
 use crate::commands::{ago, labels_text, metrics_cells, strings};
-use crate::output::print_table;
+use crate::output::{print_listing, print_table, print_value as print};
+use crate::{ApiArgs, ListArgs};
 
 /// `ferry agent <subcommand>`; `ferry agent` without one runs the agent daemon.
 #[derive(Debug, clap::Subcommand)]
@@ -99,15 +99,6 @@ pub async fn revoke(args: RevokeArgs) -> Result<()> {
             args.id, args.id
         )
     })
-}
-
-fn print(value: &Value, json: bool, text: impl FnOnce() -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        println!("{}", text());
-    }
-    Ok(())
 }
 
 async fn label(args: LabelArgs) -> Result<()> {
@@ -282,15 +273,6 @@ struct CreateTokenArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct ListArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    api: ApiArgs,
-}
-
-#[derive(Debug, clap::Args)]
 struct RevokeTokenArgs {
     /// The token's id (`ferry api-token list`).
     id: String,
@@ -327,15 +309,11 @@ pub async fn api_token(args: ApiTokenArgs) -> Result<()> {
         ApiTokenCommand::List(args) => {
             let client = Client::from_args(&args.api)?;
             let list = client.get("/v1/api-tokens").await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
+            print_listing(
+                &list,
+                args.json,
+                &["ID", "NAME", "SCOPE", "CREATED", "BY"],
+                |t| {
                     vec![
                         t["id"].as_str().unwrap_or("?").to_string(),
                         t["name"].as_str().unwrap_or("?").to_string(),
@@ -343,10 +321,8 @@ pub async fn api_token(args: ApiTokenArgs) -> Result<()> {
                         t["created_at"].as_str().unwrap_or("?").to_string(),
                         t["created_by"].as_str().unwrap_or("-").to_string(),
                     ]
-                })
-                .collect();
-            print_table(&["ID", "NAME", "SCOPE", "CREATED", "BY"], &rows);
-            Ok(())
+                },
+            )
         }
         ApiTokenCommand::Revoke(args) => {
             let client = Client::from_args(&args.api)?;

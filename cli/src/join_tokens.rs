@@ -4,9 +4,9 @@
 use anyhow::{Result, bail};
 use serde_json::{Map, Value, json};
 
-use crate::ApiArgs;
 use crate::client::{Client, segment};
-use crate::output::print_table;
+use crate::output::{print_listing, print_value};
+use crate::{ApiArgs, ListArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
@@ -44,15 +44,6 @@ struct CreateArgs {
     #[arg(long)]
     server: Option<String>,
     /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    api: ApiArgs,
-}
-
-#[derive(Debug, clap::Args)]
-struct ListArgs {
-    /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -156,15 +147,11 @@ pub async fn run(args: TokenArgs) -> Result<()> {
         TokenCommand::List(args) => {
             let client = Client::from_args(&args.api)?;
             let list = client.get("/v1/join-tokens").await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
+            print_listing(
+                &list,
+                args.json,
+                &["ID", "STATE", "USED", "EXPIRES", "LABELS", "BY"],
+                |t| {
                     let enrolled = t["enrolled"].as_array().map_or(0, Vec::len);
                     vec![
                         t["id"].as_str().unwrap_or("?").to_string(),
@@ -174,22 +161,17 @@ pub async fn run(args: TokenArgs) -> Result<()> {
                         labels_text(&t["labels"]),
                         t["created_by"].as_str().unwrap_or("?").to_string(),
                     ]
-                })
-                .collect();
-            print_table(&["ID", "STATE", "USED", "EXPIRES", "LABELS", "BY"], &rows);
-            Ok(())
+                },
+            )
         }
         TokenCommand::Revoke(args) => {
             let client = Client::from_args(&args.api)?;
             let out = client
                 .delete(&format!("/v1/join-tokens/{}", segment(&args.id)))
                 .await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!("join token {} revoked", args.id);
-            }
-            Ok(())
+            print_value(&out, args.json, || {
+                format!("join token {} revoked", args.id)
+            })
         }
     }
 }

@@ -41,6 +41,16 @@ struct ApiArgs {
     config: Option<PathBuf>,
 }
 
+/// What every listing takes: where the API is, and `--json`.
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
 /// `ferry agent [FLAGS]` runs the daemon; `ferry agent show <id>` and its siblings manage one.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]

@@ -25,6 +25,36 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Prints what the API answered: as JSON with `--json`, else `text` of it.
+pub fn print_value(
+    value: &serde_json::Value,
+    json: bool,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+/// Prints a list the API answered: as JSON with `--json`, else a table of one `row` per element.
+pub fn print_listing(
+    list: &serde_json::Value,
+    json: bool,
+    header: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+    } else {
+        let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(row).collect();
+        print_table(header, &rows);
+    }
+    Ok(())
+}
+
 /// Bytes as KiB/MiB/GiB.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];

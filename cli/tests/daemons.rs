@@ -1,10 +1,15 @@
 //! `ferry server` and `ferry agent` as separate processes, as they run on separate hosts: an
 //! agent with a certificate from `ferry cert issue` joins, runs commands, and comes back by
 //! itself after the server process is killed (no clean shutdown) and started again.
+//! A new host enrolls the same way: `ferry token create` against the server process, then
+//! `ferry agent --join … --token … --ca-fingerprint …`, refusals the agent reports, a restart
+//! that uses the enrolled identity, and `ferry agents revoke`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -28,6 +33,14 @@ impl Drop for Daemon {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -76,23 +89,44 @@ impl Setup {
             .unwrap()
     }
 
-    fn agent_status(&self, id: &str) -> Option<String> {
+    /// `ferry <args> --json`'s output, which must succeed.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.api(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Agent `id` as `ferry agents --json` lists it (`None` while the API does not answer).
+    fn agent(&self, id: &str) -> Option<Value> {
         let out = self.api(&["agents", "--json"]);
         if !out.status.success() {
             return None;
         }
-        let agents: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        agents
-            .as_array()?
-            .iter()
-            .find(|a| a["id"] == id)
+        let agents: Value = serde_json::from_slice(&out.stdout).ok()?;
+        agents.as_array()?.iter().find(|a| a["id"] == id).cloned()
+    }
+
+    fn agent_status(&self, id: &str) -> Option<String> {
+        self.agent(id)
             .and_then(|a| a["status"].as_str().map(String::from))
+    }
+
+    fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn new() -> Setup {
         Setup {
             dir: tempfile::tempdir().unwrap(),
-            quic: free_port(),
+            quic: free_udp_port(),
             api: free_port(),
         }
     }
@@ -464,4 +498,133 @@ fn a_plugin_running_each_time_its_agent_is_killed_is_quarantined() {
     // Other plugins are not affected.
     let echo = setup.send("echo", "crashy", "{}");
     setup.wait_command(&echo, |v| status(v) == "succeeded");
+}
+
+fn join(create: &Value, name: &str, data_dir: &Path, fingerprint: &str) -> Command {
+    let command = create["join_command"].as_str().unwrap();
+    let server = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--join")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let mut cmd = ferry();
+    cmd.arg("agent")
+        .args(["--join", &server])
+        .args(["--token", create["token"].as_str().unwrap()])
+        .args(["--ca-fingerprint", fingerprint])
+        .args(["--name", name])
+        .args(["--server-name", "localhost"])
+        .arg("--data-dir")
+        .arg(data_dir);
+    cmd
+}
+
+#[test]
+fn a_host_joins_with_the_printed_command_and_is_revoked_with_ferry_agents_revoke() {
+    let setup = Setup::new();
+    let quic = setup.quic;
+    let _server = setup.start_server();
+    wait_for_file(&setup.server_dir().join("operator.token"));
+    setup.wait_until("the API answers", || {
+        setup.api(&["token", "list", "--json"]).status.success()
+    });
+
+    let create = setup.json(&[
+        "token", "create", "--labels", "site=cli", "--ttl", "10m", "--json",
+    ]);
+    let fingerprint = create["ca_fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 64);
+    let command = create["join_command"].as_str().unwrap();
+    assert!(
+        command.starts_with(&format!(
+            "ferry agent --join 127.0.0.1:{quic} --token ferry_jt_"
+        )),
+        "{command}"
+    );
+    // The text form shows the same.
+    let text = setup.api(&["token", "create"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("ferry agent --join") && text.contains(&fingerprint),
+        "{text}"
+    );
+
+    // A wrong fingerprint: the agent refuses the server and says why.
+    let data_dir = setup.dir.path().join("agent");
+    let wrong = "ab".repeat(32);
+    let out = join(&create, "cli-agent", &data_dir, &wrong)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("pinned fingerprint"), "{stderr}");
+
+    let mut agent = Daemon(
+        join(&create, "cli-agent", &data_dir, &fingerprint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    setup.wait_until("the agent is online", || {
+        setup
+            .agent("cli-agent")
+            .is_some_and(|a| a["status"] == "online" && a["labels"]["site"] == "cli")
+    });
+    let listed = setup.json(&["token", "list", "--json"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["state"] == "used" && t["enrolled"][0] == "cli-agent"),
+        "{listed}"
+    );
+
+    // The used-up token is refused with a clear message for another host.
+    let out = join(
+        &create,
+        "cli-other",
+        &setup.dir.path().join("other"),
+        &fingerprint,
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("used up"), "{stderr}");
+
+    // Restarted without --join, the agent uses its enrolled identity and server.
+    let before = setup.agent("cli-agent").unwrap()["connected_since"].clone();
+    drop(agent);
+    agent = Daemon(
+        ferry()
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--server-name", "localhost"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    setup.wait_until("the agent is back", || {
+        setup
+            .agent("cli-agent")
+            .is_some_and(|a| a["status"] == "online" && a["connected_since"] != before)
+    });
+
+    let out = setup.api(&["agents", "revoke", "cli-agent", "--reason", "test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    setup.wait_until("the revoked agent is offline", || {
+        setup
+            .agent("cli-agent")
+            .is_some_and(|a| a["status"] == "offline" && a["revoked"].is_object())
+    });
+    drop(agent);
 }

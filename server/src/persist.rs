@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_store::{StoreError, Writer};
+use ferry_store::{StoreError, Writer, decode, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -97,16 +97,6 @@ pub(crate) struct Loaded {
 /// The server's command journal.
 pub(crate) struct Persist {
     writer: Writer,
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    ciborium::into_writer(value, &mut bytes).expect("records encode");
-    bytes
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
-    ciborium::from_reader(bytes).ok()
 }
 
 fn failed(e: impl std::fmt::Display) -> String {

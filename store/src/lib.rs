@@ -6,6 +6,10 @@
 //! disk), which must not hold an async worker; and why *group* commit: with many commands in
 //! flight, one fsync then covers all of their writes instead of each paying its own, so the
 //! cost of durability stays per batch, not per command.
+//!
+//! Records are CBOR ([`encode`], [`decode`]), like the protocol: compact, self-describing, and
+//! tolerant of fields added later (a newer record read by an older binary keeps its known
+//! fields).
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -28,6 +32,19 @@ pub enum StoreError {
     /// The writer thread is gone (the process is shutting down).
     #[error("the journal writer has stopped; the process is shutting down")]
     Stopped,
+}
+
+/// A record as it is stored.
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(value, &mut bytes).expect("serializing into a Vec cannot fail");
+    bytes
+}
+
+/// A stored record, or `None` when the bytes are not one (a damaged or foreign record: the
+/// caller skips it and says so).
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    ciborium::from_reader(bytes).ok()
 }
 
 /// One change to apply inside a write transaction.

@@ -59,7 +59,7 @@ enum PluginCommand {
     /// Stop serving the plugin on every agent.
     Unassign(registry::NameArgs),
     /// List the pushed plugins, their versions and assignments.
-    List(registry::ListArgs),
+    List(crate::ListArgs),
     /// Show one plugin: versions, digests, assignment history, and which agent has which
     /// version (or why it could not get it).
     Show(registry::NameArgs),

@@ -8,9 +8,9 @@ use ferry_manifest::Manifest;
 use ferry_protocol::package::Package;
 use serde_json::{Value, json};
 
-use crate::ApiArgs;
 use crate::client::Client;
 use crate::output::{bytes, print_table};
+use crate::{ApiArgs, ListArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {
@@ -127,15 +127,6 @@ pub struct NameArgs {
     /// The plugin's name.
     pub name: String,
     /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
-    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
