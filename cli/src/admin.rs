@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use crate::client::{Client, query_string, segment};
 use crate::commands::{ago, labels_text, metrics_cells, strings};
-use crate::output::{print_listing, print_table, print_value as print};
+use crate::output::{print_listing, print_table, print_value};
 use crate::{ApiArgs, ListArgs};
 
 /// `ferry agent <subcommand>`; `ferry agent` without one runs the agent daemon.
@@ -77,7 +77,7 @@ pub async fn agent(command: AgentCommand) -> Result<()> {
                     &json!({}),
                 )
                 .await?;
-            print(&out, args.json, || {
+            print_value(&out, args.json, || {
                 format!("agent {} may connect again", args.id)
             })
         }
@@ -93,7 +93,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<()> {
             &json!({"reason": args.reason}),
         )
         .await?;
-    print(&out, args.json, || {
+    print_value(&out, args.json, || {
         format!(
             "agent {} revoked; it is refused until `ferry agent unrevoke {}`",
             args.id, args.id
@@ -120,7 +120,7 @@ async fn label(args: LabelArgs) -> Result<()> {
             &json!({"set": set, "remove": remove}),
         )
         .await?;
-    print(&out, args.json, || {
+    print_value(&out, args.json, || {
         format!("agent {}: {}", args.id, labels_text(&out["labels"]))
     })
 }
@@ -329,7 +329,7 @@ pub async fn api_token(args: ApiTokenArgs) -> Result<()> {
             let out = client
                 .delete(&format!("/v1/api-tokens/{}", segment(&args.id)))
                 .await?;
-            print(&out, args.json, || {
+            print_value(&out, args.json, || {
                 format!(
                     "token '{}' ({}) revoked",
                     out["name"].as_str().unwrap_or("?"),
@@ -366,15 +366,11 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
             ])
         ))
         .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
+    print_listing(
+        &list,
+        args.json,
+        &["SEQ", "AT", "WHO", "ACTION", "RESULT", "WHAT"],
+        |e| {
             vec![
                 e["seq"].to_string(),
                 e["at"].as_str().unwrap_or("?").to_string(),
@@ -386,8 +382,6 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
                     .unwrap_or_else(|| e["request"].as_str().unwrap_or(""))
                     .to_string(),
             ]
-        })
-        .collect();
-    print_table(&["SEQ", "AT", "WHO", "ACTION", "RESULT", "WHAT"], &rows);
-    Ok(())
+        },
+    )
 }

@@ -10,8 +10,9 @@
 //!
 //! Agents that are offline when their turn comes are `undelivered` too, and do not count as
 //! errors: they never ran it. After a server restart, the agents a restored command has not
-//! been sent yet are waited for up to `restart_grace` first: the restart cut them off. Cancelling a command stops the sending (the agents left are
-//! `cancelled`) and cancels every child still running.
+//! been sent yet are waited for up to `restart_grace` first: the restart cut them off.
+//! Cancelling a command stops the sending (the agents left are `cancelled`) and cancels every
+//! child still running.
 //!
 //! Like child commands, a command keeps all its events in order — the children's, tagged with
 //! the agent, plus `dispatched` and a final `done` — so a watcher that joins late misses nothing.

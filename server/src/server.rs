@@ -514,13 +514,15 @@ impl Server {
         // quinn's endpoint driver owns the socket and ends by itself once the last handle is
         // gone; wait until it has, boundedly (a busy machine takes a while).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while std::net::UdpSocket::bind(quic_addr).is_err()
-            && tokio::time::Instant::now() < deadline
-        {
+        loop {
+            if std::net::UdpSocket::bind(quic_addr).is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(%quic_addr, "the QUIC port is still taken 10 s after shutdown");
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if std::net::UdpSocket::bind(quic_addr).is_err() {
-            tracing::warn!(%quic_addr, "the QUIC port is still taken 10 s after shutdown");
         }
     }
 }
