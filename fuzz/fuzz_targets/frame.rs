@@ -108,6 +108,7 @@ fn classify(error: FrameError) -> Seen {
         FrameError::TooLarge { .. } => Seen::TooLarge,
         FrameError::Codec(_) => Seen::Malformed,
         FrameError::Io(e) => panic!("an in-memory stream failed: {e}"),
+        FrameError::Stalled { .. } => panic!("stalled, though the reader has no stall limit"),
     }
 }
 

@@ -3,7 +3,10 @@
 //! The length is checked against the maximum *before* anything is allocated for the body, so a
 //! peer cannot make the receiver reserve memory by announcing a large frame.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::codec::{self, CodecError};
 use crate::message::Message;
@@ -38,6 +41,15 @@ pub enum FrameError {
     /// The body is not a valid message.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A frame begun did not arrive whole within the reader's stall limit
+    /// ([`FrameReader::with_stall_limit`]).
+    #[error("a frame stayed incomplete for {limit:?} ({got} bytes of it arrived)")]
+    Stalled {
+        /// The limit in force.
+        limit: Duration,
+        /// Bytes of the frame that arrived.
+        got: usize,
+    },
     /// The stream failed.
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
@@ -89,6 +101,9 @@ pub struct FrameReader<R> {
     inner: R,
     buf: Vec<u8>,
     max: u32,
+    stall_limit: Option<Duration>,
+    /// When the first bytes of the frame in `buf` arrived; kept across cancelled `next()`s.
+    begun: Option<Instant>,
 }
 
 /// The most the reader reserves ahead of data that has not arrived yet.
@@ -101,7 +116,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: Vec::new(),
             max,
+            stall_limit: None,
+            begun: None,
         }
+    }
+
+    /// Bounds how long a frame may take to arrive whole once its first bytes have: `next()`
+    /// then fails with [`FrameError::Stalled`]. A stream that stays idle between frames is
+    /// not bounded. For long-lived streams, where a peer could otherwise park half a frame and
+    /// hold the stream without ever sending anything the reader acts on.
+    pub fn with_stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = Some(limit);
+        self
     }
 
     /// The next message; `Ok(None)` when the stream ended cleanly between frames.
@@ -109,8 +135,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             if let Some((message, used)) = decode_frame(&self.buf, self.max)? {
                 self.buf.drain(..used);
+                // Bytes already here begin the next frame, timed from now.
+                self.begun = (!self.buf.is_empty()).then(Instant::now);
                 return Ok(Some(message));
             }
+            if !self.buf.is_empty() {
+                self.begun.get_or_insert_with(Instant::now);
+            }
+            let stall_at = self.stall_limit.zip(self.begun);
             let wanted = match self.buf.get(..HEADER_LEN) {
                 Some(header) => {
                     HEADER_LEN + u32::from_be_bytes(header.try_into().expect("four bytes")) as usize
@@ -119,10 +151,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             };
             self.buf.reserve((wanted - self.buf.len()).min(READ_CHUNK));
             let spare = self.buf.capacity() - self.buf.len();
-            let n = (&mut self.inner)
-                .take(spare as u64)
-                .read_buf(&mut self.buf)
-                .await?;
+            let mut inner = (&mut self.inner).take(spare as u64);
+            let read = inner.read_buf(&mut self.buf);
+            let n = match stall_at {
+                Some((limit, begun)) => match tokio::time::timeout_at(begun + limit, read).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        return Err(FrameError::Stalled {
+                            limit,
+                            got: self.buf.len(),
+                        });
+                    }
+                },
+                None => read.await?,
+            };
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -133,13 +175,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 });
             }
         }
-    }
-
-    /// Bytes of a frame begun but not complete yet: a caller that wants frames to arrive
-    /// within a bound once they have started (so that a peer cannot park half a frame) watches
-    /// this between calls to `next()`.
-    pub fn pending_bytes(&self) -> usize {
-        self.buf.len()
     }
 
     /// The stream underneath.

@@ -603,3 +603,48 @@ fn the_allowlist_names_the_breach() {
             .is_err()
     );
 }
+
+/// A frame begun must arrive whole within the stall limit; a stream idle between frames is not
+/// bounded, and the clock starts again with each frame.
+#[tokio::test(start_paused = true)]
+async fn a_stall_limit_bounds_half_a_frame_but_not_idleness() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let limit = Duration::from_secs(2);
+    let frame = frame::encode_frame(
+        &Message::ResultAck(ResultAck { id: "c-1".into() }),
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let (mut tx, rx) = tokio::io::duplex(1024);
+    let mut reader = FrameReader::new(rx, DEFAULT_MAX_FRAME).with_stall_limit(limit);
+
+    // Idle for ten limits: still waiting, no error.
+    assert!(
+        tokio::time::timeout(limit * 10, reader.next())
+            .await
+            .is_err()
+    );
+    // A whole frame, then half of the next one that never finishes.
+    tx.write_all(&frame).await.unwrap();
+    tx.write_all(&frame[..3]).await.unwrap();
+    assert!(matches!(
+        reader.next().await,
+        Ok(Some(Message::ResultAck(_)))
+    ));
+    match tokio::time::timeout(limit * 10, reader.next()).await {
+        Ok(Err(FrameError::Stalled { limit: l, got: 3 })) => assert_eq!(l, limit),
+        other => panic!("expected a stall, got {other:?}"),
+    }
+
+    // Without a limit, the same half frame waits for ever.
+    let (mut tx, rx) = tokio::io::duplex(1024);
+    let mut reader = FrameReader::new(rx, DEFAULT_MAX_FRAME);
+    tx.write_all(&frame[..3]).await.unwrap();
+    assert!(
+        tokio::time::timeout(limit * 10, reader.next())
+            .await
+            .is_err()
+    );
+}

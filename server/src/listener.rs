@@ -98,7 +98,11 @@ async fn serve_connection(
             return Err(format!("agent '{id}': {why}"));
         }
     };
-    let mut recv = FrameReader::new(recv, max_frame);
+    // A frame begun must be complete within the handshake timeout: an agent sends each in one
+    // write, and half a frame parked for ever would hold the connection without the heartbeats
+    // that show it alive. Idle between frames is for the heartbeat grace to judge.
+    let mut recv =
+        FrameReader::new(recv, max_frame).with_stall_limit(state.config.handshake_timeout);
     let hello = match tokio::time::timeout_at(deadline, recv.next()).await {
         Ok(Ok(Some(Message::Hello(hello)))) => hello,
         other => {
@@ -195,34 +199,10 @@ impl Control<'_> {
         let mut plugin_changes = self.state.plugins.subscribe();
         // Sent even when empty: the agent then drops pushed plugins unassigned while it was away.
         self.send_plugins().await?;
-        // A frame begun must be complete within the handshake timeout: an agent sends each in
-        // one write, and half a frame parked for ever would hold the connection without the
-        // heartbeats that show it alive. The tick wakes the loop to notice a frame begun.
-        let stall_limit = self.state.config.handshake_timeout;
-        let mut tick = tokio::time::interval((stall_limit / 2).max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut begun: Option<tokio::time::Instant> = None;
         loop {
-            begun = match (recv.pending_bytes(), begun) {
-                (0, _) => None,
-                (_, None) => Some(tokio::time::Instant::now()),
-                (_, since) => since,
-            };
-            let stalled = begun.map(|since| since + stall_limit);
             tokio::select! {
-                _ = tick.tick() => {}
-                _ = tokio::time::sleep_until(stalled.unwrap_or_else(tokio::time::Instant::now)), if stalled.is_some() => {
-                    let why = format!(
-                        "a frame on the control stream stayed incomplete for {stall_limit:?} ({} bytes of it arrived)",
-                        recv.pending_bytes()
-                    );
-                    connection.close(close::PROTOCOL_ERROR.into(), why.as_bytes());
-                    return Err(format!("agent '{id}': {why}"));
-                }
                 frame = recv.next() => match frame {
                     Ok(Some(message)) => {
-                        // A whole frame arrived; whatever follows it is a new frame, timed anew.
-                        begun = None;
                         if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Control) {
                             connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                             return Err(format!("agent '{id}': {e}"));
