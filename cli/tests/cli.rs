@@ -80,6 +80,40 @@ fn dev_once_runs_the_self_check_and_exits() {
     assert!(dir.path().join("cli.toml").exists());
 }
 
+/// The README's first command, exactly (default ports, no data directory), while something
+/// else holds its default agent port, its default API port, or both: it must fall back to a
+/// free port for what is taken and pass its self-check.
+#[test]
+fn dev_falls_back_to_free_ports_when_the_defaults_are_taken() {
+    for (hold_quic, hold_api) in [(true, false), (false, true), (true, true)] {
+        // Holding a port that something else already holds is the same condition for `ferry
+        // dev`, so a failed bind here is fine.
+        let _quic = hold_quic.then(|| std::net::UdpSocket::bind("127.0.0.1:7443"));
+        let _api = hold_api.then(|| std::net::TcpListener::bind("127.0.0.1:7444"));
+        let dir = tempfile::tempdir().unwrap();
+        let out = ferry()
+            .args(["dev", "--once", "--cli-config"])
+            .arg(dir.path().join("cli.toml"))
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let case =
+            format!("holding quic={hold_quic} api={hold_api}\nstdout: {stdout}\nstderr: {stderr}");
+        assert!(out.status.success(), "{case}");
+        assert!(stdout.contains("self-check echo succeeded"), "{case}");
+        if hold_quic {
+            assert!(!stdout.contains("server     127.0.0.1:7443 "), "{case}");
+        }
+        if hold_api {
+            assert!(stderr.contains("127.0.0.1:7444 is taken"), "{case}");
+            assert!(!stdout.contains("http://127.0.0.1:7444"), "{case}");
+        }
+        assert!(!stderr.contains("Database already open"), "{case}");
+    }
+}
+
 #[test]
 fn run_and_agents_talk_to_a_running_dev_server() {
     let dir = tempfile::tempdir().unwrap();

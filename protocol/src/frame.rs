@@ -126,8 +126,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// not bounded. For long-lived streams, where a peer could otherwise park half a frame and
     /// hold the stream without ever sending anything the reader acts on.
     pub fn with_stall_limit(mut self, limit: Duration) -> Self {
-        self.stall_limit = Some(limit);
+        self.set_stall_limit(limit);
         self
+    }
+
+    /// [`with_stall_limit`](Self::with_stall_limit) on a reader already in use: a frame
+    /// already begun is timed from now. For a stream whose first frames have another bound (a
+    /// handshake deadline), where two timers racing would give the same late frame two
+    /// different reasons.
+    pub fn set_stall_limit(&mut self, limit: Duration) {
+        self.stall_limit = Some(limit);
+        if !self.buf.is_empty() {
+            self.begun = Some(Instant::now());
+        }
     }
 
     /// The next message; `Ok(None)` when the stream ended cleanly between frames.

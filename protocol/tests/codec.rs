@@ -648,3 +648,35 @@ async fn a_stall_limit_bounds_half_a_frame_but_not_idleness() {
             .is_err()
     );
 }
+
+/// A limit set on a reader in use (the server's control stream after Hello) times a frame
+/// already begun from the moment it is set, not from when its bytes came: before that, another
+/// bound (the handshake deadline) was the only one.
+#[tokio::test(start_paused = true)]
+async fn a_stall_limit_set_later_times_a_begun_frame_from_then() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let limit = Duration::from_secs(2);
+    let frame = frame::encode_frame(
+        &Message::ResultAck(ResultAck { id: "c-1".into() }),
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let (mut tx, rx) = tokio::io::duplex(1024);
+    let mut reader = FrameReader::new(rx, DEFAULT_MAX_FRAME);
+    tx.write_all(&frame[..3]).await.unwrap();
+    // Ten limits pass with half a frame and no limit: nothing happens.
+    assert!(
+        tokio::time::timeout(limit * 10, reader.next())
+            .await
+            .is_err()
+    );
+    reader.set_stall_limit(limit);
+    let set_at = tokio::time::Instant::now();
+    match reader.next().await {
+        Err(FrameError::Stalled { limit: l, got: 3 }) => assert_eq!(l, limit),
+        other => panic!("expected a stall, got {other:?}"),
+    }
+    assert_eq!(tokio::time::Instant::now() - set_at, limit);
+}

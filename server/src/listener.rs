@@ -98,11 +98,10 @@ async fn serve_connection(
             return Err(format!("agent '{id}': {why}"));
         }
     };
-    // A frame begun must be complete within the handshake timeout: an agent sends each in one
-    // write, and half a frame parked for ever would hold the connection without the heartbeats
-    // that show it alive. Idle between frames is for the heartbeat grace to judge.
-    let mut recv =
-        FrameReader::new(recv, max_frame).with_stall_limit(state.config.handshake_timeout);
+    // Until Hello, the handshake deadline is the only bound, so a late Hello is always closed
+    // for the same reason whichever of its bytes were late (a stall limit racing the deadline
+    // gave two). After Hello, see `set_stall_limit` below.
+    let mut recv = FrameReader::new(recv, max_frame);
     let hello = match tokio::time::timeout_at(deadline, recv.next()).await {
         Ok(Ok(Some(Message::Hello(hello)))) => hello,
         other => {
@@ -164,6 +163,10 @@ async fn serve_connection(
     }
     // Past Hello: this connection no longer counts against `max_pending_handshakes`.
     drop(handshake_permit);
+    // A frame begun must be complete within the handshake timeout: an agent sends each in one
+    // write, and half a frame parked for ever would hold the connection without the heartbeats
+    // that show it alive. Idle between frames is for the heartbeat grace to judge.
+    recv.set_stall_limit(timeout);
 
     let mut control = Control {
         state: &state,

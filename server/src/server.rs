@@ -251,6 +251,22 @@ impl Server {
             source,
         })?;
 
+        // Both addresses are bound before anything opens the database or spawns a task, so a
+        // start that fails to bind holds nothing: `ferry dev` retries on a free port at once,
+        // and a second server on the same data directory still learns the real reason.
+        let api_listener = match config.api_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+
         let api_token = load_or_create_token(&data_dir.join("operator.token"))?;
         // The signing key sits with the CA: both are what agents trust this server by, and
         // `ferry cert issue` hands out both public halves together.
@@ -321,14 +337,8 @@ impl Server {
             }
         }));
 
-        let api_addr = match state.config.api_listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?;
+        let api_addr = match api_listener {
+            Some((listener, bound)) => {
                 let router = api::router(state.clone());
                 let api_stop = stop.clone();
                 tasks.push(tokio::spawn(async move {
