@@ -89,6 +89,18 @@ pub(crate) enum Seen {
     Finished(CommandResult),
 }
 
+/// What a copy of a command already journaled as `entry` is answered with.
+fn seen(asked: &Command, entry: Entry) -> Seen {
+    match entry.state {
+        State::Finished { result, .. } => Seen::Finished(CommandResult {
+            // Answered under the id it was asked by.
+            id: asked.id.clone(),
+            ..result
+        }),
+        State::Received | State::Running { .. } => Seen::Running(entry.command.id),
+    }
+}
+
 /// What the journal held when the agent started.
 #[derive(Debug, Default)]
 pub(crate) struct Recovery {
@@ -168,6 +180,9 @@ impl Journal {
         let mut plugins = plugins;
         let mut rewrite: Vec<(String, Option<Entry>)> = Vec::new();
         let cutoff = now_ms().saturating_sub(RETENTION.as_millis() as u64);
+        // One stop of the agent is one interruption of each plugin that was running then,
+        // however many of its commands were in flight: quarantine counts deaths, not runs.
+        let mut interrupted_now = std::collections::HashSet::new();
         for (id, entry) in entries {
             match &entry.state {
                 State::Received => {
@@ -178,7 +193,9 @@ impl Journal {
                 }
                 State::Running { plugin } => {
                     let record = plugins.entry(plugin.clone()).or_default();
-                    record.interrupted += 1;
+                    if interrupted_now.insert(plugin.clone()) {
+                        record.interrupted += 1;
+                    }
                     let why = format!(
                         "the agent stopped while plugin '{plugin}' ran this command (it crashed, was killed, or the host went down); it was not run again, since it may have done part of its work"
                     );
@@ -278,20 +295,17 @@ impl Journal {
     /// Journals a new command before the agent accepts it, or says what became of it when it
     /// was seen before. `plugin`: the plugin that will run it when it is already known, so
     /// that *received* and *running* are one write in the common case.
+    ///
+    /// The look-up and the write are one transaction: of two copies of a command (one id, or
+    /// one idempotency key) arriving at once, exactly one is `New` and runs.
     pub(crate) async fn accept(
         &self,
         command: &Command,
         plugin: Option<&str>,
     ) -> Result<Seen, JournalError> {
+        // Most duplicates are answered by a read, without a write.
         if let Some(entry) = self.lookup(command)? {
-            return Ok(match entry.state {
-                State::Finished { result, .. } => Seen::Finished(CommandResult {
-                    // Answered under the id it was asked by.
-                    id: command.id.clone(),
-                    ..result
-                }),
-                State::Received | State::Running { .. } => Seen::Running(entry.command.id),
-            });
+            return Ok(seen(command, entry));
         }
         let state = match plugin {
             Some(plugin) => State::Running {
@@ -299,11 +313,48 @@ impl Journal {
             },
             None => State::Received,
         };
-        self.put(command.clone(), state, true).await?;
-        Ok(Seen::New)
+        let asked = command.clone();
+        let entry = Entry {
+            command: command.clone(),
+            state,
+            updated_ms: now_ms(),
+        };
+        let seen = self
+            .writer
+            .write_with("a command", true, move |tx| {
+                let mut commands = tx.open_table(COMMANDS)?;
+                let mut keys = tx.open_table(KEYS)?;
+                let mut holder = commands
+                    .get(asked.id.as_str())?
+                    .and_then(|v| decode::<Entry>(v.value()));
+                if holder.is_none()
+                    && let Some(key) = &asked.idempotency_key
+                {
+                    let id = keys.get(key.as_str())?.map(|v| v.value().to_string());
+                    if let Some(id) = id {
+                        holder = commands
+                            .get(id.as_str())?
+                            .and_then(|v| decode::<Entry>(v.value()));
+                    }
+                }
+                if let Some(holder) = holder {
+                    return Ok(seen(&asked, holder));
+                }
+                commands.insert(asked.id.as_str(), encode(&entry).as_slice())?;
+                if let Some(key) = &asked.idempotency_key {
+                    keys.insert(key.as_str(), asked.id.as_str())?;
+                }
+                Ok(Seen::New)
+            })
+            .await?;
+        Ok(seen)
     }
 
     async fn put(&self, command: Command, state: State, durable: bool) -> Result<(), JournalError> {
+        debug_assert!(
+            !matches!(state, State::Received),
+            "a new command goes in through accept, which claims it"
+        );
         let id = command.id.clone();
         let key = command.idempotency_key.clone();
         let entry = encode(&Entry {
@@ -651,6 +702,58 @@ mod tests {
         assert_eq!(
             journal.plugins.lock().get("p").map(|r| r.interrupted),
             Some(0)
+        );
+    }
+
+    /// Copies of one command under different ids but one idempotency key, arriving at once:
+    /// the look-up and the claim are one transaction, so exactly one of them runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_copies_of_one_key_run_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = reopen(dir.path());
+        let mut copies = Vec::new();
+        for i in 0..16 {
+            let journal = journal.clone();
+            copies.push(tokio::spawn(async move {
+                journal
+                    .accept(
+                        &command(&format!("copy-{i}"), Some("one-key")),
+                        Some("echo"),
+                    )
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut new = 0;
+        for copy in copies {
+            if matches!(copy.await.unwrap(), Seen::New) {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1, "one key ran {new} times");
+    }
+
+    /// Three commands of one plugin in flight when the agent dies are one death of the
+    /// plugin, not three: it is not quarantined for them.
+    #[tokio::test]
+    async fn one_death_with_many_runs_in_flight_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, _) = reopen(dir.path());
+            for i in 0..QUARANTINE_AFTER + 1 {
+                journal
+                    .accept(&command(&format!("inflight-{i}"), None), Some("busy"))
+                    .await
+                    .unwrap();
+            }
+        }
+        let (journal, recovery) = reopen(dir.path());
+        assert_eq!(recovery.interrupted.len(), (QUARANTINE_AFTER + 1) as usize);
+        assert!(recovery.quarantined.is_empty(), "{recovery:?}");
+        assert!(journal.quarantined("busy").is_none());
+        assert_eq!(
+            journal.plugins.lock().get("busy").map(|r| r.interrupted),
+            Some(1)
         );
     }
 }

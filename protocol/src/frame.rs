@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+#[cfg(feature = "io")]
 use tokio::time::Instant;
 
 use crate::codec::{self, CodecError};
@@ -96,6 +98,7 @@ pub fn decode_frame(buf: &[u8], max: u32) -> Result<Option<(Message, usize)>, Fr
 /// `tokio::select!` beside other branches without losing half a frame when another branch wins.
 /// The buffer grows with the data that actually arrives (never ahead of it by more than
 /// [`READ_CHUNK`]), so a peer that announces a large frame and sends nothing costs nothing.
+#[cfg(feature = "io")]
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -109,6 +112,7 @@ pub struct FrameReader<R> {
 /// The most the reader reserves ahead of data that has not arrived yet.
 pub const READ_CHUNK: usize = 64 * 1024;
 
+#[cfg(feature = "io")]
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader that refuses frames over `max` bytes.
     pub fn new(inner: R, max: u32) -> Self {
@@ -194,6 +198,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+#[cfg(feature = "io")]
 /// Writes one frame in a single write, so a QUIC stream sends it in as few packets as it can.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,

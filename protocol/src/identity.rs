@@ -96,6 +96,7 @@ impl From<AgentId> for String {
 }
 
 /// Reads the agent id from a DER-encoded certificate.
+#[cfg(feature = "io")]
 pub fn agent_id_from_cert(der: &[u8]) -> Result<AgentId, IdentityError> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
@@ -115,6 +116,7 @@ pub fn agent_id_from_cert(der: &[u8]) -> Result<AgentId, IdentityError> {
 }
 
 /// Reads the agent id of the peer of an established QUIC connection (server side).
+#[cfg(feature = "io")]
 pub fn agent_id_of(connection: &quinn::Connection) -> Result<AgentId, IdentityError> {
     let identity = connection
         .peer_identity()

@@ -30,15 +30,21 @@ pub mod close {
 pub const WIT_VERSIONS: &[&str] = &["0.1.0"];
 
 pub mod codec;
+pub mod digest;
 pub mod frame;
 pub mod identity;
 pub mod message;
+#[cfg(feature = "io")]
 pub mod package;
+#[cfg(feature = "io")]
 pub mod pki;
+#[cfg(feature = "io")]
 pub mod tls;
 pub mod version;
 
-pub use frame::{DEFAULT_MAX_FRAME, FrameError, FrameReader, write_frame};
+pub use frame::{DEFAULT_MAX_FRAME, FrameError};
+#[cfg(feature = "io")]
+pub use frame::{FrameReader, write_frame};
 pub use identity::AgentId;
 pub use message::*;
 pub use version::{PROTOCOL_VERSION, SUPPORTED, VersionRange};

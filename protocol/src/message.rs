@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::package::Digest;
+use crate::digest::Digest;
 use crate::version::VersionRange;
 
 /// Every frame exchanged between a server and an agent.

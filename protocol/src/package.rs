@@ -14,7 +14,6 @@ use std::str::FromStr;
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::pki::{PkiError, write_file};
 
@@ -130,56 +129,7 @@ pub fn verify(
     Package::decode(bytes)
 }
 
-/// The sha256 of a package's bytes; shown and parsed as 64 lower-case hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(Sha256::digest(bytes).into())
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{self}")
-    }
-}
-
-impl FromStr for Digest {
-    type Err = PackageError;
-
-    fn from_str(s: &str) -> Result<Digest, PackageError> {
-        let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out).map_err(|_| {
-            PackageError::Parse(format!(
-                "'{s}' is not a package digest: expected 64 hex digits, optionally after 'sha256:'"
-            ))
-        })?;
-        Ok(Digest(out))
-    }
-}
-
-impl Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Digest, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::digest::Digest;
 
 /// The server's package signing key (ed25519).
 pub struct SigningKey {

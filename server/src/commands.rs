@@ -5,64 +5,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use ferry_protocol::{CommandResult, LogLevel, Outcome, ResultStats};
+use ferry_lifecycle::End;
+use ferry_protocol::{CommandResult, LogLevel, ResultStats};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-/// Where a command is in its life, and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CommandStatus {
-    /// Being sent to the agent.
-    Pending,
-    /// The agent accepted it.
-    Running,
-    /// The plugin returned a result.
-    Succeeded,
-    /// The plugin refused the payload.
-    InvalidInput,
-    /// The plugin was not allowed to do what the command needs.
-    Denied,
-    /// The plugin reported a failure.
-    Failed,
-    /// Cancelled before it finished.
-    Cancelled,
-    /// Ran past its timeout.
-    TimedOut,
-    /// The plugin crashed; the agent kept serving.
-    Crashed,
-    /// No plugin on the agent handles the topic.
-    UnknownTopic,
-    /// The agent refused to start it.
-    Rejected,
-    /// It never reached the agent.
-    Undelivered,
-    /// The connection to the agent broke before the result arrived.
-    Lost,
-}
-
-impl CommandStatus {
-    /// True once the command has ended.
-    pub fn is_final(self) -> bool {
-        !matches!(self, CommandStatus::Pending | CommandStatus::Running)
-    }
-
-    fn from_outcome(outcome: &Outcome) -> Self {
-        match outcome {
-            Outcome::Succeeded => CommandStatus::Succeeded,
-            Outcome::InvalidInput(_) => CommandStatus::InvalidInput,
-            Outcome::Denied(_) => CommandStatus::Denied,
-            Outcome::Failed(_) => CommandStatus::Failed,
-            Outcome::Cancelled => CommandStatus::Cancelled,
-            Outcome::TimedOut => CommandStatus::TimedOut,
-            Outcome::Crashed(_) => CommandStatus::Crashed,
-            Outcome::UnknownTopic(_) => CommandStatus::UnknownTopic,
-            Outcome::Rejected(_) => CommandStatus::Rejected,
-        }
-    }
-}
+/// Where an agent's run is in its life, and how it ended: the one list, kept in
+/// `ferry-lifecycle` with what derives from it (final, error, summary bucket).
+pub use ferry_lifecycle::Status as CommandStatus;
 
 /// A result payload as JSON can carry it: as JSON when it is JSON, as text when it is UTF-8,
 /// otherwise base64.
@@ -204,6 +156,15 @@ pub struct CommandEntry {
     record: Mutex<Record>,
     changed: watch::Sender<usize>,
     cancel: Notify,
+    /// The mailbox of the task that drives the run, while one does: report streams hand it
+    /// the results they carry and wait for its word that the result is on disk.
+    driver: Mutex<Option<mpsc::UnboundedSender<Report>>>,
+}
+
+/// A result an agent delivered on a report stream, and where to say whether it is on disk.
+pub(crate) struct Report {
+    pub(crate) result: CommandResult,
+    pub(crate) recorded: oneshot::Sender<bool>,
 }
 
 impl CommandEntry {
@@ -319,19 +280,41 @@ impl CommandEntry {
         });
     }
 
-    /// The agent sent the result; false if the command had already ended.
-    pub fn finish_with_result(&self, result: CommandResult) -> bool {
-        self.push(CommandEvent::Finished {
-            at: OffsetDateTime::now_utc(),
-            status: CommandStatus::from_outcome(&result.outcome),
-            detail: result.outcome.detail().map(str::to_string),
-            output: RenderedPayload::new(&result.payload),
-            stats: Some(result.stats),
-        })
+    /// The `Finished` event `end` makes, and the view with it, without showing it: what is
+    /// written to disk before anyone sees the run as ended.
+    pub(crate) fn ending(&self, end: &End) -> (CommandView, CommandEvent) {
+        let at = OffsetDateTime::now_utc();
+        let result = end.result.as_ref();
+        let event = CommandEvent::Finished {
+            at,
+            status: end.status,
+            detail: end.detail.clone(),
+            output: result.map_or_else(RenderedPayload::default, |r| {
+                RenderedPayload::new(&r.payload)
+            }),
+            stats: result.map(|r| r.stats.clone()),
+        };
+        let mut view = self.view();
+        view.status = end.status;
+        view.finished_at = Some(at);
+        view.detail = end.detail.clone();
+        if let CommandEvent::Finished { output, stats, .. } = &event {
+            view.output = output.clone();
+            view.stats = stats.clone();
+        }
+        (view, event)
     }
 
-    /// The command ended without a result from the agent; false if it had already ended.
-    pub fn finish_without_result(&self, status: CommandStatus, detail: String) -> bool {
+    /// Shows the end made by [`CommandEntry::ending`] once it is on disk; false if the command
+    /// had already ended.
+    pub(crate) fn finish(&self, finished: CommandEvent) -> bool {
+        debug_assert!(matches!(finished, CommandEvent::Finished { .. }));
+        self.push(finished)
+    }
+
+    /// The command ended without a result from the agent, and without a record on disk (the
+    /// disk refused the run before it was sent); false if it had already ended.
+    pub(crate) fn finish_unrecorded(&self, status: CommandStatus, detail: String) -> bool {
         self.push(CommandEvent::Finished {
             at: OffsetDateTime::now_utc(),
             status,
@@ -339,6 +322,35 @@ impl CommandEntry {
             output: RenderedPayload::default(),
             stats: None,
         })
+    }
+
+    /// Takes report streams' results until [`CommandEntry::detach`].
+    pub(crate) fn attach(&self) -> mpsc::UnboundedReceiver<Report> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.driver.lock() = Some(tx);
+        rx
+    }
+
+    /// No task drives the run any more.
+    pub(crate) fn detach(&self) {
+        self.driver.lock().take();
+    }
+
+    /// Hands a result from a report stream to the run's driver: true once it is on disk (or
+    /// the run had ended, which is on disk already), false if it could not be recorded now.
+    pub(crate) async fn report(&self, result: CommandResult) -> bool {
+        if self.view().status.is_final() {
+            return true;
+        }
+        let driver = self.driver.lock().clone();
+        let Some(driver) = driver else {
+            return false;
+        };
+        let (recorded, answer) = oneshot::channel();
+        if driver.send(Report { result, recorded }).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 }
 
@@ -416,6 +428,7 @@ impl CommandStore {
             record: Mutex::new(Record { view, events }),
             changed: watch::Sender::new(count),
             cancel: Notify::new(),
+            driver: Mutex::new(None),
         });
         let mut inner = self.inner.lock();
         inner.by_id.insert(id.clone(), entry.clone());
@@ -490,7 +503,7 @@ mod tests {
         let entry = store.create("c1".into(), "a".into(), "echo".into(), origin);
         entry.accepted();
         entry.progress(150, "clamped".into());
-        entry.finish_without_result(CommandStatus::Lost, "gone".into());
+        entry.finish_unrecorded(CommandStatus::Lost, "gone".into());
         entry.log(LogLevel::Info, "late".into());
         let view = entry.wait().await;
         assert_eq!(view.status, CommandStatus::Lost);

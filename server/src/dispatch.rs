@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
+use ferry_lifecycle::{Effect, Input, Limits, Run, Start};
 use ferry_protocol::{
-    AgentId, Cancel, Command, DataRequest, DataResponse, FrameError, FrameReader, Message, Peer,
-    ResultAck, StreamKind, write_frame,
+    AgentId, Command, DataRequest, DataResponse, FrameError, FrameReader, Message, write_frame,
 };
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::commands::{CommandEntry, CommandStatus};
+use crate::commands::{CommandEntry, CommandEvent, CommandStatus};
+use crate::persist::RunRecord;
 use crate::server::ServerState;
 
 /// How long past a command's own timeout the server waits for the agent's result before it
@@ -69,243 +71,240 @@ pub(crate) struct Dispatch {
     pub(crate) data: BTreeMap<String, Vec<u8>>,
     /// Until when it may wait for the agent to connect before it was ever sent.
     pub(crate) deliver_by: Instant,
-    /// It was sent before the server restarted: the same id goes out again, and the agent's
-    /// journal answers it without running it twice.
-    pub(crate) sent_before: bool,
+    /// When it was first sent, if it was sent before the server restarted: the same id goes
+    /// out again, and the agent's journal answers it without running it twice.
+    pub(crate) sent_at: Option<Instant>,
 }
 
-/// How one attempt over one connection ended.
-enum Attempt {
-    /// The command has its end state.
-    Ended,
-    /// The command could not be sent on this connection (it never reached the agent).
-    NotSent(String),
-    /// The connection broke after the command was sent.
-    Lost(String),
-}
-
-/// Runs one agent's copy of a command until it has ended, recording everything in its entry
-/// and, where a restart must not lose it, on disk. When the agent is not connected the
-/// command waits for it (until the delivery deadline when it was never sent); when the
-/// connection breaks after sending, it waits for the agent to come back and sends the same
-/// command id again, which the agent answers from its journal (with the result, or by
-/// carrying on with the run) instead of running it twice.
+/// Runs one agent's copy of a command until it has ended: a thin driver of
+/// [`ferry_lifecycle::Run`], which decides everything (when to send, what a frame means, when
+/// a result may be acknowledged, how the run ends); this task only turns the registry, the
+/// stream, the disk, report streams and timers into its inputs and carries out its effects.
 pub(crate) async fn run(d: Dispatch) {
     let stop = d.state.stop.clone();
+    let entry = d.entry.clone();
     tokio::select! {
-        _ = dispatch(d) => {}
+        _ = drive(d) => {}
         // Everything a restart needs is on disk: the restarted server sends it again.
         _ = stop.cancelled() => {}
     }
+    entry.detach();
 }
 
-async fn dispatch(d: Dispatch) {
-    if !d.sent_before && !d.state.persist_run(&d.entry, true).await {
-        d.entry.finish_without_result(
+/// The run's stream while it has one.
+struct Stream {
+    send: quinn::SendStream,
+    recv: FrameReader<quinn::RecvStream>,
+}
+
+async fn drive(d: Dispatch) {
+    let state = &d.state;
+    let entry = &d.entry;
+    if d.sent_at.is_none() && !state.persist_run(entry, true).await {
+        entry.finish_unrecorded(
             CommandStatus::Undelivered,
             "not sent: the server could not record the command on disk; see the server's log"
                 .into(),
         );
         return;
     }
-    let timeout = Duration::from_millis(d.command.timeout_ms.unwrap_or(0));
-    let result_wait = d.state.config.result_wait;
-    let mut sent_at: Option<Instant> = d.sent_before.then(Instant::now);
-    let mut cancel_requested = false;
-    let mut last_loss = String::new();
+    let limits = Limits {
+        timeout: Duration::from_millis(d.command.timeout_ms.unwrap_or(0)),
+        result_grace: RESULT_GRACE,
+        result_wait: state.config.result_wait,
+    };
+    let start = match d.sent_at {
+        Some(sent_at) => Start::Resumed {
+            sent_at: sent_at.into_std(),
+        },
+        None => Start::New {
+            deliver_by: d.deliver_by.into_std(),
+        },
+    };
+    let mut run = Run::new(d.command.id.clone(), limits, start);
+    let mut reports = entry.attach();
+    let mut waiting_reports: Vec<(String, oneshot::Sender<bool>)> = Vec::new();
     let sources = DataSources {
         command: d.data.clone(),
-        server: d.state.clone(),
+        server: state.clone(),
     };
+    let max_frame = state.config.max_frame_bytes;
+    let mut connection: Option<quinn::Connection> = None;
+    let mut stream: Option<Stream> = None;
+    let mut finished: Option<CommandEvent> = None;
+    let mut data_served = 0u32;
+    let now = || Instant::now().into_std();
+
     loop {
-        let until = match sent_at {
-            None => d.deliver_by,
-            Some(at) => at + timeout + RESULT_GRACE + result_wait,
-        };
-        let connection = tokio::select! {
-            found = d.state.registry.wait_connection(&d.agent, until) => found,
-            _ = d.entry.cancelled(), if !cancel_requested => {
-                cancel_requested = true;
-                if sent_at.is_none() {
-                    d.entry.finish_without_result(CommandStatus::Cancelled, "cancelled before it reached the agent".into());
-                    d.state.persist_run(&d.entry, true).await;
-                    return;
+        while let Some(effect) = run.poll() {
+            match effect {
+                Effect::Send => {
+                    let until = run
+                        .poll_timeout()
+                        .map_or_else(Instant::now, Instant::from_std);
+                    let input = match connection.as_ref() {
+                        None => Input::NotSent("the agent's connection went away".into()),
+                        Some(connection) => {
+                            match send(connection, &d.command, max_frame, until).await {
+                                Ok(opened) => {
+                                    stream = Some(opened);
+                                    Input::Sent
+                                }
+                                Err(input) => input,
+                            }
+                        }
+                    };
+                    run.handle(now(), input);
+                    if !run.on_stream() {
+                        stream = None;
+                    }
                 }
-                continue;
+                Effect::Frame(message) => {
+                    if let Some(s) = stream.as_mut()
+                        && let Err(e) = write_frame(&mut s.send, &message, max_frame).await
+                    {
+                        tracing::debug!(error = %e, kind = message.kind(), "could not write to a command stream; its reader will tell");
+                    }
+                }
+                Effect::AnswerData(request) => {
+                    let response = Message::DataResponse(sources.answer(request, &mut data_served));
+                    if let Some(s) = stream.as_mut()
+                        && let Err(e) = write_frame(&mut s.send, &response, max_frame).await
+                    {
+                        tracing::debug!(error = %e, "could not answer a data request; the result will tell");
+                    }
+                }
+                Effect::Finish => {
+                    if let Some(s) = stream.as_mut() {
+                        let _ = s.send.finish();
+                    }
+                }
+                Effect::Reset(code) => {
+                    if let Some(mut s) = stream.take() {
+                        let _ = s.send.reset(code.into());
+                        let _ = s.recv.get_mut().stop(code.into());
+                    }
+                }
+                Effect::Accepted => {
+                    if entry.accepted() {
+                        state.persist_run(entry, false).await;
+                    }
+                }
+                Effect::Progress(percent, message) => entry.progress(percent, message),
+                Effect::Log(level, message) => entry.log(level, message),
+                Effect::Record(end) => {
+                    let (view, event) = entry.ending(&end);
+                    let record = RunRecord {
+                        origin: entry.origin().clone(),
+                        view,
+                    };
+                    let written = state.persist.save_run(&record, true).await;
+                    if let Err(e) = &written {
+                        tracing::error!(command = %d.command.id, error = %e, "cannot record how a run ended; it is not shown as ended until it is on disk");
+                    }
+                    finished = Some(event);
+                    run.handle(now(), Input::Recorded(written.map_err(|e| e.to_string())));
+                }
+                Effect::AckReport(id) => answer_reports(&mut waiting_reports, &id, true),
+                Effect::RefuseReport(id) => answer_reports(&mut waiting_reports, &id, false),
+                Effect::Ended(_) => {
+                    if let Some(event) = finished.take() {
+                        entry.finish(event);
+                    }
+                }
             }
-        };
-        let Some((_, connection)) = connection else {
-            let (status, why) = match sent_at {
-                None => (
-                    CommandStatus::Undelivered,
-                    format!(
-                        "agent '{}' did not connect before the command's delivery deadline",
-                        d.agent
-                    ),
-                ),
-                Some(_) => (
-                    CommandStatus::Lost,
-                    format!(
-                        "the connection to the agent was lost ({last_loss}) and the agent did not come back with the result within the command's timeout plus {:?}",
-                        RESULT_GRACE + result_wait
-                    ),
-                ),
-            };
-            d.entry.finish_without_result(status, why);
-            d.state.persist_run(&d.entry, true).await;
+        }
+        if run.is_ended() {
+            // A report that arrived with the end already recorded is answered from it.
+            while let Ok(report) = reports.try_recv() {
+                let _ = report.recorded.send(true);
+            }
             return;
-        };
-        let give_up_at = sent_at.unwrap_or_else(Instant::now) + timeout + RESULT_GRACE;
-        match attempt(&d, connection, &sources, give_up_at, cancel_requested).await {
-            Attempt::Ended => {
-                d.state.persist_run(&d.entry, true).await;
-                return;
-            }
-            Attempt::NotSent(why) if sent_at.is_none() => {
-                if Instant::now() >= d.deliver_by {
-                    d.entry.finish_without_result(
-                        CommandStatus::Undelivered,
-                        format!("not sent: {why}"),
-                    );
-                    d.state.persist_run(&d.entry, true).await;
-                    return;
+        }
+        if !run.on_stream() {
+            stream = None;
+        }
+        let deadline = run.poll_timeout().map(Instant::from_std);
+        let wants_connection = run.wants_connection(now());
+        tokio::select! {
+            found = d.state.registry.wait_connection(&d.agent, deadline.unwrap_or_else(far_future)), if wants_connection => {
+                match found {
+                    Some((_, found)) => {
+                        connection = Some(found);
+                        run.handle(now(), Input::Connected);
+                    }
+                    None => run.handle(now(), Input::Timeout),
                 }
-                tracing::info!(command = %d.command.id, agent = %d.agent, "not sent yet ({why}); waiting for the agent");
-                // The connection is going away; wait for the registry to drop it or the agent
-                // to come back, without spinning on a dead connection.
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Attempt::NotSent(why) | Attempt::Lost(why) => {
-                sent_at.get_or_insert_with(Instant::now);
-                tracing::info!(command = %d.command.id, agent = %d.agent, "connection lost during the command ({why}); waiting for the agent to come back");
-                d.entry.log(
-                    ferry_protocol::LogLevel::Warn,
-                    format!("the connection to the agent was lost ({why}); waiting for it to come back with the result"),
-                );
-                last_loss = why;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            frame = async { stream.as_mut().expect("checked").recv.next().await }, if stream.is_some() => {
+                let input = match frame {
+                    Ok(Some(message)) => Input::Frame(message),
+                    Ok(None) => Input::StreamEnded("the agent closed the command stream without a result".into()),
+                    Err(FrameError::Io(e)) => Input::StreamEnded(e.to_string()),
+                    Err(e) => Input::BadFrame(e.to_string()),
+                };
+                if matches!(input, Input::StreamEnded(_)) {
+                    stream = None;
+                }
+                run.handle(now(), input);
             }
+            Some(report) = reports.recv() => {
+                waiting_reports.push((report.result.id.clone(), report.recorded));
+                run.handle(now(), Input::Reported(report.result));
+            }
+            _ = entry.cancelled() => run.handle(now(), Input::Cancel),
+            _ = sleep_until_opt(deadline), if !wants_connection => run.handle(now(), Input::Timeout),
         }
     }
 }
 
-/// Sends the command over `connection` and follows it until its result, a breach, the give-up
-/// time, or the connection's end.
-async fn attempt(
-    d: &Dispatch,
-    connection: quinn::Connection,
-    data: &DataSources,
-    give_up_at: Instant,
-    cancel_requested: bool,
-) -> Attempt {
-    let max_frame = d.state.config.max_frame_bytes;
-    let entry = &d.entry;
-    let (mut send, recv) = match tokio::time::timeout_at(give_up_at, connection.open_bi()).await {
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells the report streams waiting on `id` whether its result is on disk.
+fn answer_reports(waiting: &mut Vec<(String, oneshot::Sender<bool>)>, id: &str, recorded: bool) {
+    let (answered, rest) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|(waiting_id, _)| waiting_id == id);
+    *waiting = rest;
+    for (_, reply) in answered {
+        let _ = reply.send(recorded);
+    }
+}
+
+/// Opens a stream on `connection` and writes `command` on it, within `until`.
+async fn send(
+    connection: &quinn::Connection,
+    command: &Command,
+    max_frame: u32,
+    until: Instant,
+) -> Result<Stream, Input> {
+    let (mut send, recv) = match tokio::time::timeout_at(until, connection.open_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
-            return Attempt::NotSent(format!("could not open a stream to the agent: {e}"));
+            return Err(Input::NotSent(format!(
+                "could not open a stream to the agent: {e}"
+            )));
         }
-        Err(_) => {
-            entry.finish_without_result(
-                CommandStatus::Undelivered,
-                "the agent did not take the command before its timeout: it is running as many commands as it allows".into(),
-            );
-            return Attempt::Ended;
-        }
+        // Still waiting for a stream slot at the run's deadline: its timeout ends it.
+        Err(_) => return Err(Input::Timeout),
     };
-    if let Err(e) = write_frame(&mut send, &Message::Command(d.command.clone()), max_frame).await {
-        return Attempt::NotSent(format!("could not send the command: {e}"));
+    if let Err(e) = write_frame(&mut send, &Message::Command(command.clone()), max_frame).await {
+        // Part of it may have reached the agent: from here on the run counts as sent.
+        return Err(Input::StreamEnded(format!(
+            "could not send the command: {e}"
+        )));
     }
-
-    let mut recv = FrameReader::new(recv, max_frame);
-    let mut cancel_sent = false;
-    if cancel_requested {
-        cancel_sent = true;
-        let cancel = Message::Cancel(Cancel {
-            reason: "cancelled by the operator".into(),
-        });
-        let _ = write_frame(&mut send, &cancel, max_frame).await;
-    }
-    let mut data_served = 0u32;
-    loop {
-        tokio::select! {
-            frame = recv.next() => {
-                match frame {
-                    Ok(Some(message)) => {
-                        if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Command) {
-                            tracing::warn!(error = %e, "agent broke the protocol on a command stream");
-                            let _ = recv.get_mut().stop(ferry_protocol::close::PROTOCOL_ERROR.into());
-                            entry.finish_without_result(CommandStatus::Lost, format!("protocol error from the agent: {e}"));
-                            return Attempt::Ended;
-                        }
-                        match message {
-                            Message::Accepted(_) => {
-                                if entry.accepted() {
-                                    d.state.persist_run(entry, false).await;
-                                }
-                            }
-                            Message::Progress(p) => entry.progress(p.percent, p.message),
-                            Message::Log(l) => entry.log(l.level, l.message),
-                            Message::Result(result) => {
-                                let id = d.command.id.clone();
-                                record_result(&d.state, entry, result).await;
-                                let ack = Message::ResultAck(ResultAck { id });
-                                let _ = write_frame(&mut send, &ack, max_frame).await;
-                                let _ = send.finish();
-                                return Attempt::Ended;
-                            }
-                            Message::DataRequest(request) => {
-                                let response = Message::DataResponse(data.answer(request, &mut data_served));
-                                if let Err(e) = write_frame(&mut send, &response, max_frame).await {
-                                    tracing::debug!(error = %e, "could not answer a data request; the result will tell");
-                                }
-                            }
-                            _ => unreachable!("check_allowed admits only agent command-stream messages"),
-                        }
-                    }
-                    Ok(None) => {
-                        return Attempt::Lost("the agent closed the command stream without a result".into());
-                    }
-                    Err(FrameError::Io(e)) => {
-                        return Attempt::Lost(e.to_string());
-                    }
-                    Err(e) => {
-                        let _ = recv.get_mut().stop(ferry_protocol::close::PROTOCOL_ERROR.into());
-                        entry.finish_without_result(CommandStatus::Lost, format!("protocol error from the agent: {e}"));
-                        return Attempt::Ended;
-                    }
-                }
-            }
-            _ = entry.cancelled(), if !cancel_sent => {
-                cancel_sent = true;
-                let cancel = Message::Cancel(Cancel { reason: "cancelled by the operator".into() });
-                if let Err(e) = write_frame(&mut send, &cancel, max_frame).await {
-                    tracing::debug!(error = %e, "could not send Cancel; the result will tell");
-                }
-            }
-            _ = tokio::time::sleep_until(give_up_at) => {
-                let _ = send.reset(ferry_protocol::close::NORMAL.into());
-                let timeout = Duration::from_millis(d.command.timeout_ms.unwrap_or(0));
-                entry.finish_without_result(
-                    CommandStatus::TimedOut,
-                    format!("no result from the agent within the command's timeout ({timeout:?}) plus {RESULT_GRACE:?}"),
-                );
-                return Attempt::Ended;
-            }
-        }
-    }
-}
-
-/// Records a result the agent sent (on its command stream or a report stream) where a restart
-/// cannot lose it; true if it ended the command, false if the command had already ended.
-pub(crate) async fn record_result(
-    state: &ServerState,
-    entry: &CommandEntry,
-    result: ferry_protocol::CommandResult,
-) -> bool {
-    if !entry.finish_with_result(result) {
-        return false;
-    }
-    state.persist_run(entry, true).await;
-    true
+    Ok(Stream {
+        send,
+        recv: FrameReader::new(recv, max_frame),
+    })
 }

@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_lifecycle::Bucket;
 use ferry_protocol::{AgentId, Command};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -32,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
-use crate::persist::{FleetRecord, Loaded, NotSent, SlotRecord, TargetRecord};
+use crate::persist::{Created, FleetRecord, Loaded, NotSent, SlotRecord, TargetRecord};
 use crate::plugins::Selector;
 use crate::server::{ServerState, SubmitError};
 use ferry_protocol::ResultStats;
@@ -141,26 +142,17 @@ pub struct Summary {
 impl Summary {
     fn add(&mut self, status: CommandStatus) {
         self.total += 1;
-        match status {
-            CommandStatus::Pending => self.pending += 1,
-            CommandStatus::Running => self.running += 1,
-            CommandStatus::Succeeded => self.succeeded += 1,
-            CommandStatus::TimedOut => self.timed_out += 1,
-            CommandStatus::Undelivered => self.undelivered += 1,
-            CommandStatus::Cancelled => self.cancelled += 1,
-            _ => self.failed += 1,
-        }
+        let count = match status.bucket() {
+            Bucket::Pending => &mut self.pending,
+            Bucket::Running => &mut self.running,
+            Bucket::Succeeded => &mut self.succeeded,
+            Bucket::Failed => &mut self.failed,
+            Bucket::TimedOut => &mut self.timed_out,
+            Bucket::Undelivered => &mut self.undelivered,
+            Bucket::Cancelled => &mut self.cancelled,
+        };
+        *count += 1;
     }
-}
-
-/// Does an agent that ended so count against `max_errors`? Only agents that ran it and did not
-/// succeed: undelivered ones never ran it, and cancelled ones were stopped on purpose.
-fn is_error(status: CommandStatus) -> bool {
-    status.is_final()
-        && !matches!(
-            status,
-            CommandStatus::Succeeded | CommandStatus::Undelivered | CommandStatus::Cancelled
-        )
 }
 
 /// One agent's part of a command.
@@ -468,9 +460,8 @@ impl FleetEntry {
         );
     }
 
-    fn not_sent(&self, index: usize, status: CommandStatus, why: String) {
+    fn not_sent(&self, index: usize, status: CommandStatus, why: String, at: OffsetDateTime) {
         let mut inner = self.inner.lock();
-        let at = OffsetDateTime::now_utc();
         let agent = inner.slots[index].agent.clone();
         inner.slots[index].not_sent = Some((status, why.clone(), at));
         self.push_locked(
@@ -492,7 +483,7 @@ impl FleetEntry {
         data["agent"] = Value::String(inner.slots[index].agent.clone());
         if let CommandEvent::Finished { status, .. } = event {
             inner.in_flight -= 1;
-            inner.errors += u32::from(is_error(*status));
+            inner.errors += u32::from(status.is_error());
         }
         self.push_locked(&mut inner, kind, data);
     }
@@ -619,20 +610,29 @@ pub(crate) async fn start(
                 .into(),
         ));
     }
-    if let Some(key) = &request.idempotency_key {
-        if key.is_empty() || key.len() > 256 {
-            return Err(SubmitError::Invalid(
-                "idempotency_key must have 1 to 256 bytes".into(),
-            ));
+    // Submissions with an idempotency key go one at a time, from the key's look-up to the
+    // command in the store, so the second of two at once finds the first; the key is also
+    // claimed in the transaction that records the command (`create_command`), so no two
+    // commands are ever recorded under one key.
+    let _keyed = match &request.idempotency_key {
+        Some(key) => {
+            if key.is_empty() || key.len() > 256 {
+                return Err(SubmitError::Invalid(
+                    "idempotency_key must have 1 to 256 bytes".into(),
+                ));
+            }
+            let turn = state.fleets.keyed.lock().await;
+            if let Some(existing) = state
+                .persist
+                .command_for_key(key)
+                .and_then(|id| state.fleets.get(&id))
+            {
+                return Ok((existing, false));
+            }
+            Some(turn)
         }
-        if let Some(existing) = state
-            .persist
-            .command_for_key(key)
-            .and_then(|id| state.fleets.get(&id))
-        {
-            return Ok((existing, false));
-        }
-    }
+        None => None,
+    };
     crate::server::check_request(state, &request.topic, request.payload.len())?;
     let agents = resolve(state, &request.target)?;
     let single = match (&request.target, agents.as_slice()) {
@@ -675,11 +675,17 @@ pub(crate) async fn start(
         cancel: CancellationToken::new(),
         reconnect_grace_until: None,
     });
-    state
-        .persist
-        .save_command(&fleet.record(), true)
-        .await
-        .map_err(|e| SubmitError::Storage(e.to_string()))?;
+    match state.persist.create_command(&fleet.record()).await {
+        Ok(Created::New) => {}
+        Ok(Created::Existing(holder)) => {
+            return state.fleets.get(&holder).map(|f| (f, false)).ok_or_else(|| {
+                SubmitError::Storage(format!(
+                    "the idempotency key belongs to command {holder}, which this server no longer holds in memory; use another key"
+                ))
+            });
+        }
+        Err(e) => return Err(SubmitError::Storage(e.to_string())),
+    }
     // One named agent is sent its copy before the command is returned, so that
     // `Server::submit` can hand out the agent's run at once.
     let first = match single {
@@ -728,7 +734,7 @@ fn send_to(
         command: command_for(request, run_id, timeout_ms),
         data: request.data.clone(),
         deliver_by,
-        sent_before: false,
+        sent_at: None,
     }));
     entry
 }
@@ -799,29 +805,31 @@ async fn send_all(
             continue;
         }
         let Some(permit) = permit.filter(|_| !fleet.cancel.is_cancelled()) else {
-            for rest in index..count {
-                if fleet.is_unsent(rest) {
-                    fleet.not_sent(
-                        rest,
-                        CommandStatus::Cancelled,
-                        "not sent: the command was cancelled first".into(),
-                    );
-                }
-            }
+            let rest = (index..count).filter(|&i| fleet.is_unsent(i)).collect();
+            decide_not_sent(
+                &state,
+                &fleet,
+                rest,
+                CommandStatus::Cancelled,
+                "not sent: the command was cancelled first".into(),
+            )
+            .await;
             break;
         };
         if let Some(max) = fleet.max_errors {
             let errors = fleet.errors();
             if errors >= max {
-                for rest in index..count {
-                    if fleet.is_unsent(rest) {
-                        fleet.not_sent(
-                            rest,
-                            CommandStatus::Undelivered,
-                            format!("not sent: {errors} agents had failed, the most max_errors ({max}) allows"),
-                        );
-                    }
-                }
+                let rest = (index..count).filter(|&i| fleet.is_unsent(i)).collect();
+                decide_not_sent(
+                    &state,
+                    &fleet,
+                    rest,
+                    CommandStatus::Undelivered,
+                    format!(
+                        "not sent: {errors} agents had failed, the most max_errors ({max}) allows"
+                    ),
+                )
+                .await;
                 break;
             }
         }
@@ -841,16 +849,58 @@ async fn send_all(
                 fleet.dispatched(index, entry.clone());
                 followers.spawn(follow(fleet.clone(), index, entry, Some(permit), 0));
             }
-            Err(why) => fleet.not_sent(index, CommandStatus::Undelivered, why),
+            Err(why) => {
+                decide_not_sent(&state, &fleet, vec![index], CommandStatus::Undelivered, why).await
+            }
         }
     }
     // A restored command may have had every agent decided already.
     while followers.join_next().await.is_some() {}
     fleet.finish();
-    if let Err(e) = state.persist.save_command(&fleet.record(), false).await {
+    // Durable, so a restart finds the command ended as it was shown, not running.
+    if let Err(e) = state.persist.save_command(&fleet.record(), true).await {
         tracing::error!(command = %fleet.id, error = %e, "cannot record that the command ended");
     }
     tracing::info!(command = %fleet.id, view = ?fleet.view(false).summary, "command ended");
+}
+
+/// Decides that the agents at `slots` are not sent the command: written to disk first, shown
+/// only then, so a restart can never send a copy that was shown as not sent. A disk that
+/// refuses the write is tried again each second (the decision is shown once it is on disk);
+/// the server's stop ends the wait, and the restarted server decides again.
+async fn decide_not_sent(
+    state: &ServerState,
+    fleet: &FleetEntry,
+    slots: Vec<usize>,
+    status: CommandStatus,
+    why: String,
+) {
+    if slots.is_empty() {
+        return;
+    }
+    let at = OffsetDateTime::now_utc();
+    let records: Vec<(u32, NotSent)> = slots
+        .iter()
+        .map(|&i| {
+            let not_sent = NotSent {
+                status,
+                why: why.clone(),
+                at,
+            };
+            (i as u32, not_sent)
+        })
+        .collect();
+    while let Err(e) = state
+        .persist
+        .save_not_sent(&fleet.id, records.clone())
+        .await
+    {
+        tracing::error!(command = %fleet.id, error = %e, "cannot record the agents a command is not sent to; trying again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for index in slots {
+        fleet.not_sent(index, status, why.clone(), at);
+    }
 }
 
 /// Copies one agent's events into the command's and releases its concurrency permit when the
@@ -992,7 +1042,9 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 data: fleet.request.data.clone(),
                 deliver_by: tokio::time::Instant::now()
                     + fleet.request.deliver_within.unwrap_or_default(),
-                sent_before: true,
+                // Its deadlines run from when it was first sent, not from the restart: a result
+                // the agent kept while the server was down is still taken within `result_wait`.
+                sent_at: Some(instant_of(view.created_at)),
             }));
         }
         state.fleets.insert(fleet.clone());
@@ -1016,6 +1068,14 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
     }
 }
 
+/// The monotonic instant of a wall-clock time in the past (now, if the clock says it is in the
+/// future).
+fn instant_of(at: OffsetDateTime) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let ago = (OffsetDateTime::now_utc() - at).max(time::Duration::ZERO);
+    now.checked_sub(ago.unsigned_abs()).unwrap_or(now)
+}
+
 /// How many ended commands the store keeps; each holds its agents' results.
 pub const RETAINED_FLEETS: usize = 2_000;
 
@@ -1036,6 +1096,8 @@ pub struct ListFilter {
 #[derive(Default)]
 pub(crate) struct FleetStore {
     inner: Mutex<StoreInner>,
+    /// Held by a submission with an idempotency key from its look-up to its insertion.
+    keyed: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]

@@ -25,6 +25,10 @@ const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_runs");
 /// Idempotency key → operator command id.
 const KEYS: TableDefinition<&str, &str> = TableDefinition::new("command_idempotency_keys");
+/// `<command id>/<slot index>` → [`NotSent`] (CBOR): an agent a fan-out decided not to send
+/// the command to, written (durably) before anyone is shown the decision, so a restart never
+/// sends it after all. One small record per decision, not the whole command again.
+const SLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_slots");
 /// Agent id → [`AgentInfo`] as last seen (CBOR).
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 
@@ -85,6 +89,15 @@ pub(crate) struct RunRecord {
     pub(crate) view: CommandView,
 }
 
+/// What [`Persist::create_command`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Created {
+    /// The command is recorded.
+    New,
+    /// Its idempotency key belongs to this earlier command; nothing was written.
+    Existing(String),
+}
+
 /// Everything read back at start.
 #[derive(Default)]
 pub(crate) struct Loaded {
@@ -110,7 +123,31 @@ impl Persist {
         }
     }
 
-    /// Writes an operator command; `key`: its idempotency key, recorded with it.
+    /// Writes a new operator command, durably, claiming its idempotency key in the same
+    /// transaction: if the key is already held, nothing is written and the holder's id comes
+    /// back, so two submissions with one key can never both create a command.
+    pub(crate) async fn create_command(&self, record: &FleetRecord) -> Result<Created, StoreError> {
+        let id = record.id.clone();
+        let key = record.idempotency_key.clone();
+        let bytes = encode(record);
+        self.writer
+            .write_with("a new command", true, move |tx| {
+                if let Some(key) = &key {
+                    let mut keys = tx.open_table(KEYS)?;
+                    if let Some(holder) = keys.get(key.as_str())? {
+                        return Ok(Created::Existing(holder.value().to_string()));
+                    }
+                    keys.insert(key.as_str(), id.as_str())?;
+                }
+                tx.open_table(COMMANDS)?
+                    .insert(id.as_str(), bytes.as_slice())?;
+                Ok(Created::New)
+            })
+            .await
+    }
+
+    /// Writes an operator command again (its progress, its end); `key`: its idempotency key,
+    /// recorded with it.
     pub(crate) async fn save_command(
         &self,
         record: &FleetRecord,
@@ -125,6 +162,27 @@ impl Persist {
                     .insert(id.as_str(), bytes.as_slice())?;
                 if let Some(key) = key {
                     tx.open_table(KEYS)?.insert(key.as_str(), id.as_str())?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Writes, durably, that the agents at these slots of command `command` are not sent it.
+    pub(crate) async fn save_not_sent(
+        &self,
+        command: &str,
+        slots: Vec<(u32, NotSent)>,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, Vec<u8>)> = slots
+            .iter()
+            .map(|(index, not_sent)| (format!("{command}/{index}"), encode(not_sent)))
+            .collect();
+        self.writer
+            .write("agents a command is not sent to", true, move |tx| {
+                let mut table = tx.open_table(SLOTS)?;
+                for (key, bytes) in rows {
+                    table.insert(key.as_str(), bytes.as_slice())?;
                 }
                 Ok(())
             })
@@ -193,6 +251,30 @@ impl Persist {
                 }
             }
         }
+        if let Some(table) = open(&tx, SLOTS)? {
+            let index_of: std::collections::HashMap<String, usize> = loaded
+                .commands
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.id.clone(), i))
+                .collect();
+            for row in table.iter().map_err(failed)? {
+                let (key, value) = row.map_err(failed)?;
+                let Some((command, slot)) = key.value().rsplit_once('/') else {
+                    continue;
+                };
+                let (Some(&i), Ok(slot), Some(not_sent)) = (
+                    index_of.get(command),
+                    slot.parse::<usize>(),
+                    decode::<NotSent>(value.value()),
+                ) else {
+                    continue;
+                };
+                if let Some(slot) = loaded.commands[i].slots.get_mut(slot) {
+                    slot.not_sent.get_or_insert(not_sent);
+                }
+            }
+        }
         if let Some(table) = open(&tx, AGENTS)? {
             for row in table.iter().map_err(failed)? {
                 let (_, value) = row.map_err(failed)?;
@@ -243,6 +325,12 @@ impl Persist {
                     let mut table = tx.open_table(RUNS)?;
                     for id in runs {
                         table.remove(id.as_str())?;
+                    }
+                    let mut slots = tx.open_table(SLOTS)?;
+                    for id in forgotten {
+                        // Every key of the command: `<id>/` up to, not including, `<id>0`.
+                        let (from, to) = (format!("{id}/"), format!("{id}0"));
+                        slots.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
                     }
                     Ok(())
                 })

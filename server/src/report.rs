@@ -90,10 +90,16 @@ async fn report(
         let id = result.id.clone();
         match state.commands.get(&id) {
             Some(entry) if entry.view().agent == agent.as_str() => {
-                if crate::dispatch::record_result(&state, &entry, result).await {
-                    recorded += 1;
-                    tracing::info!(%agent, command = %id, "result delivered after a reconnection");
+                // Acknowledged only once the run's driver says it is on disk; otherwise the
+                // stream is reset and the agent keeps the result for its next report stream.
+                if !entry.report(result).await {
+                    tracing::warn!(%agent, command = %id, "could not record a reported result now; the agent keeps it and delivers it again");
+                    let _ = send.reset(close::NORMAL.into());
+                    let _ = recv.get_mut().stop(close::NORMAL.into());
+                    return;
                 }
+                recorded += 1;
+                tracing::info!(%agent, command = %id, "result delivered on a report stream");
             }
             Some(_) => {
                 // Never record one agent's word about another agent's command.

@@ -47,14 +47,16 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     ciborium::from_reader(bytes).ok()
 }
 
+/// What a change returns to its caller, once its transaction is committed.
+type Answer = Box<dyn std::any::Any + Send>;
 /// One change to apply inside a write transaction.
-type Change = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
+type Change = Box<dyn FnOnce(&WriteTransaction) -> Result<Answer, redb::Error> + Send>;
 
 struct Job {
     what: &'static str,
     change: Change,
     durable: bool,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: oneshot::Sender<Result<Answer, StoreError>>,
 }
 
 /// Commits writes to one database from one thread, batching the ones that arrive together.
@@ -123,14 +125,30 @@ impl Writer {
         durable: bool,
         change: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     ) -> Result<(), StoreError> {
+        self.write_with(what, durable, change).await
+    }
+
+    /// Like [`Writer::write`], and returns what `change` decided inside its transaction — for
+    /// a read and a write that must be one ("claim this key unless someone holds it; then
+    /// tell me who"). The answer is handed out only once the transaction is committed: if the
+    /// commit fails, the caller gets the error, never a decision that did not happen.
+    pub async fn write_with<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        durable: bool,
+        change: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (done, finished) = oneshot::channel();
         self.queue(Job {
             what,
-            change: Box::new(change),
+            change: Box::new(move |tx| change(tx).map(|answer| Box::new(answer) as Answer)),
             durable,
             done,
         })?;
-        finished.await.map_err(|_| StoreError::Stopped)?
+        let answer = finished.await.map_err(|_| StoreError::Stopped)??;
+        Ok(*answer
+            .downcast::<T>()
+            .expect("a change's answer has the type its caller gave it"))
     }
 
     /// Applies `change` durably on the calling thread, blocking it until the commit is on
@@ -171,20 +189,25 @@ fn run(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
             changes.push((job.what, job.change));
         }
         let outcome = commit(&db, durable, changes);
-        if let Err((culprit, e)) = &outcome {
-            tracing::error!(error = %e, write = culprit, "a journal write failed");
-        }
-        for (what, done) in done {
-            // The transaction is rolled back as a whole: every write of the batch failed.
-            let result = outcome.as_ref().map(|_| ()).map_err(|(culprit, e)| {
-                let reason = if *culprit == what {
-                    e.to_string()
-                } else {
-                    format!("{e} (while writing {culprit} in the same commit)")
-                };
-                StoreError::Database { what, reason }
-            });
-            let _ = done.send(result);
+        match outcome {
+            Ok(answers) => {
+                for ((_, done), answer) in done.into_iter().zip(answers) {
+                    let _ = done.send(Ok(answer));
+                }
+            }
+            Err((culprit, e)) => {
+                tracing::error!(error = %e, write = culprit, "a journal write failed");
+                for (what, done) in done {
+                    // The transaction is rolled back as a whole: every write of the batch
+                    // failed.
+                    let reason = if culprit == what {
+                        e.to_string()
+                    } else {
+                        format!("{e} (while writing {culprit} in the same commit)")
+                    };
+                    let _ = done.send(Err(StoreError::Database { what, reason }));
+                }
+            }
         }
     }
 }
@@ -193,7 +216,7 @@ fn commit(
     db: &Database,
     durable: bool,
     changes: Vec<(&'static str, Change)>,
-) -> Result<(), (&'static str, redb::Error)> {
+) -> Result<Vec<Answer>, (&'static str, redb::Error)> {
     let mut tx = db.begin_write().map_err(|e| ("commit", e.into()))?;
     let durability = if durable {
         Durability::Immediate
@@ -202,16 +225,18 @@ fn commit(
     };
     tx.set_durability(durability)
         .map_err(|e| ("commit", e.into()))?;
+    let mut answers = Vec::with_capacity(changes.len());
     for (what, change) in changes {
-        change(&tx).map_err(|e| (what, e))?;
+        answers.push(change(&tx).map_err(|e| (what, e))?);
     }
-    tx.commit().map_err(|e| ("commit", e.into()))
+    tx.commit().map_err(|e| ("commit", e.into()))?;
+    Ok(answers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
 
@@ -243,6 +268,47 @@ mod tests {
         let table = tx.open_table(T).unwrap();
         assert_eq!(table.len().unwrap(), 200);
         assert_eq!(table.get(7).unwrap().unwrap().value(), 14);
+    }
+
+    /// Many writers race to claim one key in one transaction each: exactly one wins, and all
+    /// the others are told who did.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_inside_a_write_has_exactly_one_winner() {
+        const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("claims");
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::start(
+            "test",
+            Arc::new(Database::create(dir.path().join("db.redb")).unwrap()),
+        );
+        let mut tasks = Vec::new();
+        for me in 0..64u64 {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                writer
+                    .write_with("a claim", me % 2 == 0, move |tx| {
+                        let mut table = tx.open_table(CLAIMS)?;
+                        let holder = table.get("key")?.map(|v| v.value());
+                        Ok(match holder {
+                            Some(holder) => holder,
+                            None => {
+                                table.insert("key", me)?;
+                                me
+                            }
+                        })
+                    })
+                    .await
+                    .map(|holder| (me, holder))
+            }));
+        }
+        let mut holders = std::collections::HashSet::new();
+        let mut winners = 0;
+        for task in tasks {
+            let (me, holder) = task.await.unwrap().unwrap();
+            holders.insert(holder);
+            winners += u32::from(me == holder);
+        }
+        assert_eq!(holders.len(), 1, "everyone is told the same holder");
+        assert_eq!(winners, 1);
     }
 
     #[tokio::test]

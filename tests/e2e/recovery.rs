@@ -258,3 +258,26 @@ async fn acknowledged_commands_and_results_survive_a_server_restart() {
     );
     agent.shutdown().await;
 }
+
+/// Submissions of one new idempotency key at the same moment make one command, which the
+/// agent runs once: the key is claimed in the transaction that records the command.
+#[tokio::test]
+async fn concurrent_submissions_of_one_key_make_one_command_that_runs_once() {
+    let harness = Harness::start().await;
+    let _agent = start(&harness, "keyed").await;
+    let server = harness.server();
+    let submissions = (0..8).map(|_| {
+        let mut request = nap("keyed", 50);
+        request.idempotency_key = Some("one-key-at-once".into());
+        server.submit(request)
+    });
+    let mut ids = std::collections::HashSet::new();
+    for run in futures::future::join_all(submissions).await {
+        let run = run.unwrap();
+        ids.insert(run.view().id);
+        assert_eq!(run.wait().await.status, CommandStatus::Succeeded);
+    }
+    assert_eq!(ids.len(), 1, "one key made {} runs: {ids:?}", ids.len());
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(runs_of(&id), 1);
+}
