@@ -202,6 +202,11 @@ impl Agent {
         deployer.restore().await;
         tracing::info!(agent = %id, topics = ?routes.topics(), "agent starting");
 
+        let instance =
+            crate::instance::load_or_create(&config.data_dir).map_err(|e| AgentError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
         let hello = Hello {
             protocol: SUPPORTED,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -209,6 +214,7 @@ impl Agent {
             wit_versions: WIT_VERSIONS.iter().map(|v| v.to_string()).collect(),
             topics: Vec::new(),
             cached_plugins: Vec::new(),
+            instance: Some(instance),
         };
         let executor = Arc::new(Executor {
             routes: routes.clone(),

@@ -12,6 +12,7 @@ mod deploy;
 pub mod enroll;
 mod executor;
 pub mod host;
+mod instance;
 mod journal;
 pub mod metrics;
 pub mod policy;

@@ -142,6 +142,15 @@ async fn show(args: AgentIdArgs) -> Result<()> {
     };
     println!("agent       {}", text(&a["id"]));
     println!("status      {}", text(&a["status"]));
+    if let Some(duplicate) = a["duplicate"].as_object() {
+        println!(
+            "duplicate   another installation of this identity (instance {}) from {} was refused {} time(s), last at {}: one identity on two hosts; give each host its own",
+            text(&duplicate["instance"]),
+            text(&duplicate["remote_address"]),
+            text(&duplicate["refused"]),
+            text(&duplicate["at"]),
+        );
+    }
     if let Some(revoked) = a["revoked"].as_object() {
         println!(
             "revoked     by {} at {}{}",

@@ -435,11 +435,15 @@ pub async fn agents(args: AgentsArgs) -> Result<()> {
         .iter()
         .map(|a| {
             let (cpu, mem) = metrics_cells(&a["metrics"]);
-            let status = if a["revoked"].is_object() {
+            let mut status = if a["revoked"].is_object() {
                 "revoked".to_string()
             } else {
                 a["status"].as_str().unwrap_or("?").to_string()
             };
+            // Another host presented this identity and was refused: say so where it is seen.
+            if a["duplicate"].is_object() {
+                status.push_str(" (duplicate refused)");
+            }
             vec![
                 a["id"].as_str().unwrap_or("?").to_string(),
                 status,

@@ -251,6 +251,14 @@ pub struct Hello {
     pub topics: Vec<String>,
     /// Digests of plugin packages already in the agent's cache.
     pub cached_plugins: Vec<String>,
+    /// Which installation of the agent this is: a random id the agent keeps in its data
+    /// directory, made again when the directory is found on another host. Two hosts that
+    /// present one certificate (a cloned machine, a copied data directory) send different
+    /// ones, and the server refuses the second while the first is connected and answering
+    /// (`RejectCode::DuplicateAgent`), so a command never runs on both. Absent: the server
+    /// cannot tell instances apart, and the newest connection wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The server accepts the agent.

@@ -212,10 +212,19 @@ fn session_message() -> impl Strategy<Value = Message> {
             btree_map(text(), text(), 0..4),
             vec(text(), 0..3),
             vec(text(), 0..3),
-            vec(text(), 0..3)
+            vec(text(), 0..3),
+            proptest::option::of(text())
         )
             .prop_map(
-                |(protocol, agent_version, labels, wit_versions, topics, cached_plugins)| {
+                |(
+                    protocol,
+                    agent_version,
+                    labels,
+                    wit_versions,
+                    topics,
+                    cached_plugins,
+                    instance,
+                )| {
                     Message::Hello(Hello {
                         protocol,
                         agent_version,
@@ -223,6 +232,7 @@ fn session_message() -> impl Strategy<Value = Message> {
                         wit_versions,
                         topics,
                         cached_plugins,
+                        instance,
                     })
                 }
             ),
@@ -538,6 +548,7 @@ fn the_allowlist_names_the_breach() {
         wit_versions: vec![],
         topics: vec![],
         cached_plugins: vec![],
+        instance: None,
     });
     assert!(
         hello

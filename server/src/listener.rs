@@ -133,6 +133,34 @@ async fn serve_connection(
     };
 
     let session = state.next_session();
+    // Registered before Welcome, in one step with the check for another installation of the
+    // identity, so that of two hosts presenting one certificate only one is ever let in.
+    let grace = state.config.heartbeat_grace;
+    match state
+        .registry
+        .connect(&id, &hello, session, connection.clone(), grace)
+    {
+        Ok(Some(old)) => old.close(
+            close::REPLACED.into(),
+            b"replaced by a newer connection of the same agent",
+        ),
+        Ok(None) => {}
+        Err(duplicate) => {
+            let why = duplicate.to_string();
+            tracing::warn!(agent = %id, remote = %connection.remote_address(), instance = ?hello.instance, "refusing a second installation of an agent's identity: {why}");
+            let reject = Reject {
+                code: RejectCode::DuplicateAgent,
+                message: why.clone(),
+                // Try again once the other one may have gone quiet.
+                retry_after_ms: Some(grace.as_millis().min(u128::from(u64::MAX)) as u64),
+                redirect: None,
+                server_protocol: None,
+                agent_protocol: None,
+            };
+            refuse(&connection, &mut send, reject, max_frame, &why).await;
+            return Err(format!("agent '{id}': {why}"));
+        }
+    }
     let welcome = Welcome {
         session: format!("{session:x}"),
         protocol,
@@ -143,17 +171,9 @@ async fn serve_connection(
             max_concurrent_commands: state.config.max_concurrent_commands,
         },
     };
-    write_frame(&mut send, &Message::Welcome(welcome), max_frame)
-        .await
-        .map_err(|e| format!("agent '{id}': could not send Welcome: {e}"))?;
-    if let Some(old) = state
-        .registry
-        .connect(&id, &hello, session, connection.clone())
-    {
-        old.close(
-            close::REPLACED.into(),
-            b"replaced by a newer connection of the same agent",
-        );
+    if let Err(e) = write_frame(&mut send, &Message::Welcome(welcome), max_frame).await {
+        state.registry.disconnect(&id, session);
+        return Err(format!("agent '{id}': could not send Welcome: {e}"));
     }
     tracing::info!(agent = %id, remote = %connection.remote_address(), labels = ?hello.labels, "agent connected");
     if let Some(info) = state.registry.get(&id)

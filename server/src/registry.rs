@@ -51,6 +51,43 @@ pub struct AgentInfo {
     /// kept across a restart of the server.
     #[serde(skip_deserializing)]
     pub heartbeat: Option<HeartbeatView>,
+    /// Which installation of the agent holds the identity (its Hello's `instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The last time another installation presenting this identity was refused while this
+    /// one was connected: a cloned host or a copied data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<DuplicateSeen>,
+}
+
+/// Another installation of an agent's identity, refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateSeen {
+    /// Where the refused connection came from.
+    pub remote_address: String,
+    /// The instance id it sent.
+    pub instance: String,
+    /// When it was last refused.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// How many times it has been refused.
+    pub refused: u64,
+}
+
+/// An agent's identity is in use by another installation that is connected and answering.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "agent '{id}' is already connected from {holder} as another installation (instance {holder_instance}); one identity on two hosts would run every command twice. Give each host its own identity (`ferry token create`, then `ferry agent --join` on the new host, or `ferry cert issue <new-id>`); if the other host is gone for good, this one is let in once its connection has been silent for {grace:?}"
+)]
+pub struct Duplicate {
+    /// The agent id.
+    pub id: String,
+    /// Where the connected installation is.
+    pub holder: String,
+    /// Its instance id.
+    pub holder_instance: String,
+    /// How long it must be silent before another installation takes over.
+    pub grace: Duration,
 }
 
 /// A heartbeat as edge-orchestrator tools read it.
@@ -102,17 +139,47 @@ pub struct Registry {
 pub struct NotConnected(pub String);
 
 impl Registry {
-    /// Records a newly accepted connection. A connection the agent still had is returned so the
-    /// caller can close it: the newest connection wins, because an agent that reconnects after a
-    /// network change must not wait for its old connection's idle timeout.
+    /// Records a newly accepted connection. A connection the same installation still had is
+    /// returned so the caller can close it: the newest connection wins, because an agent that
+    /// reconnects after a network change or a restart must not wait for its old connection's
+    /// idle timeout. Another installation of the identity (a different `instance`) is refused
+    /// while the connected one is open and has sent a heartbeat within `grace`; once it is
+    /// closed or silent past that, the newcomer takes over at once. The check and the
+    /// insertion are one step under the registry's lock.
     pub fn connect(
         &self,
         id: &AgentId,
         hello: &Hello,
         session: u64,
         connection: quinn::Connection,
-    ) -> Option<quinn::Connection> {
+        grace: Duration,
+    ) -> Result<Option<quinn::Connection>, Duplicate> {
         let now = OffsetDateTime::now_utc();
+        let mut agents = self.agents.lock();
+        let mut duplicate = None;
+        if let Some(entry) = agents.get_mut(id) {
+            duplicate = entry.info.duplicate.clone();
+            if let (Some((_, held)), Some(holder), Some(newcomer)) =
+                (&entry.connection, &entry.info.instance, &hello.instance)
+                && holder != newcomer
+                && held.close_reason().is_none()
+                && entry.last_heartbeat_at.elapsed() <= grace
+            {
+                let refused = entry.info.duplicate.as_ref().map_or(0, |d| d.refused) + 1;
+                entry.info.duplicate = Some(DuplicateSeen {
+                    remote_address: connection.remote_address().to_string(),
+                    instance: newcomer.clone(),
+                    at: now,
+                    refused,
+                });
+                return Err(Duplicate {
+                    id: id.to_string(),
+                    holder: held.remote_address().to_string(),
+                    holder_instance: holder.clone(),
+                    grace,
+                });
+            }
+        }
         let info = AgentInfo {
             id: id.to_string(),
             status: AgentStatus::Online,
@@ -126,8 +193,9 @@ impl Registry {
             metrics: None,
             running_commands: 0,
             heartbeat: None,
+            instance: hello.instance.clone(),
+            duplicate,
         };
-        let mut agents = self.agents.lock();
         let previous = agents.insert(
             id.clone(),
             Entry {
@@ -138,7 +206,7 @@ impl Registry {
         );
         drop(agents);
         self.connected.send_modify(|n| *n = n.wrapping_add(1));
-        previous.and_then(|e| e.connection).map(|(_, c)| c)
+        Ok(previous.and_then(|e| e.connection).map(|(_, c)| c))
     }
 
     /// The connection to agent `id`, waiting for the agent to connect until `until`.

@@ -371,6 +371,7 @@ async fn a_connection_without_a_certificate_reaches_nothing_but_enrollment() {
         wit_versions: vec![],
         topics: vec![],
         cached_plugins: vec![],
+        instance: None,
     });
     write_frame(&mut send, &hello, 1 << 20).await.unwrap();
     let answer = tokio::time::timeout(WAIT, FrameReader::new(recv, 1 << 20).next())

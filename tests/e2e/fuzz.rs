@@ -240,6 +240,7 @@ fn sample_messages() -> Vec<Message> {
             wit_versions: vec!["0.1.0".into()],
             topics: vec!["echo".into()],
             cached_plugins: vec![digest.to_string()],
+            instance: Some("b7e1c0de".into()),
         }),
         Message::Welcome(Welcome {
             session: "5f3a".into(),

@@ -56,6 +56,7 @@ pub(crate) fn hello(protocol: VersionRange) -> Message {
         wit_versions: vec![],
         topics: vec![],
         cached_plugins: vec![],
+        instance: None,
     })
 }
 

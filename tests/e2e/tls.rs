@@ -29,6 +29,7 @@ async fn hello_with(
             wit_versions: vec![],
             topics: vec![],
             cached_plugins: vec![],
+            instance: None,
         };
         write_frame(&mut send, &Message::Hello(hello), 1 << 20)
             .await

@@ -39,6 +39,8 @@ fn agent(id: &str, labels: &[(&str, &str)], wit: &[&str]) -> AgentInfo {
         metrics: None,
         running_commands: 0,
         heartbeat: None,
+        instance: None,
+        duplicate: None,
     }
 }
 
