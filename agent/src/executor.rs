@@ -47,6 +47,11 @@ pub(crate) struct Executor {
     pub(crate) running: AtomicU32,
 }
 
+/// A journal write on its way to disk.
+type JournalWrite = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), crate::journal::JournalError>> + Send>,
+>;
+
 /// Data requests waiting for the server's answer, by request number.
 type PendingData = Arc<parking_lot::Mutex<HashMap<u32, oneshot::Sender<DataResponse>>>>;
 
@@ -220,6 +225,12 @@ impl Executor {
             _ => None,
         };
         if !resumed {
+            // `Accepted` leaves before the receipt is on disk: it says the agent has the
+            // command, not that it ran it; the plugin starts only once the receipt is durable
+            // (below), which is what keeps an id from running twice.
+            if link.write(&accepted(&id), self.max_frame).await.is_err() {
+                tracing::warn!(parent: &span, "server went away before the command was accepted; running it, its result will be delivered later");
+            }
             let seen = self
                 .journal
                 .accept(&command, ready.as_ref().map(|p| p.name()))
@@ -228,14 +239,12 @@ impl Executor {
                 Ok(Seen::New) => {}
                 Ok(Seen::Finished(result)) => {
                     tracing::info!(parent: &span, "seen before: answering with the stored result");
-                    let _ = link.write(&accepted(&id), self.max_frame).await;
-                    self.deliver(&mut link, result, None).await;
+                    self.deliver(&mut link, result, None, None).await;
                     return;
                 }
                 Ok(Seen::Running(original)) => {
                     let result = self.wait_for(&original, &id).await;
-                    let _ = link.write(&accepted(&id), self.max_frame).await;
-                    self.deliver(&mut link, result, None).await;
+                    self.deliver(&mut link, result, None, None).await;
                     return;
                 }
                 Err(e) => {
@@ -253,22 +262,15 @@ impl Executor {
         let done = Arc::new(done_tx);
         self.inflight.lock().insert(id.clone(), done.clone());
 
-        if link.write(&accepted(&id), self.max_frame).await.is_err() {
-            tracing::warn!(parent: &span, "server went away before the command was accepted; running it, its result will be delivered later");
-        }
         let (result, plugin) = self
             .run(&command, ready, resumed, deadline, &mut link, &span)
             .await;
-        if let Err(e) = self
-            .journal
-            .finished(&command, plugin.as_deref(), &result)
-            .await
-        {
-            tracing::error!(parent: &span, error = %e, "cannot journal the result; sending it anyway");
-        }
+        // The result goes out while it is journaled (not after): the server's durable record
+        // of it is the second and last fsync on a command's path.
+        let journaled = self.journal.finished(&command, plugin.as_deref(), &result);
         done.send_replace(Some(result.clone()));
-        self.inflight.lock().remove(&id);
-        self.deliver(&mut link, result, Some(&span)).await;
+        self.deliver(&mut link, result, Some(&span), Some(Box::pin(journaled)))
+            .await;
     }
 
     /// Resolves the plugin, records that it runs, runs it while relaying its events, and
@@ -481,11 +483,25 @@ impl Executor {
         }
     }
 
-    /// Sends a journaled result and waits for the server's `ResultAck`; without one the result
-    /// stays in the journal for the next report stream.
-    async fn deliver(&self, link: &mut Link, result: CommandResult, span: Option<&tracing::Span>) {
+    /// Sends a result and waits for the server's `ResultAck`; without one the result stays in
+    /// the journal for the next report stream. `journaled`: the result's journal write, queued
+    /// before this was called, awaited before the acknowledgement is recorded (then the run
+    /// leaves the in-flight table).
+    async fn deliver(
+        &self,
+        link: &mut Link,
+        result: CommandResult,
+        span: Option<&tracing::Span>,
+        journaled: Option<JournalWrite>,
+    ) {
         let id = result.id.clone();
         let acked = self.send_and_wait_ack(link, result).await;
+        if let Some(journaled) = journaled {
+            if let Err(e) = journaled.await {
+                tracing::error!(%id, error = %e, "cannot journal the result; it was sent, and is lost if the server did not take it");
+            }
+            self.inflight.lock().remove(&id);
+        }
         if acked {
             if let Err(e) = self.journal.acked(&id).await {
                 tracing::warn!(%id, error = %e, "cannot record the server's acknowledgement; the result will be delivered once more");

@@ -351,6 +351,16 @@ impl Journal {
     }
 
     async fn put(&self, command: Command, state: State, durable: bool) -> Result<(), JournalError> {
+        self.queue_put(command, state, durable).await
+    }
+
+    /// [`Journal::put`], queued when called: what is written after it lands after it.
+    fn queue_put(
+        &self,
+        command: Command,
+        state: State,
+        durable: bool,
+    ) -> impl Future<Output = Result<(), JournalError>> + Send + 'static {
         debug_assert!(
             !matches!(state, State::Received),
             "a new command goes in through accept, which claims it"
@@ -362,17 +372,15 @@ impl Journal {
             state,
             updated_ms: now_ms(),
         });
-        self.writer
-            .write("a command", durable, move |tx| {
-                tx.open_table(COMMANDS)?
-                    .insert(id.as_str(), entry.as_slice())?;
-                if let Some(key) = key {
-                    tx.open_table(KEYS)?.insert(key.as_str(), id.as_str())?;
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(())
+        let written = self.writer.write("a command", durable, move |tx| {
+            tx.open_table(COMMANDS)?
+                .insert(id.as_str(), entry.as_slice())?;
+            if let Some(key) = key {
+                tx.open_table(KEYS)?.insert(key.as_str(), id.as_str())?;
+            }
+            Ok(())
+        });
+        async move { Ok(written.await?) }
     }
 
     /// Records that `plugin` starts running `command` (when [`Journal::accept`] could not
@@ -390,12 +398,18 @@ impl Journal {
 
     /// Records the result, durably, before it is sent. `plugin` ran it to its end (whatever
     /// the outcome), so its count of interrupted runs starts again.
-    pub(crate) async fn finished(
+    ///
+    /// Queued when called, so the caller can send the result while it goes to disk (the
+    /// receipt, durable before the plugin started, is what keeps a command from running
+    /// twice; a crash that loses this write makes the result `crashed` at the next start, and
+    /// a server that recorded the real one keeps it). Await it before [`Journal::acked`].
+    pub(crate) fn finished(
         &self,
         command: &Command,
         plugin: Option<&str>,
         result: &CommandResult,
-    ) -> Result<(), JournalError> {
+    ) -> impl Future<Output = Result<(), JournalError>> + Send + 'static {
+        let mut plugin_written = None;
         if let Some(plugin) = plugin {
             let reset = {
                 let mut plugins = self.plugins.lock();
@@ -409,20 +423,24 @@ impl Journal {
             };
             if let Some(record) = reset {
                 let name = plugin.to_string();
-                self.writer
-                    .write("a plugin record", false, move |tx| {
-                        tx.open_table(PLUGINS)?
-                            .insert(name.as_str(), record.as_slice())?;
-                        Ok(())
-                    })
-                    .await?;
+                plugin_written = Some(self.writer.write("a plugin record", false, move |tx| {
+                    tx.open_table(PLUGINS)?
+                        .insert(name.as_str(), record.as_slice())?;
+                    Ok(())
+                }));
             }
         }
         let state = State::Finished {
             result: result.clone(),
             acked: false,
         };
-        self.put(command.clone(), state, true).await
+        let written = self.queue_put(command.clone(), state, true);
+        async move {
+            if let Some(plugin_written) = plugin_written {
+                plugin_written.await?;
+            }
+            written.await
+        }
     }
 
     /// The server has recorded the result of `id`: keep only what answers a duplicate.

@@ -1,5 +1,10 @@
 //! `ferry bench`: measures a command's round trip server → agent → plugin → server on loopback,
-//! with an embedded server and agent, and says where the time goes.
+//! with an embedded server and agent, and says where the time goes — against the floors
+//! measured in the same run on the same machine and disk: a bare QUIC request/response on a
+//! fresh stream (the same TLS and transport settings, no ferry), and an `fdatasync` of a block
+//! of a preallocated file in the data directory. A durable command needs one network round
+//! trip and two sequential fsyncs (the agent's receipt before the plugin runs, the server's
+//! result before it is acknowledged), so `bare QUIC + 2 × fdatasync` is its physical floor.
 
 use std::time::{Duration, Instant};
 
@@ -18,9 +23,9 @@ pub struct BenchArgs {
     /// Commands run first and not counted.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
-    /// Commands in flight at once for the throughput figure.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Commands in flight at once for the throughput figures (a comma-separated list).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64])]
+    pub concurrency: Vec<usize>,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
@@ -44,7 +49,20 @@ struct Report {
     round_trip: Percentiles,
     plugin: Percentiles,
     outside_plugin: Percentiles,
-    concurrency: usize,
+    /// A request/response of the same size on a fresh QUIC stream, nothing else.
+    bare_quic: Percentiles,
+    /// One 4 KiB write and `fdatasync` of a preallocated file in the data directory.
+    fdatasync: Percentiles,
+    /// `round_trip.p50 / (bare_quic.p50 + 2 × fdatasync.p50)`: 1 is the physical floor.
+    durable_ratio: f64,
+    /// `round_trip.p50 / bare_quic.p50`.
+    quic_ratio: f64,
+    throughput: Vec<Throughput>,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    in_flight: usize,
     commands_per_second: f64,
 }
 
@@ -60,8 +78,8 @@ fn percentiles(mut samples: Vec<f64>) -> Percentiles {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if args.iterations == 0 || args.concurrency == 0 {
-        bail!("--iterations and --concurrency must be at least 1");
+    if args.iterations == 0 || args.concurrency.is_empty() || args.concurrency.contains(&0) {
+        bail!("--iterations and each --concurrency must be at least 1");
     }
     let dir = tempfile::tempdir()?;
     let server = Server::start(ServerConfig {
@@ -132,29 +150,51 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         outside.push(total.saturating_sub(in_plugin).as_secs_f64() * 1e6);
     }
 
-    let start = Instant::now();
-    let mut done = 0usize;
-    while done < args.iterations {
-        let batch = args.concurrency.min(args.iterations - done);
-        let results = futures::future::join_all((0..batch).map(|_| one(payload.clone()))).await;
-        for r in results {
-            r?;
+    let mut throughput = Vec::new();
+    for &in_flight in &args.concurrency {
+        let start = Instant::now();
+        let mut done = 0usize;
+        while done < args.iterations {
+            let batch = in_flight.min(args.iterations - done);
+            let results = futures::future::join_all((0..batch).map(|_| one(payload.clone()))).await;
+            for r in results {
+                r?;
+            }
+            done += batch;
         }
-        done += batch;
+        throughput.push(Throughput {
+            in_flight,
+            commands_per_second: args.iterations as f64 / start.elapsed().as_secs_f64(),
+        });
     }
-    let per_second = args.iterations as f64 / start.elapsed().as_secs_f64();
+    agent.shutdown().await;
+    server.shutdown().await;
+
+    // The floors, measured after the commands so that neither disturbs the other.
+    let floor_samples = args.iterations.clamp(100, 2000);
+    let bare_quic = percentiles(
+        bare_quic(&pki, &id, floor_samples, args.payload_bytes)
+            .await
+            .context("the bare QUIC baseline failed")?,
+    );
+    let fdatasync = percentiles(
+        fdatasync(dir.path(), floor_samples.min(500)).context("the fdatasync baseline failed")?,
+    );
+    let round_trip = percentiles(round_trip);
+    let floor = bare_quic.p50_us + 2.0 * fdatasync.p50_us;
 
     let report = Report {
         iterations: args.iterations,
         payload_bytes: args.payload_bytes,
-        round_trip: percentiles(round_trip),
+        durable_ratio: round_trip.p50_us / floor,
+        quic_ratio: round_trip.p50_us / bare_quic.p50_us,
+        round_trip,
         plugin: percentiles(plugin),
         outside_plugin: percentiles(outside),
-        concurrency: args.concurrency,
-        commands_per_second: per_second,
+        bare_quic,
+        fdatasync,
+        throughput,
     };
-    agent.shutdown().await;
-    server.shutdown().await;
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -172,6 +212,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         ("round trip", &report.round_trip),
         ("  in the plugin", &report.plugin),
         ("  outside the plugin", &report.outside_plugin),
+        ("bare QUIC req/resp", &report.bare_quic),
+        ("fdatasync (4 KiB)", &report.fdatasync),
     ] {
         println!(
             "{name:<22} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
@@ -179,8 +221,103 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "throughput with {} in flight: {:.0} commands/s",
-        report.concurrency, report.commands_per_second
+        "round trip / (bare QUIC + 2 × fdatasync), p50: {:.2}  (1.00 is the floor; goal ≤ 1.5)",
+        report.durable_ratio
     );
+    println!("round trip / bare QUIC, p50: {:.2}", report.quic_ratio);
+    for t in &report.throughput {
+        println!(
+            "throughput with {} in flight: {:.0} commands/s",
+            t.in_flight, t.commands_per_second
+        );
+    }
     Ok(())
+}
+
+/// Request/response times of a bare QUIC exchange on a fresh bidirectional stream per
+/// request, over one mutual-TLS connection on loopback with ferry's own transport settings:
+/// what a command's network part cannot beat.
+async fn bare_quic(pki: &PkiDir, id: &AgentId, samples: usize, bytes: usize) -> Result<Vec<f64>> {
+    use ferry_protocol::tls::{self, Identity, TransportSettings};
+    let transport = TransportSettings::default();
+    let server_config = tls::server_config(
+        Identity::from_pem_files(&pki.server_cert_path(), &pki.server_key_path())?,
+        tls::roots_from_pem_file(&pki.ca_cert_path())?,
+        &transport,
+    )?;
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    let echo = tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                tokio::spawn(async move {
+                    if let Ok(request) = recv.read_to_end(1 << 20).await {
+                        let _ = send.write_all(&request).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        }
+    });
+    let (cert, key) = pki.ensure_agent(id)?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(tls::client_config(
+        Identity::from_pem_files(&cert, &key)?,
+        tls::roots_from_pem_file(&pki.ca_cert_path())?,
+        &transport,
+    )?);
+    let connection = client.connect(addr, "localhost")?.await?;
+    let request = vec![b'x'; bytes];
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples + samples / 10 {
+        let start = Instant::now();
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(&request).await?;
+        send.finish()?;
+        let answer = recv.read_to_end(1 << 20).await?;
+        let took = start.elapsed();
+        if answer.len() != bytes {
+            bail!("the echo answered {} bytes, not {bytes}", answer.len());
+        }
+        // The first tenth warms up.
+        if i >= samples / 10 {
+            times.push(took.as_secs_f64() * 1e6);
+        }
+    }
+    connection.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    echo.abort();
+    Ok(times)
+}
+
+/// Times of writing one 4 KiB block of a preallocated 8 MiB file and `fdatasync`ing it, in
+/// `dir` (the data directory's disk): what one durable journal write cannot beat (etcd's WAL
+/// pattern).
+fn fdatasync(dir: &std::path::Path, samples: usize) -> Result<Vec<f64>> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    const SIZE: usize = 8 << 20;
+    let path = dir.join("fdatasync.bench");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    file.write_all(&vec![0u8; SIZE])?;
+    file.sync_all()?;
+    let block = [0x5a_u8; 4096];
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let start = Instant::now();
+        file.write_at(&block, ((i * block.len()) % SIZE) as u64)?;
+        file.sync_data()?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(times)
 }

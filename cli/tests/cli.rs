@@ -431,3 +431,42 @@ fn operators_label_target_list_and_audit_through_the_cli() {
     let out = with_config(ferry().args(["audit"]), &config);
     assert!(String::from_utf8_lossy(&out.stdout).contains("watcher"));
 }
+
+/// `ferry bench` measures the round trip and, in the same run, the floors it is compared with
+/// (a bare QUIC exchange, an fdatasync), and reports the ratios: checked for shape here, not
+/// for speed (figures belong in docs/BENCHMARKS.md).
+#[test]
+fn bench_reports_the_round_trip_against_its_floors() {
+    let out = ferry()
+        .args([
+            "bench",
+            "--iterations",
+            "30",
+            "--warmup",
+            "3",
+            "--concurrency",
+            "4,8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for figure in ["round_trip", "bare_quic", "fdatasync", "plugin"] {
+        let p50 = report[figure]["p50_us"].as_f64().unwrap_or(-1.0);
+        assert!(p50 > 0.0, "{figure}: {report}");
+    }
+    let floor = report["bare_quic"]["p50_us"].as_f64().unwrap()
+        + 2.0 * report["fdatasync"]["p50_us"].as_f64().unwrap();
+    let ratio = report["durable_ratio"].as_f64().unwrap();
+    let expected = report["round_trip"]["p50_us"].as_f64().unwrap() / floor;
+    assert!((ratio - expected).abs() < 1e-9, "{report}");
+    let throughput = report["throughput"].as_array().unwrap();
+    assert_eq!(throughput.len(), 2);
+    assert_eq!(throughput[1]["in_flight"], 8);
+    assert!(throughput[1]["commands_per_second"].as_f64().unwrap() > 0.0);
+}

@@ -74,6 +74,8 @@ pub(crate) struct Dispatch {
     /// When it was first sent, if it was sent before the server restarted: the same id goes
     /// out again, and the agent's journal answers it without running it twice.
     pub(crate) sent_at: Option<Instant>,
+    /// Its record is written already (or queued, before this dispatch started).
+    pub(crate) recorded: bool,
 }
 
 /// Runs one agent's copy of a command until it has ended: a thin driver of
@@ -100,7 +102,7 @@ struct Stream {
 async fn drive(d: Dispatch) {
     let state = &d.state;
     let entry = &d.entry;
-    if d.sent_at.is_none() && !state.persist_run(entry, true).await {
+    if !d.recorded && !state.persist_run(entry, true).await {
         entry.finish_unrecorded(
             CommandStatus::Undelivered,
             "not sent: the server could not record the command on disk; see the server's log"

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
-use crate::persist::{Created, FleetRecord, Loaded, NotSent, SlotRecord, TargetRecord};
+use crate::persist::{Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord};
 use crate::plugins::Selector;
 use crate::server::{ServerState, SubmitError};
 use ferry_protocol::ResultStats;
@@ -675,40 +675,84 @@ pub(crate) async fn start(
         cancel: CancellationToken::new(),
         reconnect_grace_until: None,
     });
-    match state.persist.create_command(&fleet.record()).await {
-        Ok(Created::New) => {}
-        Ok(Created::Existing(holder)) => {
-            return state.fleets.get(&holder).map(|f| (f, false)).ok_or_else(|| {
-                SubmitError::Storage(format!(
-                    "the idempotency key belongs to command {holder}, which this server no longer holds in memory; use another key"
-                ))
-            });
-        }
-        Err(e) => return Err(SubmitError::Storage(e.to_string())),
-    }
-    // One named agent is sent its copy before the command is returned, so that
-    // `Server::submit` can hand out the agent's run at once.
-    let first = match single {
-        Some(agent) => {
-            let entry = send_to(state, &fleet, 0, &agent);
+    // A command for one named agent without an idempotency key is sent while it is recorded:
+    // the command and its run are written in one transaction, and the API answers once that
+    // is on disk. A crash before then loses both records, but nothing acknowledged: the
+    // operator never got the command's id, and the agent answers a copy sent again (by id, or
+    // by idempotency key) from its journal. A key must be claimed before anything is sent, and
+    // a fan-out records each run before sending it, so both wait for the command's record.
+    let overlapped = match (&single, fleet.request.idempotency_key.is_some()) {
+        (Some(agent), false) => {
+            let (entry, dispatch) = new_run(state, &fleet, 0, agent, true);
+            let run = RunRecord {
+                origin: entry.origin().clone(),
+                view: entry.view(),
+            };
+            let recorded = state.persist.create_command(&fleet.record(), Some(&run));
+            tokio::spawn(crate::dispatch::run(dispatch));
             fleet.dispatched(0, entry.clone());
+            Some((entry, recorded))
+        }
+        _ => None,
+    };
+    let first = match overlapped {
+        Some((entry, recorded)) => {
+            if let Err(e) = recorded.await {
+                entry.request_cancel();
+                return Err(SubmitError::Storage(format!(
+                    "{e} (the command was cancelled, but may have reached the agent already)"
+                )));
+            }
             Some(entry)
         }
-        None => None,
+        None => {
+            match state.persist.create_command(&fleet.record(), None).await {
+                Ok(Created::New) => {}
+                Ok(Created::Existing(holder)) => {
+                    return state.fleets.get(&holder).map(|f| (f, false)).ok_or_else(|| {
+                        SubmitError::Storage(format!(
+                            "the idempotency key belongs to command {holder}, which this server no longer holds in memory; use another key"
+                        ))
+                    });
+                }
+                Err(e) => return Err(SubmitError::Storage(e.to_string())),
+            }
+            // One named agent is sent its copy before the command is returned, so that
+            // `Server::submit` can hand out the agent's run at once.
+            single.map(|agent| {
+                let entry = send_to(state, &fleet, 0, &agent);
+                fleet.dispatched(0, entry.clone());
+                entry
+            })
+        }
     };
     state.fleets.insert(fleet.clone());
     tokio::spawn(drive(state.clone(), fleet.clone(), first));
     Ok((fleet, true))
 }
 
-/// Creates agent `agent`'s run of `fleet` (slot `index`) and starts its dispatch, which waits
-/// for the agent within the command's delivery window.
+/// Creates agent `agent`'s run of `fleet` (slot `index`) and starts its dispatch, which records
+/// the run and waits for the agent within the command's delivery window.
 fn send_to(
     state: &Arc<ServerState>,
     fleet: &FleetEntry,
     index: usize,
     agent: &AgentId,
 ) -> Arc<CommandEntry> {
+    let (entry, dispatch) = new_run(state, fleet, index, agent, false);
+    tokio::spawn(crate::dispatch::run(dispatch));
+    entry
+}
+
+/// Agent `agent`'s run of `fleet` (slot `index`), and its dispatch, not started yet;
+/// `recorded`: the caller writes the run's record itself (queued before the dispatch starts).
+fn new_run(
+    state: &Arc<ServerState>,
+    fleet: &FleetEntry,
+    index: usize,
+    agent: &AgentId,
+    recorded: bool,
+) -> (Arc<CommandEntry>, crate::dispatch::Dispatch) {
     let request = &fleet.request;
     let timeout = request
         .timeout
@@ -727,7 +771,7 @@ fn send_to(
         origin,
     );
     let deliver_by = fleet.deliver_by();
-    tokio::spawn(crate::dispatch::run(crate::dispatch::Dispatch {
+    let dispatch = crate::dispatch::Dispatch {
         state: state.clone(),
         entry: entry.clone(),
         agent: agent.clone(),
@@ -735,8 +779,9 @@ fn send_to(
         data: request.data.clone(),
         deliver_by,
         sent_at: None,
-    }));
-    entry
+        recorded,
+    };
+    (entry, dispatch)
 }
 
 fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> Command {
@@ -1045,6 +1090,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 // Its deadlines run from when it was first sent, not from the restart: a result
                 // the agent kept while the server was down is still taken within `result_wait`.
                 sent_at: Some(instant_of(view.created_at)),
+                recorded: true,
             }));
         }
         state.fleets.insert(fleet.clone());

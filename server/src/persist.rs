@@ -126,24 +126,37 @@ impl Persist {
     /// Writes a new operator command, durably, claiming its idempotency key in the same
     /// transaction: if the key is already held, nothing is written and the holder's id comes
     /// back, so two submissions with one key can never both create a command.
-    pub(crate) async fn create_command(&self, record: &FleetRecord) -> Result<Created, StoreError> {
+    ///
+    /// Queued when called (see [`ferry_store::Writer::write`]): what is written after it is on
+    /// disk only with it.
+    ///
+    /// `run`: the command's one run, recorded in the same transaction, so that the two are on
+    /// disk together or not at all.
+    pub(crate) fn create_command(
+        &self,
+        record: &FleetRecord,
+        run: Option<&RunRecord>,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send + 'static {
         let id = record.id.clone();
         let key = record.idempotency_key.clone();
         let bytes = encode(record);
-        self.writer
-            .write_with("a new command", true, move |tx| {
-                if let Some(key) = &key {
-                    let mut keys = tx.open_table(KEYS)?;
-                    if let Some(holder) = keys.get(key.as_str())? {
-                        return Ok(Created::Existing(holder.value().to_string()));
-                    }
-                    keys.insert(key.as_str(), id.as_str())?;
+        let run = run.map(|run| (run.view.id.clone(), encode(run)));
+        self.writer.write_with("a new command", true, move |tx| {
+            if let Some(key) = &key {
+                let mut keys = tx.open_table(KEYS)?;
+                if let Some(holder) = keys.get(key.as_str())? {
+                    return Ok(Created::Existing(holder.value().to_string()));
                 }
-                tx.open_table(COMMANDS)?
-                    .insert(id.as_str(), bytes.as_slice())?;
-                Ok(Created::New)
-            })
-            .await
+                keys.insert(key.as_str(), id.as_str())?;
+            }
+            tx.open_table(COMMANDS)?
+                .insert(id.as_str(), bytes.as_slice())?;
+            if let Some((run_id, run)) = &run {
+                tx.open_table(RUNS)?
+                    .insert(run_id.as_str(), run.as_slice())?;
+            }
+            Ok(Created::New)
+        })
     }
 
     /// Writes an operator command again (its progress, its end); `key`: its idempotency key,
@@ -189,12 +202,12 @@ impl Persist {
             .await
     }
 
-    /// Writes one agent's run.
-    pub(crate) async fn save_run(
+    /// Writes one agent's run; queued when called.
+    pub(crate) fn save_run(
         &self,
         record: &RunRecord,
         durable: bool,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = record.view.id.clone();
         let bytes = encode(record);
         self.writer
@@ -202,7 +215,6 @@ impl Persist {
                 tx.open_table(RUNS)?.insert(id.as_str(), bytes.as_slice())?;
                 Ok(())
             })
-            .await
     }
 
     /// Writes what the server knows of an agent, for `ferry agents` after a restart.

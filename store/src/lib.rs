@@ -119,36 +119,45 @@ impl Writer {
 
     /// Applies `change` and returns once it is on disk (`durable`), or committed where a
     /// crash may still lose it (not `durable`; it becomes durable with the next durable commit).
-    pub async fn write(
+    ///
+    /// The write is queued when this is *called*, not when the future is first polled: writes
+    /// are committed in the order they were called, so a caller may queue a write, go on (send
+    /// a command while its record is on its way to disk), and await it later — and any write
+    /// called after it is on disk only with it.
+    pub fn write(
         &self,
         what: &'static str,
         durable: bool,
         change: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
-    ) -> Result<(), StoreError> {
-        self.write_with(what, durable, change).await
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.write_with(what, durable, change)
     }
 
     /// Like [`Writer::write`], and returns what `change` decided inside its transaction — for
     /// a read and a write that must be one ("claim this key unless someone holds it; then
     /// tell me who"). The answer is handed out only once the transaction is committed: if the
     /// commit fails, the caller gets the error, never a decision that did not happen.
-    pub async fn write_with<T: Send + 'static>(
+    /// Queued when called, like [`Writer::write`].
+    pub fn write_with<T: Send + 'static>(
         &self,
         what: &'static str,
         durable: bool,
         change: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
         let (done, finished) = oneshot::channel();
-        self.queue(Job {
+        let queued = self.queue(Job {
             what,
             change: Box::new(move |tx| change(tx).map(|answer| Box::new(answer) as Answer)),
             durable,
             done,
-        })?;
-        let answer = finished.await.map_err(|_| StoreError::Stopped)??;
-        Ok(*answer
-            .downcast::<T>()
-            .expect("a change's answer has the type its caller gave it"))
+        });
+        async move {
+            queued?;
+            let answer = finished.await.map_err(|_| StoreError::Stopped)??;
+            Ok(*answer
+                .downcast::<T>()
+                .expect("a change's answer has the type its caller gave it"))
+        }
     }
 
     /// Applies `change` durably on the calling thread, blocking it until the commit is on
