@@ -89,6 +89,26 @@ pub(crate) enum Seen {
     Finished(CommandResult),
 }
 
+/// The journaled command `command` is a copy of: the one with its id, else the one its
+/// idempotency key was first used for. Over a read transaction's tables or a write
+/// transaction's, so that `accept` can look up and claim in one transaction.
+fn find(
+    commands: &impl ReadableTable<&'static str, &'static [u8]>,
+    keys: &impl ReadableTable<&'static str, &'static str>,
+    command: &Command,
+) -> Result<Option<Entry>, redb::StorageError> {
+    if let Some(found) = commands.get(command.id.as_str())? {
+        return Ok(decode(found.value()));
+    }
+    let Some(key) = &command.idempotency_key else {
+        return Ok(None);
+    };
+    let Some(id) = keys.get(key.as_str())? else {
+        return Ok(None);
+    };
+    Ok(commands.get(id.value())?.and_then(|v| decode(v.value())))
+}
+
 /// What a copy of a command already journaled as `entry` is answered with.
 fn seen(asked: &Command, entry: Entry) -> Seen {
     match entry.state {
@@ -276,20 +296,8 @@ impl Journal {
     fn lookup(&self, command: &Command) -> Result<Option<Entry>, JournalError> {
         let tx = self.writer.db().begin_read().map_err(store)?;
         let commands = tx.open_table(COMMANDS).map_err(store)?;
-        if let Some(found) = commands.get(command.id.as_str()).map_err(store)? {
-            return Ok(decode(found.value()));
-        }
-        let Some(key) = &command.idempotency_key else {
-            return Ok(None);
-        };
         let keys = tx.open_table(KEYS).map_err(store)?;
-        let Some(id) = keys.get(key.as_str()).map_err(store)? else {
-            return Ok(None);
-        };
-        Ok(commands
-            .get(id.value())
-            .map_err(store)?
-            .and_then(|v| decode(v.value())))
+        find(&commands, &keys, command).map_err(store)
     }
 
     /// Journals a new command before the agent accepts it, or says what became of it when it
@@ -324,20 +332,7 @@ impl Journal {
             .write_with("a command", true, move |tx| {
                 let mut commands = tx.open_table(COMMANDS)?;
                 let mut keys = tx.open_table(KEYS)?;
-                let mut holder = commands
-                    .get(asked.id.as_str())?
-                    .and_then(|v| decode::<Entry>(v.value()));
-                if holder.is_none()
-                    && let Some(key) = &asked.idempotency_key
-                {
-                    let id = keys.get(key.as_str())?.map(|v| v.value().to_string());
-                    if let Some(id) = id {
-                        holder = commands
-                            .get(id.as_str())?
-                            .and_then(|v| decode::<Entry>(v.value()));
-                    }
-                }
-                if let Some(holder) = holder {
+                if let Some(holder) = find(&commands, &keys, &asked)? {
                     return Ok(seen(&asked, holder));
                 }
                 commands.insert(asked.id.as_str(), encode(&entry).as_slice())?;
@@ -350,12 +345,9 @@ impl Journal {
         Ok(seen)
     }
 
-    async fn put(&self, command: Command, state: State, durable: bool) -> Result<(), JournalError> {
-        self.queue_put(command, state, durable).await
-    }
-
-    /// [`Journal::put`], queued when called: what is written after it lands after it.
-    fn queue_put(
+    /// Writes a command's entry; queued when called, so what is written after it lands after
+    /// it.
+    fn put(
         &self,
         command: Command,
         state: State,
@@ -434,7 +426,7 @@ impl Journal {
             result: result.clone(),
             acked: false,
         };
-        let written = self.queue_put(command.clone(), state, true);
+        let written = self.put(command.clone(), state, true);
         async move {
             if let Some(plugin_written) = plugin_written {
                 plugin_written.await?;

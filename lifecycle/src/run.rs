@@ -536,36 +536,18 @@ impl Run {
 
     fn timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Waiting { .. } if now >= self.wait_deadline() => {
-                let end = match self.sent_at {
-                    None => End::without_result(
-                        Status::Undelivered,
-                        "the agent did not connect before the command's delivery deadline".into(),
-                    ),
-                    Some(_) => End::without_result(
-                        Status::Lost,
-                        format!(
-                            "the connection to the agent was lost ({}) and the agent did not come back with the result within the command's timeout plus {:?}",
-                            self.last_loss.as_deref().unwrap_or("no reason given"),
-                            self.limits.result_grace + self.limits.result_wait
-                        ),
-                    ),
-                };
-                self.end(end);
-            }
-            Phase::Sending if now >= self.opening_until => {
-                let end = match self.sent_at {
-                    None => End::without_result(
-                        Status::Undelivered,
-                        "the agent did not take the command before its timeout: it is running as many commands as it allows".into(),
-                    ),
-                    Some(_) => End::without_result(
-                        Status::Lost,
-                        "the agent did not take the command again before its timeout".into(),
-                    ),
-                };
-                self.end(end);
-            }
+            Phase::Waiting { .. } if now >= self.wait_deadline() => self.give_up(
+                "the agent did not connect before the command's delivery deadline".into(),
+                format!(
+                    "the connection to the agent was lost ({}) and the agent did not come back with the result within the command's timeout plus {:?}",
+                    self.last_loss.as_deref().unwrap_or("no reason given"),
+                    self.limits.result_grace + self.limits.result_wait
+                ),
+            ),
+            Phase::Sending if now >= self.opening_until => self.give_up(
+                "the agent did not take the command before its timeout: it is running as many commands as it allows".into(),
+                "the agent did not take the command again before its timeout".into(),
+            ),
             Phase::OnStream { .. } if now >= self.give_up_at() => {
                 self.effects.push_back(Effect::Reset(close::NORMAL));
                 self.end(End::without_result(
@@ -578,6 +560,16 @@ impl Run {
             }
             _ => {}
         }
+    }
+
+    /// Stops waiting for the agent: a run never sent is `undelivered` (it never ran), one
+    /// sent is `lost` (it may have).
+    fn give_up(&mut self, never_sent: String, sent: String) {
+        let end = match self.sent_at {
+            None => End::without_result(Status::Undelivered, never_sent),
+            Some(_) => End::without_result(Status::Lost, sent),
+        };
+        self.end(end);
     }
 
     /// Ends the run without a result: recorded first, shown once recorded.

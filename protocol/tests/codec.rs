@@ -615,6 +615,15 @@ fn the_allowlist_names_the_breach() {
     );
 }
 
+/// One small whole frame, for the stall tests.
+fn small_frame() -> Vec<u8> {
+    frame::encode_frame(
+        &Message::ResultAck(ResultAck { id: "c-1".into() }),
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap()
+}
+
 /// A frame begun must arrive whole within the stall limit; a stream idle between frames is not
 /// bounded, and the clock starts again with each frame.
 #[tokio::test(start_paused = true)]
@@ -623,11 +632,7 @@ async fn a_stall_limit_bounds_half_a_frame_but_not_idleness() {
     use tokio::io::AsyncWriteExt;
 
     let limit = Duration::from_secs(2);
-    let frame = frame::encode_frame(
-        &Message::ResultAck(ResultAck { id: "c-1".into() }),
-        DEFAULT_MAX_FRAME,
-    )
-    .unwrap();
+    let frame = small_frame();
     let (mut tx, rx) = tokio::io::duplex(1024);
     let mut reader = FrameReader::new(rx, DEFAULT_MAX_FRAME).with_stall_limit(limit);
 
@@ -669,11 +674,7 @@ async fn a_stall_limit_set_later_times_a_begun_frame_from_then() {
     use tokio::io::AsyncWriteExt;
 
     let limit = Duration::from_secs(2);
-    let frame = frame::encode_frame(
-        &Message::ResultAck(ResultAck { id: "c-1".into() }),
-        DEFAULT_MAX_FRAME,
-    )
-    .unwrap();
+    let frame = small_frame();
     let (mut tx, rx) = tokio::io::duplex(1024);
     let mut reader = FrameReader::new(rx, DEFAULT_MAX_FRAME);
     tx.write_all(&frame[..3]).await.unwrap();

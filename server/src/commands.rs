@@ -285,23 +285,25 @@ impl CommandEntry {
     pub(crate) fn ending(&self, end: &End) -> (CommandView, CommandEvent) {
         let at = OffsetDateTime::now_utc();
         let result = end.result.as_ref();
+        let output = result.map_or_else(RenderedPayload::default, |r| {
+            RenderedPayload::new(&r.payload)
+        });
+        let stats = result.map(|r| r.stats.clone());
+        let view = CommandView {
+            status: end.status,
+            finished_at: Some(at),
+            detail: end.detail.clone(),
+            output: output.clone(),
+            stats: stats.clone(),
+            ..self.view()
+        };
         let event = CommandEvent::Finished {
             at,
             status: end.status,
             detail: end.detail.clone(),
-            output: result.map_or_else(RenderedPayload::default, |r| {
-                RenderedPayload::new(&r.payload)
-            }),
-            stats: result.map(|r| r.stats.clone()),
+            output,
+            stats,
         };
-        let mut view = self.view();
-        view.status = end.status;
-        view.finished_at = Some(at);
-        view.detail = end.detail.clone();
-        if let CommandEvent::Finished { output, stats, .. } = &event {
-            view.output = output.clone();
-            view.stats = stats.clone();
-        }
         (view, event)
     }
 
@@ -315,13 +317,12 @@ impl CommandEntry {
     /// The command ended without a result from the agent, and without a record on disk (the
     /// disk refused the run before it was sent); false if it had already ended.
     pub(crate) fn finish_unrecorded(&self, status: CommandStatus, detail: String) -> bool {
-        self.push(CommandEvent::Finished {
-            at: OffsetDateTime::now_utc(),
+        let end = End {
             status,
             detail: Some(detail),
-            output: RenderedPayload::default(),
-            stats: None,
-        })
+            result: None,
+        };
+        self.push(self.ending(&end).1)
     }
 
     /// Takes report streams' results until [`CommandEntry::detach`].

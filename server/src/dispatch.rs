@@ -157,24 +157,11 @@ async fn drive(d: Dispatch) {
                         }
                     };
                     run.handle(now(), input);
-                    if !run.on_stream() {
-                        stream = None;
-                    }
                 }
-                Effect::Frame(message) => {
-                    if let Some(s) = stream.as_mut()
-                        && let Err(e) = write_frame(&mut s.send, &message, max_frame).await
-                    {
-                        tracing::debug!(error = %e, kind = message.kind(), "could not write to a command stream; its reader will tell");
-                    }
-                }
+                Effect::Frame(message) => write_on(&mut stream, &message, max_frame).await,
                 Effect::AnswerData(request) => {
                     let response = Message::DataResponse(sources.answer(request, &mut data_served));
-                    if let Some(s) = stream.as_mut()
-                        && let Err(e) = write_frame(&mut s.send, &response, max_frame).await
-                    {
-                        tracing::debug!(error = %e, "could not answer a data request; the result will tell");
-                    }
+                    write_on(&mut stream, &response, max_frame).await;
                 }
                 Effect::Finish => {
                     if let Some(s) = stream.as_mut() {
@@ -223,6 +210,8 @@ async fn drive(d: Dispatch) {
             }
             return;
         }
+        // The machine says whether the run has a stream; one it left (ended, reset, given up
+        // for a report) is dropped here.
         if !run.on_stream() {
             stream = None;
         }
@@ -245,9 +234,6 @@ async fn drive(d: Dispatch) {
                     Err(FrameError::Io(e)) => Input::StreamEnded(e.to_string()),
                     Err(e) => Input::BadFrame(e.to_string()),
                 };
-                if matches!(input, Input::StreamEnded(_)) {
-                    stream = None;
-                }
                 run.handle(now(), input);
             }
             Some(report) = reports.recv() => {
@@ -268,6 +254,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Writes `message` on the run's stream, if it has one. A failed write is not acted on here:
+/// the stream's reader sees the same failure and tells the machine.
+async fn write_on(stream: &mut Option<Stream>, message: &Message, max_frame: u32) {
+    if let Some(s) = stream.as_mut()
+        && let Err(e) = write_frame(&mut s.send, message, max_frame).await
+    {
+        tracing::debug!(error = %e, kind = message.kind(), "could not write to a command stream; its reader will tell");
     }
 }
 
