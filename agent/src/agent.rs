@@ -213,6 +213,7 @@ impl Agent {
             labels: config.labels.clone(),
             wit_versions: WIT_VERSIONS.iter().map(|v| v.to_string()).collect(),
             topics: Vec::new(),
+            read_only: Vec::new(),
             cached_plugins: Vec::new(),
             instance: Some(instance),
         };
@@ -355,8 +356,12 @@ fn load_plugins(
                 &policy.allowance(builtin.name),
                 &Limits::default(),
             );
+            let options = LoadOptions {
+                read_only: builtin.read_only.iter().map(|t| t.to_string()).collect(),
+                ..load_options(grant)
+            };
             let plugin = host
-                .load_with(builtin.name, builtin.component, load_options(grant))
+                .load_with(builtin.name, builtin.component, options)
                 .map_err(|e| AgentError::Plugin {
                     what: format!("built-in '{}'", builtin.name),
                     reason: e.to_string(),
@@ -410,8 +415,15 @@ fn load_plugins(
             tracing::warn!(plugin = %name, "capability refused: {}", refusal.message);
         }
         let bytes = std::fs::read(&spec.path).map_err(|e| failed(e.to_string()))?;
+        let options = LoadOptions {
+            read_only: manifest
+                .as_ref()
+                .map(|m| m.plugin.read_only.clone())
+                .unwrap_or_default(),
+            ..load_options(grant)
+        };
         let plugin = host
-            .load_with(&name, &bytes, load_options(grant))
+            .load_with(&name, &bytes, options)
             .map_err(|e| failed(e.to_string()))?;
         for topic in plugin_topics {
             topics.insert(topic, plugin.clone());
@@ -429,5 +441,6 @@ pub(crate) fn load_options(grant: Grant) -> LoadOptions {
             .memory_mib
             .map(|mib| (mib as usize).saturating_mul(1024 * 1024)),
         timeout: grant.limits.timeout,
+        read_only: Vec::new(),
     }
 }

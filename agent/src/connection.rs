@@ -210,6 +210,7 @@ async fn handshake(
     let mut recv = FrameReader::new(recv, max_frame);
     let hello = Hello {
         topics: link.executor.routes.topics(),
+        read_only: link.executor.routes.read_only_topics(),
         cached_plugins: link.deployer.stored(),
         ..link.hello.clone()
     };

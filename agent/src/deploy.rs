@@ -197,6 +197,7 @@ impl Deployer {
             let report = PluginReport {
                 plugins: self.routes.statuses(),
                 topics: self.routes.topics(),
+                read_only: self.routes.read_only_topics(),
             };
             // A closed channel means the session ended; the next one gets a fresh report.
             let _ = session.reports.send(Message::PluginReport(report));
@@ -254,6 +255,10 @@ impl Deployer {
         for refusal in &grant.refusals {
             tracing::warn!(plugin = %plugin.name, "capability refused: {}", refusal.message);
         }
+        let options = crate::host::LoadOptions {
+            read_only: manifest.plugin.read_only.clone(),
+            ..load_options(grant)
+        };
         let host = self.host.clone();
         let name = plugin.name.clone();
         // Compiling a large component takes seconds of CPU: not on an async worker. Its logs go
@@ -261,7 +266,7 @@ impl Deployer {
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         tokio::task::spawn_blocking(move || {
             tracing::dispatcher::with_default(&dispatch, || {
-                host.load_with(&name, &package.component, load_options(grant))
+                host.load_with(&name, &package.component, options)
             })
         })
         .await

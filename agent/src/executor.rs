@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry_lifecycle::command::{
+    ACK_TIMEOUT, Effect, Execution, Input, Loss, Receipt, outcome_result,
+};
 use ferry_protocol::{
-    Accepted, Command, CommandResult, DataRequest, DataResponse, FrameError, FrameReader, Log,
-    LogLevel, Message, Outcome, Peer, Progress, ResultStats, StreamKind, close, write_frame,
+    Command, CommandResult, DataRequest, DataResponse, FrameError, FrameReader, Log, LogLevel,
+    Message, Outcome, Progress, ResultStats, write_frame,
 };
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -17,8 +20,6 @@ use crate::host::{self, CommandEvents, InvokeError, Invoked, LoadedPlugin};
 use crate::journal::{Journal, Seen};
 use crate::routes::{Route, Routes};
 
-/// How long the server has to send the Command frame after opening a stream.
-const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Progress and log events buffered per command before further ones are counted and dropped,
 /// so a plugin that logs in a tight loop cannot exhaust the agent's memory.
 const EVENT_BUFFER: usize = 1024;
@@ -125,10 +126,6 @@ impl CommandEvents for StreamEvents {
     }
 }
 
-/// How long the agent waits for the server's `ResultAck` before it leaves the result to the
-/// next report stream.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A command's stream to the server, for as long as it works. A lost connection does not stop
 /// the command: its result is journaled and delivered on the next session's report stream.
 struct Link {
@@ -136,62 +133,79 @@ struct Link {
     recv: Option<FrameReader<quinn::RecvStream>>,
 }
 
-impl Link {
-    fn detached() -> Link {
-        Link {
-            send: None,
-            recv: None,
-        }
-    }
-
-    /// Writes `message`; on failure the stream is dropped (the caller learns whether the
-    /// server stopped it on purpose: then the command is cancelled).
-    async fn write(&mut self, message: &Message, max_frame: u32) -> Result<(), FrameError> {
-        let Some(send) = self.send.as_mut() else {
-            return Ok(());
-        };
-        let written = write_frame(send, message, max_frame).await;
-        if written.is_err() {
-            self.send = None;
-        }
-        written
+/// How a failed read or write on the command's stream went: the server's choice (a reset or
+/// stop: it gave the command up), or the connection going away (the command goes on).
+fn loss_of(error: &std::io::Error) -> Loss {
+    if error.kind() == std::io::ErrorKind::ConnectionReset {
+        Loss::Reset
+    } else {
+        Loss::Lost(error.to_string())
     }
 }
 
-/// Was this stream error the server's choice (a reset or stop: it gave the command up), as
-/// opposed to the connection going away (the command goes on; its result will be delivered)?
-fn server_gave_up(error: &FrameError) -> bool {
-    matches!(error, FrameError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+/// What the plugin (or the run waited for) ends with: its result and the plugin's name.
+type PluginRun<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (CommandResult, Option<String>)> + Send + 'a>,
+>;
+
+/// The driver's side of one command: what the machine's effects act on.
+struct Drive<'a> {
+    link: Link,
+    /// Frames the machine queued together, written in one write.
+    batch: Vec<u8>,
+    /// The command, once its frame came (or from the journal).
+    command: Option<Command>,
+    /// The plugin, when it was loaded as the command came (the journal then records the
+    /// command as running in the same write that accepts it).
+    ready: Option<LoadedPlugin>,
+    /// When the command arrived: its timeout runs from then.
+    arrived: Instant,
+    /// It came from the journal after a restart, not on a stream.
+    resumed: bool,
+    plugin: Option<PluginRun<'a>>,
+    plugin_name: Option<String>,
+    events: Option<Arc<StreamEvents>>,
+    rx: Option<mpsc::Receiver<Message>>,
+    journaling: Option<JournalWrite>,
+    /// The result being journaled.
+    result: Option<CommandResult>,
+    /// This command's entry in the in-flight table, for duplicates that arrive while it runs.
+    inflight: Option<Arc<watch::Sender<Option<CommandResult>>>>,
+    /// Set once the machine is over: (acked, kept).
+    done: Option<(bool, bool)>,
+}
+
+impl Drive<'_> {
+    /// Writes the frames batched so far, in one write; says how the stream was lost if that
+    /// failed (the stream is dropped then).
+    async fn flush(&mut self) -> Option<Loss> {
+        if self.batch.is_empty() {
+            return None;
+        }
+        let written = match self.link.send.as_mut() {
+            Some(send) => send.write_all(&self.batch).await,
+            None => Ok(()),
+        };
+        self.batch.clear();
+        match written {
+            Ok(()) => None,
+            Err(e) => {
+                self.link.send = None;
+                Some(loss_of(&std::io::Error::from(e)))
+            }
+        }
+    }
 }
 
 impl Executor {
     /// Serves one command stream from its Command frame to its Result.
-    pub(crate) async fn serve(
-        self: Arc<Self>,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    ) {
-        let mut recv = FrameReader::new(recv, self.max_frame);
-        let command = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, recv.next()).await {
-            Ok(Ok(Some(Message::Command(command)))) => command,
-            other => {
-                let why = match other {
-                    Ok(Ok(Some(m))) => format!("expected Command, got {}", m.kind()),
-                    Ok(Ok(None)) => "stream ended before the Command".into(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "no Command in time".into(),
-                };
-                tracing::warn!("refusing a command stream: {why}");
-                let _ = recv.get_mut().stop(close::PROTOCOL_ERROR.into());
-                let _ = send.reset(close::PROTOCOL_ERROR.into());
-                return;
-            }
-        };
+    pub(crate) async fn serve(self: Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) {
         let link = Link {
             send: Some(send),
-            recv: Some(recv),
+            recv: Some(FrameReader::new(recv, self.max_frame)),
         };
-        self.execute(command, link, Instant::now()).await;
+        let now = Instant::now();
+        self.drive(Execution::on_stream(now), link, None, now).await;
     }
 
     /// Runs the commands the journal held, accepted but not started, when the agent stopped;
@@ -200,89 +214,295 @@ impl Executor {
         for (command, age) in commands {
             let arrived = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
             tracing::info!(id = %command.id, topic = %command.topic, "running a command accepted before the agent restarted");
-            self.tasks
-                .spawn(self.clone().execute_resumed(command, arrived));
+            let machine = Execution::resumed(command.id.clone());
+            self.tasks.spawn(self.clone().drive(
+                machine,
+                Link {
+                    send: None,
+                    recv: None,
+                },
+                Some(command),
+                arrived,
+            ));
         }
     }
 
-    async fn execute_resumed(self: Arc<Self>, command: Command, arrived: Instant) {
-        self.execute(command, Link::detached(), arrived).await;
-        self.replay_wanted.notify_one();
-    }
-
-    async fn execute(&self, command: Command, mut link: Link, arrived: Instant) {
-        let id = command.id.clone();
-        let span = tracing::info_span!("command", %id, topic = %command.topic);
-        let deadline = command
-            .timeout_ms
-            .map(|ms| arrived + Duration::from_millis(ms));
-        let resumed = link.send.is_none();
-
-        // In the common case the plugin is known at once, and the journal records the command
-        // as running in the same write that accepts it.
-        let ready = match self.routes.route(&command.topic) {
-            Route::Ready(plugin) => Some(plugin),
-            _ => None,
+    /// Drives one command's machine ([`ferry_lifecycle::command`]) until it is over: turns
+    /// the stream, the journal, the plugin and the agent's stop into inputs, and carries out
+    /// its effects.
+    async fn drive(
+        self: Arc<Self>,
+        mut machine: Execution,
+        link: Link,
+        command: Option<Command>,
+        arrived: Instant,
+    ) {
+        let mut d = Drive {
+            link,
+            batch: Vec::new(),
+            resumed: command.is_some(),
+            command,
+            ready: None,
+            arrived,
+            plugin: None,
+            plugin_name: None,
+            events: None,
+            rx: None,
+            journaling: None,
+            result: None,
+            inflight: None,
+            done: None,
         };
-        if !resumed {
-            // `Accepted` leaves before the receipt is on disk: it says the agent has the
-            // command, not that it ran it; the plugin starts only once the receipt is durable
-            // (below), which is what keeps an id from running twice.
-            if link.write(&accepted(&id), self.max_frame).await.is_err() {
-                tracing::warn!(parent: &span, "server went away before the command was accepted; running it, its result will be delivered later");
-            }
-            let seen = self
-                .journal
-                .accept(&command, ready.as_ref().map(|p| p.name()))
-                .await;
-            match seen {
-                Ok(Seen::New) => {}
-                Ok(Seen::Finished(result)) => {
-                    tracing::info!(parent: &span, "seen before: answering with the stored result");
-                    self.deliver(&mut link, result, None, None).await;
-                    return;
-                }
-                Ok(Seen::Running(original)) => {
-                    let result = self.wait_for(&original, &id).await;
-                    self.deliver(&mut link, result, None, None).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(parent: &span, error = %e, "cannot journal a command; refusing it");
-                    let outcome = Outcome::Rejected(format!(
-                        "the agent cannot record the command in its journal, so it does not run it: {e}"
-                    ));
-                    let result = result_of(&id, outcome, Vec::new(), ResultStats::default());
-                    self.send_unjournaled(&mut link, result).await;
-                    return;
-                }
-            }
+        let mut span = tracing::info_span!(
+            "command",
+            id = tracing::field::Empty,
+            topic = tracing::field::Empty
+        );
+        if let Some(command) = &d.command {
+            span = tracing::info_span!("command", id = %command.id, topic = %command.topic);
         }
-        let (done_tx, _) = watch::channel(None);
-        let done = Arc::new(done_tx);
-        self.inflight.lock().insert(id.clone(), done.clone());
-
-        let (result, plugin) = self
-            .run(&command, ready, resumed, deadline, &mut link, &span)
-            .await;
-        // The result goes out while it is journaled (not after): the server's durable record
-        // of it is the second and last fsync on a command's path.
-        let journaled = self.journal.finished(&command, plugin.as_deref(), &result);
-        done.send_replace(Some(result.clone()));
-        self.deliver(&mut link, result, Some(&span), Some(Box::pin(journaled)))
-            .await;
+        let mut stop_seen = false;
+        loop {
+            self.carry_out(&mut machine, &mut d, &mut span).await;
+            if let Some((acked, kept)) = d.done {
+                self.finish(&machine, acked, kept).await;
+                return;
+            }
+            let timeout = machine.poll_timeout();
+            let reading = machine.reading() && d.link.recv.is_some();
+            let input = tokio::select! {
+                ended = async { d.plugin.as_mut().expect("checked").await }, if d.plugin.is_some() => {
+                    d.plugin = None;
+                    // Everything the plugin said goes out before its result.
+                    if let Some(rx) = d.rx.as_mut() {
+                        while let Ok(message) = rx.try_recv() {
+                            machine.handle(Instant::now(), Input::Event(message));
+                        }
+                    }
+                    d.rx = None;
+                    let (result, name) = ended;
+                    d.plugin_name = name;
+                    let dropped = d.events.as_ref().map_or(0, |e| e.dropped.load(Ordering::Relaxed));
+                    Input::Finished { result, dropped }
+                }
+                Some(message) = async { d.rx.as_mut().expect("checked").recv().await }, if d.rx.is_some() => {
+                    // What else the plugin said meanwhile goes with it, in one write.
+                    machine.handle(Instant::now(), Input::Event(message));
+                    let mut last = None;
+                    if let Some(rx) = d.rx.as_mut() {
+                        for _ in 0..64 {
+                            let Ok(more) = rx.try_recv() else { break };
+                            if let Some(before) = last.replace(more) {
+                                machine.handle(Instant::now(), Input::Event(before));
+                            }
+                        }
+                    }
+                    match last {
+                        Some(message) => Input::Event(message),
+                        None => continue,
+                    }
+                }
+                frame = async { d.link.recv.as_mut().expect("checked").next().await }, if reading => match frame {
+                    Ok(Some(message)) => Input::Frame(message),
+                    Ok(None) => Input::StreamEnded(Loss::Finished),
+                    Err(FrameError::Io(e)) => Input::StreamEnded(loss_of(&e)),
+                    Err(e) => Input::BadFrame(e.to_string()),
+                },
+                written = async { d.journaling.as_mut().expect("checked").await }, if d.journaling.is_some() => {
+                    d.journaling = None;
+                    // Duplicates waiting for this run get its result once the journal has
+                    // it, so what they tell the server is never ahead of the journal.
+                    if let (Some(done), Some(result)) = (&d.inflight, d.result.take()) {
+                        done.send_replace(Some(result));
+                    }
+                    Input::Journaled(written.map_err(|e| e.to_string()))
+                }
+                _ = self.stop.cancelled(), if !stop_seen => {
+                    stop_seen = true;
+                    Input::Stop
+                }
+                _ = async { tokio::time::sleep_until(timeout.expect("checked").into()).await }, if timeout.is_some() => Input::Timeout,
+            };
+            machine.handle(Instant::now(), input);
+        }
     }
 
-    /// Resolves the plugin, records that it runs, runs it while relaying its events, and
-    /// returns the result and the plugin's name.
+    /// Carries out the machine's effects until it has none; frames queued together leave in
+    /// one write.
+    async fn carry_out<'a>(
+        &'a self,
+        machine: &mut Execution,
+        d: &mut Drive<'a>,
+        span: &mut tracing::Span,
+    ) {
+        loop {
+            let Some(effect) = machine.poll() else {
+                if let Some(loss) = d.flush().await {
+                    machine.handle(Instant::now(), Input::SendFailed(loss));
+                    continue;
+                }
+                return;
+            };
+            if let Effect::Frame(message) = &effect {
+                if let Err(e) =
+                    ferry_protocol::frame::encode_frame_into(message, self.max_frame, &mut d.batch)
+                {
+                    tracing::warn!(parent: &*span, kind = message.kind(), error = %e, "not sending a frame that cannot be encoded");
+                }
+                continue;
+            }
+            if let Some(loss) = d.flush().await {
+                machine.handle(Instant::now(), Input::SendFailed(loss));
+            }
+            match effect {
+                Effect::Frame(_) => unreachable!("batched above"),
+                Effect::Finish => {
+                    if let Some(send) = d.link.send.as_mut() {
+                        let _ = send.finish();
+                    }
+                }
+                Effect::Reset(code) => {
+                    if let Some(mut send) = d.link.send.take() {
+                        let _ = send.reset(code.into());
+                    }
+                    if let Some(mut recv) = d.link.recv.take() {
+                        let _ = recv.get_mut().stop(code.into());
+                    }
+                }
+                Effect::Receive(command) => {
+                    *span =
+                        tracing::info_span!("command", id = %command.id, topic = %command.topic);
+                    d.arrived = Instant::now();
+                    d.ready = match self.routes.route(&command.topic) {
+                        Route::Ready(plugin) => Some(plugin),
+                        _ => None,
+                    };
+                    let receipt = match &d.ready {
+                        // Its manifest says running it twice is harmless: no journal.
+                        Some(plugin) if plugin.is_read_only(&command.topic) => {
+                            Ok(Receipt::ReadOnly)
+                        }
+                        ready => self
+                            .journal
+                            .accept(&command, ready.as_ref().map(|p| p.name()))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .map(|seen| match seen {
+                                Seen::New => Receipt::New,
+                                Seen::Finished(result) => Receipt::Finished(result),
+                                Seen::Running(original) => Receipt::Running(original),
+                            }),
+                    };
+                    d.command = Some(command);
+                    machine.handle(Instant::now(), Input::Receipt(receipt));
+                }
+                Effect::Run => {
+                    let Some(command) = d.command.clone() else {
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+                    let events = Arc::new(StreamEvents {
+                        tx,
+                        cancelled: AtomicBool::new(false),
+                        dropped: AtomicU64::new(0),
+                        next_request: AtomicU32::new(1),
+                        pending: PendingData::default(),
+                        decommission: parking_lot::Mutex::new(None),
+                    });
+                    let (done, _) = watch::channel(None);
+                    let done = Arc::new(done);
+                    self.inflight
+                        .lock()
+                        .insert(command.id.clone(), done.clone());
+                    d.inflight = Some(done);
+                    let deadline = command
+                        .timeout_ms
+                        .map(|ms| d.arrived + Duration::from_millis(ms));
+                    d.plugin = Some(Box::pin(self.run(
+                        command,
+                        d.ready.take(),
+                        d.resumed,
+                        deadline,
+                        events.clone(),
+                        span.clone(),
+                    )));
+                    d.events = Some(events);
+                    d.rx = Some(rx);
+                }
+                Effect::WaitFor(original) => {
+                    let id = machine.id().unwrap_or_default().to_string();
+                    d.plugin = Some(Box::pin(async move {
+                        (self.wait_for(&original, &id).await, None)
+                    }));
+                }
+                Effect::AnswerData(response) => {
+                    let answer = d
+                        .events
+                        .as_ref()
+                        .and_then(|e| e.pending.lock().remove(&response.request));
+                    if let Some(answer) = answer {
+                        let _ = answer.send(response);
+                    }
+                }
+                Effect::CancelPlugin => {
+                    if let Some(events) = &d.events {
+                        events.cancelled.store(true, Ordering::Relaxed);
+                    }
+                }
+                Effect::Journal(result) => {
+                    if let Some(command) = &d.command {
+                        // Queued now, so it lands while the result travels to the server.
+                        let written =
+                            self.journal
+                                .finished(command, d.plugin_name.as_deref(), &result);
+                        d.journaling = Some(Box::pin(written));
+                    }
+                    d.result = Some(result);
+                }
+                Effect::Log(level, message) => log(span, level, &message),
+                Effect::Done { acked, kept } => d.done = Some((acked, kept)),
+            }
+        }
+    }
+
+    /// The command is over on its stream: records the server's acknowledgement, or leaves the
+    /// result to a report stream; carries out a removal the command asked for.
+    async fn finish(&self, machine: &Execution, acked: bool, kept: bool) {
+        let Some(id) = machine.id() else {
+            return;
+        };
+        // Its result is journaled (the machine waits for that): duplicates and report
+        // streams find it there from now on.
+        self.inflight.lock().remove(id);
+        if kept {
+            if acked {
+                if let Err(e) = self.journal.acked(id).await {
+                    tracing::warn!(%id, error = %e, "cannot record the server's acknowledgement; the result will be delivered once more");
+                }
+            } else {
+                self.replay_wanted.notify_one();
+            }
+        }
+        if let Some(reason) = self.pending_removal.lock().remove(id) {
+            if acked {
+                tracing::warn!(%reason, "the agent is being removed");
+                self.decommission.send_replace(Some(reason));
+            } else {
+                tracing::warn!(%reason, "not removing the agent: the server did not acknowledge the command that asked for it");
+            }
+        }
+    }
+
+    /// Resolves the plugin, records that it runs, runs it, and returns the result and the
+    /// plugin's name. Its events go to the driver through `events`.
     async fn run(
         &self,
-        command: &Command,
+        command: Command,
         ready: Option<LoadedPlugin>,
         resumed: bool,
         deadline: Option<Instant>,
-        link: &mut Link,
-        span: &tracing::Span,
+        events: Arc<StreamEvents>,
+        span: tracing::Span,
     ) -> (CommandResult, Option<String>) {
         let id = command.id.clone();
         let plugin = match ready {
@@ -291,141 +511,40 @@ impl Executor {
                 let resolved = tokio::select! {
                     resolved = self.routes.resolve(&command.topic, deadline) => resolved,
                     _ = self.stop.cancelled() => {
-                        return (result_of(&id, Outcome::Cancelled, Vec::new(), ResultStats::default()), None);
+                        return (outcome_result(&id, Outcome::Cancelled), None);
                     }
                 };
                 let resolved = match resolved {
                     Ok(plugin) => plugin,
-                    Err(why) => {
-                        let outcome = Outcome::UnknownTopic(why);
-                        return (
-                            result_of(&id, outcome, Vec::new(), ResultStats::default()),
-                            None,
-                        );
-                    }
+                    Err(why) => return (outcome_result(&id, Outcome::UnknownTopic(why)), None),
                 };
-                if let Err(e) = self.journal.running(command, resolved.name()).await {
+                if let Err(e) = self.journal.running(&command, resolved.name()).await {
                     let outcome = Outcome::Rejected(format!(
                         "the agent cannot record in its journal that the command starts, so it does not start it: {e}"
                     ));
-                    return (
-                        result_of(&id, outcome, Vec::new(), ResultStats::default()),
-                        None,
-                    );
+                    return (outcome_result(&id, outcome), None);
                 }
                 resolved
             }
         };
         let name = plugin.name().to_string();
         if let Some(reason) = self.journal.quarantined(&name) {
-            let outcome = Outcome::Rejected(reason);
-            return (
-                result_of(&id, outcome, Vec::new(), ResultStats::default()),
-                Some(name),
-            );
+            return (outcome_result(&id, Outcome::Rejected(reason)), Some(name));
         }
         if deadline.is_some_and(|d| d <= Instant::now()) {
-            return (
-                result_of(&id, Outcome::TimedOut, Vec::new(), ResultStats::default()),
-                Some(name),
-            );
+            return (outcome_result(&id, Outcome::TimedOut), Some(name));
         }
-
-        let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
-        let events = Arc::new(StreamEvents {
-            tx,
-            cancelled: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-            next_request: AtomicU32::new(1),
-            pending: PendingData::default(),
-            decommission: parking_lot::Mutex::new(None),
-        });
         let invocation = host::Invocation {
             id: id.clone(),
             topic: command.topic.clone(),
-            payload: command.payload.clone(),
-            content_type: command.content_type.clone(),
+            payload: command.payload,
+            content_type: command.content_type,
             deadline,
         };
-
         self.running.fetch_add(1, Ordering::Relaxed);
-        let max_frame = self.max_frame;
-        let invoke = plugin.invoke(invocation, events.clone());
-        tokio::pin!(invoke);
-        let mut stopping = false;
-        let invoked: Invoked = loop {
-            let recv_open = link.recv.is_some();
-            tokio::select! {
-                invoked = &mut invoke => break invoked,
-                _ = self.stop.cancelled(), if !stopping => {
-                    stopping = true;
-                    tracing::info!(parent: span, "the agent is stopping; cancelling the command");
-                    events.cancelled.store(true, Ordering::Relaxed);
-                }
-                Some(message) = rx.recv() => {
-                    if let Err(e) = link.write(&message, max_frame).await {
-                        if server_gave_up(&e) {
-                            tracing::info!(parent: span, error = %e, "server stopped the command stream; cancelling the plugin");
-                            events.cancelled.store(true, Ordering::Relaxed);
-                        } else {
-                            tracing::warn!(parent: span, error = %e, "lost the command stream; the command goes on and its result will be delivered later");
-                        }
-                    }
-                }
-                frame = async { link.recv.as_mut().expect("checked").next().await }, if recv_open => {
-                    match frame {
-                        Ok(Some(Message::DataResponse(response))) => {
-                            if let Some(answer) = events.pending.lock().remove(&response.request) {
-                                let _ = answer.send(response);
-                            }
-                        }
-                        Ok(Some(Message::Cancel(cancel))) => {
-                            tracing::info!(parent: span, reason = %cancel.reason, "cancel requested");
-                            events.cancelled.store(true, Ordering::Relaxed);
-                        }
-                        Ok(Some(other)) => {
-                            let e = other.check_allowed(Peer::Server, StreamKind::Command).err();
-                            tracing::warn!(parent: span, kind = other.kind(), ?e, "ignoring an unexpected frame on a command stream");
-                        }
-                        Ok(None) => link.recv = None,
-                        Err(e) if server_gave_up(&e) => {
-                            // The server reset its side: nobody waits for this command any more.
-                            tracing::info!(parent: span, error = %e, "server abandoned the command; cancelling it");
-                            events.cancelled.store(true, Ordering::Relaxed);
-                            link.recv = None;
-                        }
-                        Err(FrameError::Io(e)) => {
-                            tracing::warn!(parent: span, error = %e, "lost the command stream; the command goes on and its result will be delivered later");
-                            link.recv = None;
-                            link.send = None;
-                        }
-                        Err(e) => {
-                            tracing::warn!(parent: span, error = %e, "malformed frame on a command stream; cancelling it");
-                            events.cancelled.store(true, Ordering::Relaxed);
-                            link.recv = None;
-                        }
-                    }
-                }
-            }
-        };
+        let invoked: Invoked = plugin.invoke(invocation, events.clone()).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
 
-        // Everything the plugin said goes out before its result.
-        while let Ok(message) = rx.try_recv() {
-            if link.write(&message, max_frame).await.is_err() {
-                break;
-            }
-        }
-        let dropped = events.dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
-            let note = Message::Log(Log {
-                level: LogLevel::Warn,
-                message: format!(
-                    "{dropped} progress/log events were dropped: the plugin produced them faster than the connection carried them"
-                ),
-            });
-            let _ = link.write(&note, max_frame).await;
-        }
         let stats = ResultStats {
             duration_us: invoked.stats.duration.as_micros().min(u128::from(u64::MAX)) as u64,
             fuel: invoked.stats.fuel_consumed,
@@ -435,14 +554,19 @@ impl Executor {
             Ok(payload) => (Outcome::Succeeded, payload),
             Err(e) => (Outcome::from(e), Vec::new()),
         };
-        tracing::info!(parent: span, outcome = outcome.name(), duration_us = stats.duration_us, "command ended");
+        tracing::info!(parent: &span, outcome = outcome.name(), duration_us = stats.duration_us, "command ended");
         // Only a command that succeeded removes the agent, and only once its result is out.
         if outcome.is_success()
             && let Some(reason) = events.decommission.lock().take()
         {
             self.pending_removal.lock().insert(id.clone(), reason);
         }
-        let result = result_of(&id, outcome, payload, stats);
+        let result = CommandResult {
+            id,
+            outcome,
+            payload,
+            stats,
+        };
         (fit(result, self.max_frame), Some(name))
     }
 
@@ -462,7 +586,7 @@ impl Executor {
             let outcome = Outcome::Rejected(format!(
                 "this command is already under way on the agent as {original}; its result is delivered under that id"
             ));
-            return result_of(id, outcome, Vec::new(), ResultStats::default());
+            return outcome_result(id, outcome);
         };
         let result = done
             .wait_for(Option::is_some)
@@ -474,91 +598,11 @@ impl Executor {
                 id: id.to_string(),
                 ..result
             },
-            None => result_of(
+            None => outcome_result(
                 id,
                 Outcome::Rejected(format!("the run of {original} ended without a result")),
-                Vec::new(),
-                ResultStats::default(),
             ),
         }
-    }
-
-    /// Sends a result and waits for the server's `ResultAck`; without one the result stays in
-    /// the journal for the next report stream. `journaled`: the result's journal write, queued
-    /// before this was called, awaited before the acknowledgement is recorded (then the run
-    /// leaves the in-flight table).
-    async fn deliver(
-        &self,
-        link: &mut Link,
-        result: CommandResult,
-        span: Option<&tracing::Span>,
-        journaled: Option<JournalWrite>,
-    ) {
-        let id = result.id.clone();
-        let acked = self.send_and_wait_ack(link, result).await;
-        if let Some(journaled) = journaled {
-            if let Err(e) = journaled.await {
-                tracing::error!(%id, error = %e, "cannot journal the result; it was sent, and is lost if the server did not take it");
-            }
-            self.inflight.lock().remove(&id);
-        }
-        if acked {
-            if let Err(e) = self.journal.acked(&id).await {
-                tracing::warn!(%id, error = %e, "cannot record the server's acknowledgement; the result will be delivered once more");
-            }
-        } else if link.send.is_some() || link.recv.is_some() || span.is_some() {
-            tracing::info!(%id, "the server has not acknowledged the result yet; it will be delivered again on the next report stream");
-            self.replay_wanted.notify_one();
-        }
-        if let Some(reason) = self.pending_removal.lock().remove(&id) {
-            if acked {
-                tracing::warn!(%reason, "the agent is being removed");
-                self.decommission.send_replace(Some(reason));
-            } else {
-                tracing::warn!(%reason, "not removing the agent: the server did not acknowledge the command that asked for it");
-            }
-        }
-    }
-
-    /// Sends a result the journal does not hold (the journal failed): best effort.
-    async fn send_unjournaled(&self, link: &mut Link, result: CommandResult) {
-        let _ = self.send_and_wait_ack(link, result).await;
-    }
-
-    async fn send_and_wait_ack(&self, link: &mut Link, result: CommandResult) -> bool {
-        let id = result.id.clone();
-        if link
-            .write(&Message::Result(result), self.max_frame)
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        if let Some(send) = link.send.as_mut() {
-            let _ = send.finish();
-        }
-        let Some(recv) = link.recv.as_mut() else {
-            return false;
-        };
-        let wait = async {
-            loop {
-                match recv.next().await {
-                    Ok(Some(Message::ResultAck(ack))) if ack.id == id => return true,
-                    Ok(Some(Message::DataResponse(_) | Message::Cancel(_))) => continue,
-                    Ok(Some(other)) => {
-                        tracing::warn!(
-                            kind = other.kind(),
-                            "unexpected frame while waiting for ResultAck"
-                        );
-                        return false;
-                    }
-                    _ => return false,
-                }
-            }
-        };
-        tokio::time::timeout(ACK_TIMEOUT, wait)
-            .await
-            .unwrap_or(false)
     }
 
     /// Delivers the results the server has not acknowledged on a report stream of
@@ -616,16 +660,14 @@ impl Executor {
     }
 }
 
-fn accepted(id: &str) -> Message {
-    Message::Accepted(Accepted { id: id.to_string() })
-}
-
-fn result_of(id: &str, outcome: Outcome, payload: Vec<u8>, stats: ResultStats) -> CommandResult {
-    CommandResult {
-        id: id.to_string(),
-        outcome,
-        payload,
-        stats,
+/// The machine's log line, in the command's span.
+fn log(span: &tracing::Span, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Error => tracing::error!(parent: span, "{message}"),
+        LogLevel::Warn => tracing::warn!(parent: span, "{message}"),
+        LogLevel::Info => tracing::info!(parent: span, "{message}"),
+        LogLevel::Debug => tracing::debug!(parent: span, "{message}"),
+        LogLevel::Trace => tracing::trace!(parent: span, "{message}"),
     }
 }
 

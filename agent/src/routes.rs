@@ -143,6 +143,14 @@ impl Routes {
         topics_of(&self.table.read())
     }
 
+    /// The topics served now whose plugin declares them read-only, sorted.
+    pub(crate) fn read_only_topics(&self) -> Vec<String> {
+        self.topics()
+            .into_iter()
+            .filter(|topic| matches!(self.route(topic), Route::Ready(p) if p.is_read_only(topic)))
+            .collect()
+    }
+
     /// Makes `plugins` the pushed set: drops plugins no longer assigned and marks new or
     /// changed ones pending. Returns the ones that need loading.
     pub(crate) fn assign(&self, plugins: &[AssignedPlugin]) -> Vec<AssignedPlugin> {
@@ -285,6 +293,37 @@ mod tests {
             Route::Ready(p) => Some(p.name().to_string()),
             _ => None,
         }
+    }
+
+    /// A topic is read-only as the plugin serving it now says: a pushed version that drops the
+    /// declaration takes it away with it.
+    #[test]
+    fn read_only_topics_follow_the_plugin_that_serves_them() {
+        let host = PluginHost::new(HostConfig::default()).unwrap();
+        let reader = |name: &str, read_only: &[&str]| {
+            let options = crate::host::LoadOptions {
+                read_only: read_only.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            };
+            host.load_with(name, ferry_builtins::ECHO.component, options)
+                .unwrap()
+        };
+        let local = reader("local", &["get"]);
+        let routes = Routes::new(
+            [
+                ("get".to_string(), local.clone()),
+                ("set".to_string(), local),
+            ]
+            .into(),
+        );
+        assert_eq!(routes.read_only_topics(), ["get"]);
+        let v2 = assigned("pushed", "2.0.0", &["get"]);
+        routes.assign(std::slice::from_ref(&v2));
+        routes.ready(&v2, reader("pushed", &[]));
+        assert!(
+            routes.read_only_topics().is_empty(),
+            "the pushed plugin does not declare it"
+        );
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@ pub struct Builtin {
     pub name: &'static str,
     /// The topics the plugin handles.
     pub topics: &'static [&'static str],
+    /// Those of them that change nothing on the host, and so run without the journals (as a
+    /// manifest's `read_only` says for a pushed plugin).
+    pub read_only: &'static [&'static str],
     /// The wasm component, for the world `ferry:plugin/plugin@0.1.0`.
     pub component: &'static [u8],
 }
@@ -24,6 +27,7 @@ pub struct Builtin {
 pub const ECHO: Builtin = Builtin {
     name: "echo",
     topics: &["echo"],
+    read_only: &["echo"],
     component: include_bytes!(env!("FERRY_BUILTIN_ECHO")),
 };
 
@@ -42,6 +46,7 @@ pub const RUNTIMES: Builtin = Builtin {
         "delete_device",
         "get_consumption_device",
     ],
+    read_only: &["get_consumption_device"],
     component: include_bytes!(env!("FERRY_BUILTIN_RUNTIMES")),
 };
 
@@ -52,6 +57,7 @@ pub const RUNTIMES: Builtin = Builtin {
 pub const ORCHESTRATOR: Builtin = Builtin {
     name: "orchestrator",
     topics: &["get_consumption_orchestrator", "delete_orchestrator"],
+    read_only: &["get_consumption_orchestrator"],
     component: include_bytes!(env!("FERRY_BUILTIN_ORCHESTRATOR")),
 };
 
@@ -63,6 +69,7 @@ pub const ORCHESTRATOR: Builtin = Builtin {
 pub const RUN_COMMAND: Builtin = Builtin {
     name: "run-command",
     topics: &["run_command"],
+    read_only: &[],
     component: include_bytes!(env!("FERRY_BUILTIN_RUN_COMMAND")),
 };
 
@@ -99,6 +106,7 @@ pub mod fixtures {
             "fault.print",
             "fault.nap",
         ],
+        read_only: &[],
         component: include_bytes!(env!("FERRY_FIXTURE_FAULTY")),
     };
 
@@ -134,6 +142,7 @@ pub mod fixtures {
             "probe.process.run-timeout",
             "probe.data",
         ],
+        read_only: &[],
         component: include_bytes!(env!("FERRY_FIXTURE_PROBE")),
     };
 
@@ -158,6 +167,13 @@ mod tests {
                 builtin.name
             );
             assert!(!builtin.topics.is_empty());
+            for topic in builtin.read_only {
+                assert!(
+                    builtin.topics.contains(topic),
+                    "{topic} is not a topic of {}",
+                    builtin.name
+                );
+            }
         }
     }
 }

@@ -170,6 +170,10 @@ async fn show(args: AgentIdArgs) -> Result<()> {
     println!("  own       {}", labels_text(&a["agent_labels"]));
     println!("  server    {}", labels_text(&a["server_labels"]));
     println!("topics      {}", strings(&a["topics"]).join(", "));
+    let read_only = strings(&a["read_only_topics"]);
+    if !read_only.is_empty() {
+        println!("read-only   {}", read_only.join(", "));
+    }
     println!("wit         {}", strings(&a["wit_versions"]).join(", "));
     println!("running     {} commands", text(&a["running_commands"]));
     let m = &a["metrics"];

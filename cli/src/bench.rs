@@ -5,15 +5,23 @@
 //! of a preallocated file in the data directory. A durable command needs one network round
 //! trip and two sequential fsyncs (the agent's receipt before the plugin runs, the server's
 //! result before it is acknowledged), so `bare QUIC + 2 × fdatasync` is its physical floor.
+//! A read-only topic's command (`echo`, which its manifest declares read-only) skips both
+//! journals, so bare QUIC alone is its floor. Both run the same plugin: the durable one on a
+//! topic of its own that is not read-only.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_agent::{Agent, AgentConfig};
+use ferry_agent::{Agent, AgentConfig, PluginConfig};
 use ferry_protocol::AgentId;
 use ferry_protocol::pki::PkiDir;
 use ferry_server::{CommandRequest, CommandStatus, Server, ServerConfig};
 use serde::Serialize;
+
+/// The topic of the durable round trip: the echo plugin, journaled.
+const DURABLE_TOPIC: &str = "bench.durable";
+/// The topic of the journal-free round trip: `echo`, which its manifest declares read-only.
+const JOURNAL_FREE_TOPIC: &str = "echo";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -58,6 +66,11 @@ struct Report {
     /// `round_trip.p50 / bare_quic.p50`.
     quic_ratio: f64,
     throughput: Vec<Throughput>,
+    /// The same command on a read-only topic: no journal on either side.
+    journal_free_round_trip: Percentiles,
+    /// `journal_free_round_trip.p50 / bare_quic.p50`: 1 is the floor.
+    journal_free_ratio: f64,
+    journal_free_throughput: Vec<Throughput>,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,7 +105,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let id = AgentId::new("bench")?;
     let pki = PkiDir::open_or_create(&dir.path().join("server/pki"), &[])?;
     let (cert, key) = pki.ensure_agent(&id)?;
+    // The echo plugin once more, on a topic no manifest declares read-only: journaled.
+    let durable_echo = dir.path().join("echo.wasm");
+    std::fs::write(&durable_echo, ferry_builtins::ECHO.component)?;
     let agent = Agent::start(AgentConfig {
+        plugins: vec![PluginConfig {
+            path: durable_echo,
+            topics: vec![DURABLE_TOPIC.into()],
+            manifest: None,
+            name: Some("durable-echo".into()),
+        }],
         server: server.quic_addr().to_string(),
         server_name: "localhost".into(),
         cert,
@@ -106,7 +128,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bail!("the agent did not connect: {status:?}");
     }
     let payload = vec![b'x'; args.payload_bytes];
-    let one = |payload: Vec<u8>| {
+    let one = |topic: &'static str, payload: Vec<u8>| {
         let server = &server;
         let id = id.clone();
         async move {
@@ -114,7 +136,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let entry = server
                 .submit(CommandRequest {
                     agent: id,
-                    topic: "echo".into(),
+                    topic: topic.into(),
                     payload,
                     content_type: "application/octet-stream".into(),
                     timeout: Some(Duration::from_secs(30)),
@@ -137,35 +159,49 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     };
 
-    for _ in 0..args.warmup {
-        one(payload.clone()).await?;
+    for topic in [DURABLE_TOPIC, JOURNAL_FREE_TOPIC] {
+        for _ in 0..args.warmup {
+            one(topic, payload.clone()).await?;
+        }
     }
     let mut round_trip = Vec::with_capacity(args.iterations);
+    let mut journal_free = Vec::with_capacity(args.iterations);
     let mut plugin = Vec::with_capacity(args.iterations);
     let mut outside = Vec::with_capacity(args.iterations);
+    // Interleaved, so that both see the same machine.
     for _ in 0..args.iterations {
-        let (total, in_plugin) = one(payload.clone()).await?;
+        let (total, in_plugin) = one(DURABLE_TOPIC, payload.clone()).await?;
         round_trip.push(total.as_secs_f64() * 1e6);
         plugin.push(in_plugin.as_secs_f64() * 1e6);
         outside.push(total.saturating_sub(in_plugin).as_secs_f64() * 1e6);
+        let (total, _) = one(JOURNAL_FREE_TOPIC, payload.clone()).await?;
+        journal_free.push(total.as_secs_f64() * 1e6);
     }
 
     let mut throughput = Vec::new();
+    let mut journal_free_throughput = Vec::new();
     for &in_flight in &args.concurrency {
-        let start = Instant::now();
-        let mut done = 0usize;
-        while done < args.iterations {
-            let batch = in_flight.min(args.iterations - done);
-            let results = futures::future::join_all((0..batch).map(|_| one(payload.clone()))).await;
-            for r in results {
-                r?;
+        for (topic, figures) in [
+            (DURABLE_TOPIC, &mut throughput),
+            (JOURNAL_FREE_TOPIC, &mut journal_free_throughput),
+        ] {
+            let start = Instant::now();
+            let mut done = 0usize;
+            while done < args.iterations {
+                let batch = in_flight.min(args.iterations - done);
+                let results =
+                    futures::future::join_all((0..batch).map(|_| one(topic, payload.clone())))
+                        .await;
+                for r in results {
+                    r?;
+                }
+                done += batch;
             }
-            done += batch;
+            figures.push(Throughput {
+                in_flight,
+                commands_per_second: args.iterations as f64 / start.elapsed().as_secs_f64(),
+            });
         }
-        throughput.push(Throughput {
-            in_flight,
-            commands_per_second: args.iterations as f64 / start.elapsed().as_secs_f64(),
-        });
     }
     agent.shutdown().await;
     server.shutdown().await;
@@ -181,6 +217,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         fdatasync(dir.path(), floor_samples.min(500)).context("the fdatasync baseline failed")?,
     );
     let round_trip = percentiles(round_trip);
+    let journal_free = percentiles(journal_free);
     let floor = bare_quic.p50_us + 2.0 * fdatasync.p50_us;
 
     let report = Report {
@@ -188,6 +225,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         payload_bytes: args.payload_bytes,
         durable_ratio: round_trip.p50_us / floor,
         quic_ratio: round_trip.p50_us / bare_quic.p50_us,
+        journal_free_ratio: journal_free.p50_us / bare_quic.p50_us,
+        journal_free_round_trip: journal_free,
+        journal_free_throughput,
         round_trip,
         plugin: percentiles(plugin),
         outside_plugin: percentiles(outside),
@@ -201,7 +241,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "echo round trip, server → agent → plugin → server, loopback, {} commands of {} bytes, one at a time",
+        "echo round trip, server → agent → plugin → server, loopback, {} commands of {} bytes each way, one at a time",
         report.iterations, report.payload_bytes
     );
     println!(
@@ -209,9 +249,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "", "p50 µs", "p90 µs", "p99 µs", "max µs"
     );
     for (name, p) in [
-        ("round trip", &report.round_trip),
+        ("round trip (durable)", &report.round_trip),
         ("  in the plugin", &report.plugin),
         ("  outside the plugin", &report.outside_plugin),
+        ("round trip, read-only", &report.journal_free_round_trip),
         ("bare QUIC req/resp", &report.bare_quic),
         ("fdatasync (4 KiB)", &report.fdatasync),
     ] {
@@ -225,10 +266,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         report.durable_ratio
     );
     println!("round trip / bare QUIC, p50: {:.2}", report.quic_ratio);
-    for t in &report.throughput {
+    println!(
+        "read-only round trip / bare QUIC, p50: {:.2}  (1.00 is the floor; goal ≤ 2)",
+        report.journal_free_ratio
+    );
+    for (t, jf) in report
+        .throughput
+        .iter()
+        .zip(&report.journal_free_throughput)
+    {
         println!(
-            "throughput with {} in flight: {:.0} commands/s",
-            t.in_flight, t.commands_per_second
+            "throughput with {} in flight: {:.0} commands/s durable, {:.0} read-only",
+            t.in_flight, t.commands_per_second, jf.commands_per_second
         );
     }
     Ok(())

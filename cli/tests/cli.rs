@@ -456,7 +456,13 @@ fn bench_reports_the_round_trip_against_its_floors() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for figure in ["round_trip", "bare_quic", "fdatasync", "plugin"] {
+    for figure in [
+        "round_trip",
+        "journal_free_round_trip",
+        "bare_quic",
+        "fdatasync",
+        "plugin",
+    ] {
         let p50 = report[figure]["p50_us"].as_f64().unwrap_or(-1.0);
         assert!(p50 > 0.0, "{figure}: {report}");
     }
@@ -465,8 +471,16 @@ fn bench_reports_the_round_trip_against_its_floors() {
     let ratio = report["durable_ratio"].as_f64().unwrap();
     let expected = report["round_trip"]["p50_us"].as_f64().unwrap() / floor;
     assert!((ratio - expected).abs() < 1e-9, "{report}");
-    let throughput = report["throughput"].as_array().unwrap();
-    assert_eq!(throughput.len(), 2);
-    assert_eq!(throughput[1]["in_flight"], 8);
-    assert!(throughput[1]["commands_per_second"].as_f64().unwrap() > 0.0);
+    let ratio = report["journal_free_ratio"].as_f64().unwrap();
+    let expected = report["journal_free_round_trip"]["p50_us"]
+        .as_f64()
+        .unwrap()
+        / report["bare_quic"]["p50_us"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{report}");
+    for figures in ["throughput", "journal_free_throughput"] {
+        let throughput = report[figures].as_array().unwrap();
+        assert_eq!(throughput.len(), 2);
+        assert_eq!(throughput[1]["in_flight"], 8);
+        assert!(throughput[1]["commands_per_second"].as_f64().unwrap() > 0.0);
+    }
 }

@@ -9,6 +9,7 @@
 //! name = "disk-report"
 //! version = "1.2.0"
 //! topics = ["disk.report"]
+//! read_only = ["disk.report"]
 //!
 //! [capabilities]
 //! filesystem = [{ path = "/var/log/app", access = "read-only" }]
@@ -61,6 +62,13 @@ pub struct PluginInfo {
     /// What it does, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Topics (of `topics`) whose commands change nothing on the host — they read state, or
+    /// compute from their payload — so running one twice is harmless. They run without the
+    /// journals on the agent and the server (no fsync: at transport speed); the price is that
+    /// a command on one that is sent again after a lost connection may run again, and that a
+    /// server crash may forget it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
 }
 
 /// Limits per command.
@@ -108,6 +116,16 @@ impl Manifest {
         for (i, topic) in self.plugin.topics.iter().enumerate() {
             validate_topic(topic)
                 .map_err(|why| ManifestError::field(format!("plugin.topics[{i}]"), why))?;
+        }
+        for (i, topic) in self.plugin.read_only.iter().enumerate() {
+            if !self.plugin.topics.contains(topic) {
+                return Err(ManifestError::field(
+                    format!("plugin.read_only[{i}]"),
+                    format!(
+                        "names `{topic}`, which is not in plugin.topics; list only topics the plugin handles"
+                    ),
+                ));
+            }
         }
         self.capabilities.validate("capabilities")?;
         if self.limits.memory_mib == Some(0) {

@@ -71,6 +71,10 @@ fn errors_name_the_field_and_the_fix() {
         ),
         ("[plugin]\nname = \"p\"\nversion = \"1.0.0\"\n", "topics"),
         (
+            "[plugin]\nname = \"p\"\nversion = \"1.0.0\"\ntopics = [\"t\"]\nread_only = [\"u\"]\n",
+            "plugin.read_only[0]",
+        ),
+        (
             &format!(
                 "{head}[capabilities]\nfilesystem = [{{ path = \"data\", access = \"read-only\" }}]\n"
             ),
@@ -138,4 +142,14 @@ proptest::proptest! {
         let _ = Manifest::from_toml(&text);
         let _ = text.parse::<NetRule>();
     }
+}
+
+#[test]
+fn read_only_topics_are_a_subset_of_the_topics_and_round_trip() {
+    let m = Manifest::from_toml(
+        "[plugin]\nname = \"p\"\nversion = \"1.0.0\"\ntopics = [\"get\", \"set\"]\nread_only = [\"get\"]\n",
+    )
+    .unwrap();
+    assert_eq!(m.plugin.read_only, vec!["get".to_string()]);
+    assert_eq!(Manifest::from_toml(&m.to_toml()).unwrap(), m);
 }

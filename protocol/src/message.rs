@@ -249,6 +249,11 @@ pub struct Hello {
     pub wit_versions: Vec<String>,
     /// The topics the agent can handle right now.
     pub topics: Vec<String>,
+    /// Those of `topics` that are read-only on this agent (their plugin's manifest says so):
+    /// the agent runs their commands without its journal, and the server may record them
+    /// without waiting for its disk. Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
     /// Digests of plugin packages already in the agent's cache.
     pub cached_plugins: Vec<String>,
     /// Which installation of the agent this is: a random id the agent keeps in its data
@@ -619,6 +624,9 @@ pub struct PluginReport {
     pub plugins: Vec<PluginStatus>,
     /// Every topic the agent serves now, its own plugins' and pushed ones'.
     pub topics: Vec<String>,
+    /// Those of `topics` that are read-only now (as in [`Hello::read_only`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
 }
 
 /// How an assigned plugin fares on the agent.

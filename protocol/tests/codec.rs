@@ -194,6 +194,7 @@ fn plugin_message() -> impl Strategy<Value = Message> {
                         })
                         .collect(),
                     topics,
+                    read_only: Vec::new(),
                 })
             }),
         digest().prop_map(|digest| Message::Fetch(Fetch { digest })),
@@ -231,6 +232,7 @@ fn session_message() -> impl Strategy<Value = Message> {
                         labels,
                         wit_versions,
                         topics,
+                        read_only: Vec::new(),
                         cached_plugins,
                         instance,
                     })
@@ -547,6 +549,7 @@ fn the_allowlist_names_the_breach() {
         labels: Default::default(),
         wit_versions: vec![],
         topics: vec![],
+        read_only: Vec::new(),
         cached_plugins: vec![],
         instance: None,
     });

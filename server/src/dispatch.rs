@@ -76,6 +76,8 @@ pub(crate) struct Dispatch {
     pub(crate) sent_at: Option<Instant>,
     /// Its record is written already (or queued, before this dispatch started).
     pub(crate) recorded: bool,
+    /// Its end is written durably: false only for a read-only topic's command.
+    pub(crate) durable: bool,
 }
 
 /// Runs one agent's copy of a command until it has ended: a thin driver of
@@ -187,7 +189,7 @@ async fn drive(d: Dispatch) {
                         origin: entry.origin().clone(),
                         view,
                     };
-                    let written = state.persist.save_run(&record, true).await;
+                    let written = state.persist.save_run(&record, d.durable).await;
                     if let Err(e) = &written {
                         tracing::error!(command = %d.command.id, error = %e, "cannot record how a run ended; it is not shown as ended until it is on disk");
                     }

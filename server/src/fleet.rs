@@ -293,6 +293,9 @@ pub struct FleetEntry {
     /// copy were cut off by the restart, not gone, so each is waited for until then (at least)
     /// instead of being `undelivered` for not having reconnected yet.
     reconnect_grace_until: Option<tokio::time::Instant>,
+    /// False for a read-only topic's command on one agent: it is recorded without waiting for
+    /// the disk (a crash may forget it; running it again is harmless, by its manifest's word).
+    durable: bool,
 }
 
 impl FleetEntry {
@@ -645,8 +648,15 @@ pub(crate) async fn start(
         }
         _ => None,
     };
+    // A read-only topic (as the agent reported it) needs no fsync on the server either: the
+    // agent runs it without its journal, so a record that outlived a crash would not make it
+    // run any less often.
+    let durable = !single.as_ref().is_some_and(|agent| {
+        request.idempotency_key.is_none() && state.registry.is_read_only(agent, &request.topic)
+    });
     let id = uuid::Uuid::new_v4().to_string();
     let fleet = Arc::new(FleetEntry {
+        durable,
         id: id.clone(),
         topic: request.topic.clone(),
         target: request.target.to_string(),
@@ -688,7 +698,9 @@ pub(crate) async fn start(
                 origin: entry.origin().clone(),
                 view: entry.view(),
             };
-            let recorded = state.persist.create_command(&fleet.record(), Some(&run));
+            let recorded = state
+                .persist
+                .create_command(&fleet.record(), Some(&run), fleet.durable);
             tokio::spawn(crate::dispatch::run(dispatch));
             fleet.dispatched(0, entry.clone());
             Some((entry, recorded))
@@ -706,7 +718,11 @@ pub(crate) async fn start(
             Some(entry)
         }
         None => {
-            match state.persist.create_command(&fleet.record(), None).await {
+            match state
+                .persist
+                .create_command(&fleet.record(), None, true)
+                .await
+            {
                 Ok(Created::New) => {}
                 Ok(Created::Existing(holder)) => {
                     return state.fleets.get(&holder).map(|f| (f, false)).ok_or_else(|| {
@@ -780,6 +796,7 @@ fn new_run(
         deliver_by,
         sent_at: None,
         recorded,
+        durable: fleet.durable,
     };
     (entry, dispatch)
 }
@@ -903,7 +920,11 @@ async fn send_all(
     while followers.join_next().await.is_some() {}
     fleet.finish();
     // Durable, so a restart finds the command ended as it was shown, not running.
-    if let Err(e) = state.persist.save_command(&fleet.record(), true).await {
+    if let Err(e) = state
+        .persist
+        .save_command(&fleet.record(), fleet.durable)
+        .await
+    {
         tracing::error!(command = %fleet.id, error = %e, "cannot record that the command ended");
     }
     tracing::info!(command = %fleet.id, view = ?fleet.view(false).summary, "command ended");
@@ -1057,6 +1078,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
             changed: watch::Sender::new(0),
             cancel: CancellationToken::new(),
             reconnect_grace_until: Some(tokio::time::Instant::now() + state.config.restart_grace),
+            durable: true,
         });
         if record.cancelled {
             fleet.cancel.cancel();
@@ -1091,6 +1113,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 // the agent kept while the server was down is still taken within `result_wait`.
                 sent_at: Some(instant_of(view.created_at)),
                 recorded: true,
+                durable: true,
             }));
         }
         state.fleets.insert(fleet.clone());

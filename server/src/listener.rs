@@ -234,7 +234,7 @@ impl Control<'_> {
                             Message::Heartbeat(hb) => self.state.registry.heartbeat(id, self.session, &hb),
                             Message::PluginReport(report) => {
                                 self.state.plugins.record(id.as_str(), &report.plugins);
-                                self.state.registry.set_topics(id, self.session, report.topics);
+                                self.state.registry.set_topics(id, self.session, report.topics, report.read_only);
                             }
                             Message::Bye(bye) => {
                                 tracing::info!(agent = %id, reason = %bye.reason, "agent said goodbye");

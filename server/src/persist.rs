@@ -131,17 +131,18 @@ impl Persist {
     /// disk only with it.
     ///
     /// `run`: the command's one run, recorded in the same transaction, so that the two are on
-    /// disk together or not at all.
+    /// disk together or not at all. `durable`: false only for a read-only topic's command.
     pub(crate) fn create_command(
         &self,
         record: &FleetRecord,
         run: Option<&RunRecord>,
+        durable: bool,
     ) -> impl Future<Output = Result<Created, StoreError>> + Send + 'static {
         let id = record.id.clone();
         let key = record.idempotency_key.clone();
         let bytes = encode(record);
         let run = run.map(|run| (run.view.id.clone(), encode(run)));
-        self.writer.write_with("a new command", true, move |tx| {
+        self.writer.write_with("a new command", durable, move |tx| {
             if let Some(key) = &key {
                 let mut keys = tx.open_table(KEYS)?;
                 if let Some(holder) = keys.get(key.as_str())? {

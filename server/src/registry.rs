@@ -33,6 +33,10 @@ pub struct AgentInfo {
     pub agent_version: String,
     /// The topics it handles.
     pub topics: Vec<String>,
+    /// Those of them its plugins declare read-only: their commands run without the journals
+    /// (on the agent, and on the server, which records them without waiting for its disk).
+    #[serde(default)]
+    pub read_only_topics: Vec<String>,
     /// The `ferry:plugin` WIT versions it serves.
     pub wit_versions: Vec<String>,
     /// The address its connection comes from.
@@ -186,6 +190,7 @@ impl Registry {
             labels: hello.labels.clone(),
             agent_version: hello.agent_version.clone(),
             topics: hello.topics.clone(),
+            read_only_topics: hello.read_only.clone(),
             wit_versions: hello.wit_versions.clone(),
             remote_address: Some(connection.remote_address().to_string()),
             connected_since: Some(now),
@@ -280,8 +285,15 @@ impl Registry {
         }
     }
 
-    /// Records the topics an agent said it serves now; ignored if that session was replaced.
-    pub fn set_topics(&self, id: &AgentId, session: u64, mut topics: Vec<String>) {
+    /// Records the topics an agent said it serves now, and which of them are read-only;
+    /// ignored if that session was replaced.
+    pub fn set_topics(
+        &self,
+        id: &AgentId,
+        session: u64,
+        mut topics: Vec<String>,
+        read_only: Vec<String>,
+    ) {
         let mut agents = self.agents.lock();
         if let Some(entry) = agents.get_mut(id)
             && entry
@@ -292,7 +304,16 @@ impl Registry {
             topics.sort();
             topics.dedup();
             entry.info.topics = topics;
+            entry.info.read_only_topics = read_only;
         }
+    }
+
+    /// Whether `topic` is read-only on agent `id` now (as its last Hello or report said).
+    pub fn is_read_only(&self, id: &AgentId, topic: &str) -> bool {
+        self.agents
+            .lock()
+            .get(id)
+            .is_some_and(|entry| entry.info.read_only_topics.iter().any(|t| t == topic))
     }
 
     /// Records that `session` ended; ignored if the agent has a newer one.

@@ -140,3 +140,42 @@ async fn heartbeats_carry_host_metrics_and_a_stopped_agent_goes_offline() {
     })
     .await;
 }
+
+/// The built-ins that only read declare it; the agent says so in Hello, and their commands
+/// (which skip the journals) still come back whole, with their events.
+#[tokio::test]
+async fn read_only_topics_are_reported_and_run_without_the_journals() {
+    let harness = Harness::start().await;
+    let _agent = harness.start_agent("reader").await;
+    let id = ferry_protocol::AgentId::new("reader").unwrap();
+    let info = harness.server().agent(&id).expect("the agent is known");
+    assert_eq!(
+        info.read_only_topics,
+        [
+            "echo",
+            "get_consumption_device",
+            "get_consumption_orchestrator"
+        ],
+        "{info:?}"
+    );
+    assert!(
+        !info
+            .read_only_topics
+            .iter()
+            .any(|t| t == "delete_orchestrator")
+    );
+    for i in 0..5 {
+        let payload = format!(r#"{{"i":{i}}}"#);
+        let view = harness
+            .run("reader", "echo", payload.as_bytes(), None)
+            .await;
+        assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+        assert_eq!(view.output.payload, Some(serde_json::json!({"i": i})));
+        let events = harness.server().command(&view.id).unwrap().events_since(0);
+        assert!(
+            events.iter().any(|e| matches!(e, CommandEvent::Log { .. }))
+                && matches!(events.first(), Some(CommandEvent::Accepted { .. })),
+            "{events:?}"
+        );
+    }
+}

@@ -370,6 +370,7 @@ async fn a_connection_without_a_certificate_reaches_nothing_but_enrollment() {
         labels: Default::default(),
         wit_versions: vec![],
         topics: vec![],
+        read_only: Vec::new(),
         cached_plugins: vec![],
         instance: None,
     });

@@ -239,6 +239,7 @@ fn sample_messages() -> Vec<Message> {
             labels: [("env".to_string(), "prod".to_string())].into(),
             wit_versions: vec!["0.1.0".into()],
             topics: vec!["echo".into()],
+            read_only: Vec::new(),
             cached_plugins: vec![digest.to_string()],
             instance: Some("b7e1c0de".into()),
         }),
@@ -300,6 +301,7 @@ fn sample_messages() -> Vec<Message> {
                 state: PluginState::Failed("no memory".into()),
             }],
             topics: vec!["echo".into()],
+            read_only: Vec::new(),
         }),
         Message::Leave(Leave {
             reason: "decommissioned".into(),

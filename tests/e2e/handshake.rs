@@ -55,6 +55,7 @@ pub(crate) fn hello(protocol: VersionRange) -> Message {
         labels: Default::default(),
         wit_versions: vec![],
         topics: vec![],
+        read_only: Vec::new(),
         cached_plugins: vec![],
         instance: None,
     })

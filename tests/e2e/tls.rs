@@ -28,6 +28,7 @@ async fn hello_with(
             labels: Default::default(),
             wit_versions: vec![],
             topics: vec![],
+            read_only: Vec::new(),
             cached_plugins: vec![],
             instance: None,
         };

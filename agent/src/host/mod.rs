@@ -170,6 +170,8 @@ pub struct LoadOptions {
     pub max_memory_bytes: Option<usize>,
     /// The longest any command of this plugin may run, whatever the command asks.
     pub timeout: Option<Duration>,
+    /// The topics its manifest declares read-only: their commands run without the journals.
+    pub read_only: Vec<String>,
 }
 
 /// How a plugin was loaded.
@@ -324,6 +326,7 @@ impl PluginHost {
                         m.min(self.shared.config.max_memory_bytes)
                     }),
                 timeout: options.timeout,
+                read_only: options.read_only.into_iter().collect(),
                 interfaces: Arc::new(Interfaces::new(
                     name,
                     &options.capabilities,
@@ -383,6 +386,8 @@ struct LoadedInner {
     max_memory_bytes: usize,
     /// The longest one of its commands may run.
     timeout: Option<Duration>,
+    /// The topics its manifest declares read-only.
+    read_only: std::collections::BTreeSet<String>,
     /// What it may reach outside its sandbox.
     sandbox: sandbox::Sandbox,
     /// What its `metrics`, `kv` and `process` imports may reach.
@@ -395,6 +400,11 @@ impl LoadedPlugin {
     /// The name the plugin was loaded under.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Whether its manifest declares `topic` read-only (its commands skip the journals).
+    pub fn is_read_only(&self, topic: &str) -> bool {
+        self.inner.read_only.contains(topic)
     }
 
     /// The fuel budget of each of its commands; `None` when unmetered.

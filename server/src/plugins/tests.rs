@@ -32,6 +32,7 @@ fn agent(id: &str, labels: &[(&str, &str)], wit: &[&str]) -> AgentInfo {
             .collect(),
         agent_version: "test".into(),
         topics: vec![],
+        read_only_topics: vec![],
         wit_versions: wit.iter().map(|v| v.to_string()).collect(),
         remote_address: None,
         connected_since: None,
