@@ -2,6 +2,8 @@
 //! deterministic simulation of seeded faults checked against the guarantees, and the
 //! layering rule that keeps the crate free of transport and storage.
 
+mod fanout;
+mod fanout_sim;
 mod layering;
 mod run;
 mod sim;
