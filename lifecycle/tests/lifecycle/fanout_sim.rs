@@ -54,6 +54,8 @@ enum Fault {
     Advance(u64),
     /// The write in flight lands on disk (or fails), with no time passing.
     Flush,
+    /// The driver answers the start in progress.
+    Answer,
     /// The run of the n-th slot in flight (modulo) ends with this status (on disk, shown by
     /// its own machine); the fan-out is told later.
     EndRun(usize, Status),
@@ -84,6 +86,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         4 => (1u64..3_000).prop_map(Fault::Advance),
         1 => (5_000u64..20_000).prop_map(Fault::Advance),
         4 => Just(Fault::Flush),
+        4 => Just(Fault::Answer),
         6 => (0usize..8, status()).prop_map(|(n, s)| Fault::EndRun(n, s)),
         6 => (0usize..8).prop_map(Fault::Tell),
         1 => (1u8..4).prop_map(Fault::FailWrites),
@@ -118,6 +121,8 @@ struct World {
     /// A write in flight: it lands, or fails, when the history says (`Flush`) or as time passes.
     writing: Option<Write>,
     fail_writes: u8,
+    /// A start the driver has not answered yet.
+    starting: Option<usize>,
     // This incarnation of the server (lost on restart).
     /// Run ends on disk the machine has not been told of yet.
     untold: Vec<(usize, Status)>,
@@ -145,6 +150,7 @@ impl World {
             end: None,
             writing: None,
             fail_writes: 0,
+            starting: None,
             untold: Vec::new(),
             told: vec![false; n],
             cancelled: false,
@@ -262,6 +268,16 @@ impl World {
         assert_eq!(may_wait, limits.deliver_within.is_some() || grace.is_some());
         assert!(deliver_by >= self.now + limits.deliver_within.unwrap_or_default());
         assert!(grace.is_none_or(|until| deliver_by >= until));
+        assert_eq!(self.starting, None, "one start at a time");
+        self.starting = Some(slot);
+    }
+
+    /// The driver answers the start in progress: the agent's run is created, or the agent
+    /// cannot be reached.
+    fn answer(&mut self) {
+        let Some(slot) = self.starting.take() else {
+            return;
+        };
         if self.setup.reachable[slot] {
             // Asking an unreachable agent again after a restart sends nothing; this does.
             self.starts[slot] += 1;
@@ -322,6 +338,10 @@ impl World {
     fn advance(&mut self, by: Duration) {
         let end = self.now + by;
         for _ in 0..1_000 {
+            if self.starting.is_some() {
+                self.answer();
+                continue;
+            }
             if self.writing.is_some() {
                 self.flush();
                 continue;
@@ -384,6 +404,8 @@ impl World {
             self.land(write);
         }
         self.untold.clear();
+        // A start in progress had not recorded its run: nothing was sent.
+        self.starting = None;
         self.cancelled = false;
         self.cancel_passed = vec![false; self.slots()];
         self.told = self
@@ -435,6 +457,7 @@ impl World {
         match fault {
             Fault::Advance(ms) => self.advance(Duration::from_millis(*ms)),
             Fault::Flush => self.flush(),
+            Fault::Answer => self.answer(),
             Fault::EndRun(n, status) => self.end_run(*n, *status),
             Fault::Tell(n) => self.tell(*n),
             Fault::FailWrites(n) => self.fail_writes = *n,
@@ -555,13 +578,15 @@ fn a_decision_that_landed_before_a_restart_stands() {
     let world = play(
         setup,
         &[
-            FailWrites(1),
+            Answer,
             EndRun(0, Status::Failed),
             Tell(0),
+            // The decision that slots 1 and 2 are not sent is being written.
             RestartServer { landed: true },
             Advance(100),
         ],
     );
     assert_eq!(world.starts, vec![1, 0, 0]);
+    assert_eq!(world.shown[1], Some(Status::Undelivered));
     assert_eq!(world.shown_end, vec![Verdict::Failed]);
 }
