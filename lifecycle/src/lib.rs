@@ -10,10 +10,13 @@
 //! - [`status`]: the one list of run states and what derives from it.
 //! - [`run`]: the server's side of one agent's run of a command.
 //! - [`command`]: the agent's side of one command (receipt, plugin, result, acknowledgement).
+//! - [`fanout`]: the fan-out scheduler of one command sent to many agents.
 
 pub mod command;
+pub mod fanout;
 pub mod run;
 pub mod status;
 
+pub use fanout::Fanout;
 pub use run::{Effect, End, Input, Limits, Run, Start};
 pub use status::{Bucket, Status};

@@ -16,6 +16,11 @@
 //!
 //! Like child commands, a command keeps all its events in order — the children's, tagged with
 //! the agent, plus `dispatched` and a final `done` — so a watcher that joins late misses nothing.
+//!
+//! Who is sent it when, what is decided not sent, and when the command ends is decided by
+//! [`ferry_lifecycle::Fanout`]; `drive` here only carries out what it asks (checks an agent
+//! and starts its run, passes a cancel on, writes decisions and the end, shows them) and
+//! tells it when a run has ended, a write finished or an operator cancelled.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -23,13 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_lifecycle::Bucket;
+use ferry_lifecycle::fanout::{self, Effect, Fanout, Input, Restored, Verdict};
 use ferry_protocol::{AgentId, Command};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
@@ -271,10 +277,14 @@ struct Inner {
     /// Every event, in order: (SSE event name, JSON data).
     events: Vec<(&'static str, Value)>,
     finished_at: Option<OffsetDateTime>,
-    in_flight: u32,
+    /// `Running` until the end is shown.
+    status: FleetStatus,
+    /// The most runs in flight at once, as the fan-out counts them.
     peak: u32,
-    errors: u32,
 }
+
+/// A run to follow: its slot, its entry, and how many of its events the command has already.
+type Going = (usize, Arc<CommandEntry>, usize);
 
 /// A command for one or many agents.
 pub struct FleetEntry {
@@ -292,7 +302,7 @@ pub struct FleetEntry {
     /// Set when the command was restored after a server restart: the agents still due their
     /// copy were cut off by the restart, not gone, so each is waited for until then (at least)
     /// instead of being `undelivered` for not having reconnected yet.
-    reconnect_grace_until: Option<tokio::time::Instant>,
+    reconnect_grace_until: Option<Instant>,
     /// False for a read-only topic's command on one agent: it is recorded without waiting for
     /// the disk (a crash may forget it; running it again is harmless, by its manifest's word).
     durable: bool,
@@ -306,6 +316,12 @@ impl FleetEntry {
 
     /// The command as stored on disk.
     pub(crate) fn record(&self) -> FleetRecord {
+        let finished_at = self.inner.lock().finished_at;
+        self.record_as(finished_at, self.cancel.is_cancelled())
+    }
+
+    /// The command as stored on disk, ended at `finished_at` (before that is shown).
+    fn record_as(&self, finished_at: Option<OffsetDateTime>, cancelled: bool) -> FleetRecord {
         let inner = self.inner.lock();
         let request = &self.request;
         FleetRecord {
@@ -343,8 +359,8 @@ impl FleetEntry {
                     }),
                 })
                 .collect(),
-            finished_at: inner.finished_at,
-            cancelled: self.cancel.is_cancelled(),
+            finished_at,
+            cancelled,
             peak: inner.peak,
         }
     }
@@ -357,18 +373,6 @@ impl FleetEntry {
     /// Has it ended, every agent done?
     pub fn is_finished(&self) -> bool {
         self.inner.lock().finished_at.is_some()
-    }
-
-    fn status(&self, inner: &Inner, summary: &Summary) -> FleetStatus {
-        if inner.finished_at.is_none() {
-            FleetStatus::Running
-        } else if self.cancel.is_cancelled() {
-            FleetStatus::Cancelled
-        } else if summary.succeeded == summary.total {
-            FleetStatus::Succeeded
-        } else {
-            FleetStatus::Failed
-        }
     }
 
     /// Its current view, with each agent's result when `results`.
@@ -389,7 +393,7 @@ impl FleetEntry {
             id: self.id.clone(),
             topic: self.topic.clone(),
             target: self.target.clone(),
-            status: self.status(&inner, &summary),
+            status: inner.status,
             created_by: self.created_by.clone(),
             created_at: self.created_at,
             finished_at: inner.finished_at,
@@ -453,8 +457,6 @@ impl FleetEntry {
         let view = entry.view();
         let id = view.id;
         inner.slots[index].entry = Some(entry);
-        inner.in_flight += 1;
-        inner.peak = inner.peak.max(inner.in_flight);
         let at = rfc3339(view.created_at);
         self.push_locked(
             &mut inner,
@@ -484,15 +486,11 @@ impl FleetEntry {
         let mut data = serde_json::to_value(event).expect("an event serializes");
         let mut inner = self.inner.lock();
         data["agent"] = Value::String(inner.slots[index].agent.clone());
-        if let CommandEvent::Finished { status, .. } = event {
-            inner.in_flight -= 1;
-            inner.errors += u32::from(status.is_error());
-        }
         self.push_locked(&mut inner, kind, data);
     }
 
-    fn errors(&self) -> u32 {
-        self.inner.lock().errors
+    fn set_peak(&self, peak: u32) {
+        self.inner.lock().peak = peak;
     }
 
     /// Puts back a run restored from disk, with its events so far.
@@ -505,47 +503,59 @@ impl FleetEntry {
         self.inner.lock().slots[index].copied = events.len();
     }
 
-    /// Whether an agent that is not connected now may still be sent its copy later.
-    fn may_wait(&self) -> bool {
-        self.request.deliver_within.is_some()
-            || self
-                .reconnect_grace_until
-                .is_some_and(|until| tokio::time::Instant::now() < until)
-    }
-
-    /// Until when a copy sent now may wait for its agent to connect.
-    fn deliver_by(&self) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        let asked = now + self.request.deliver_within.unwrap_or_default();
-        self.reconnect_grace_until
-            .map_or(asked, |grace| asked.max(grace))
-    }
-
-    /// Neither sent nor decided yet.
-    fn is_unsent(&self, index: usize) -> bool {
+    /// Where each slot is, as the fan-out starts from it: slots with a run that is going (or
+    /// whose events were not copied yet) come back with it, to be followed.
+    fn slots_for_fanout(&self) -> (Vec<fanout::Slot>, Vec<Going>) {
         let inner = self.inner.lock();
-        let slot = &inner.slots[index];
-        slot.entry.is_none() && slot.not_sent.is_none()
+        let mut follow = Vec::new();
+        let slots = inner
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| match (&slot.entry, &slot.not_sent) {
+                (Some(entry), _) => {
+                    let status = entry.view().status;
+                    if slot.copied > 0 && status.is_final() {
+                        fanout::Slot::Ended(status)
+                    } else {
+                        follow.push((index, entry.clone(), slot.copied));
+                        fanout::Slot::Running
+                    }
+                }
+                (None, Some((status, _, _))) => fanout::Slot::NotSent(*status),
+                (None, None) => fanout::Slot::Unsent,
+            })
+            .collect();
+        (slots, follow)
     }
 
-    fn finish(&self) {
-        self.finish_at(OffsetDateTime::now_utc());
-    }
-
-    fn finish_at(&self, now: OffsetDateTime) {
-        let view = self.view(false);
+    /// Shows the end, as recorded.
+    fn finish_at(&self, now: OffsetDateTime, verdict: Verdict) {
         let mut inner = self.inner.lock();
+        let status = match verdict {
+            Verdict::Succeeded => FleetStatus::Succeeded,
+            Verdict::Failed => FleetStatus::Failed,
+            Verdict::Cancelled => FleetStatus::Cancelled,
+        };
         inner.finished_at = Some(now);
+        inner.status = status;
         let mut summary = Summary::default();
         for slot in &inner.slots {
             summary.add(slot.status());
         }
-        let status = self.status(&inner, &summary);
+        let peak = inner.peak;
         self.push_locked(
             &mut inner,
             "done",
-            json!({"type": "done", "status": status, "summary": summary, "peak_concurrency": view.peak_concurrency, "at": rfc3339(now)}),
+            json!({"type": "done", "status": status, "summary": summary, "peak_concurrency": peak, "at": rfc3339(now)}),
         );
+    }
+
+    /// Shows the end of a command restored after it had ended, as its record says.
+    fn finish_restored(&self, at: OffsetDateTime) {
+        let statuses: Vec<CommandStatus> =
+            self.inner.lock().slots.iter().map(Slot::status).collect();
+        self.finish_at(at, Verdict::of(self.cancel.is_cancelled(), statuses));
     }
 }
 
@@ -677,9 +687,8 @@ pub(crate) async fn start(
                 .collect(),
             events: Vec::new(),
             finished_at: None,
-            in_flight: 0,
+            status: FleetStatus::Running,
             peak: 0,
-            errors: 0,
         }),
         changed: watch::Sender::new(0),
         cancel: CancellationToken::new(),
@@ -691,9 +700,12 @@ pub(crate) async fn start(
     // operator never got the command's id, and the agent answers a copy sent again (by id, or
     // by idempotency key) from its journal. A key must be claimed before anything is sent, and
     // a fan-out records each run before sending it, so both wait for the command's record.
+    // The one agent is sent it before the fan-out exists (which finds its slot running), so
+    // its deadline is the one the fan-out gives a new command's runs.
+    let deliver_by = Instant::now() + fleet.request.deliver_within.unwrap_or_default();
     let overlapped = match (&single, fleet.request.idempotency_key.is_some()) {
         (Some(agent), false) => {
-            let (entry, dispatch) = new_run(state, &fleet, 0, agent, true);
+            let (entry, dispatch) = new_run(state, &fleet, 0, agent, deliver_by, true);
             let run = RunRecord {
                 origin: entry.origin().clone(),
                 view: entry.view(),
@@ -707,7 +719,7 @@ pub(crate) async fn start(
         }
         _ => None,
     };
-    let first = match overlapped {
+    match overlapped {
         Some((entry, recorded)) => {
             if let Err(e) = recorded.await {
                 entry.request_cancel();
@@ -715,7 +727,6 @@ pub(crate) async fn start(
                     "{e} (the command was cancelled, but may have reached the agent already)"
                 )));
             }
-            Some(entry)
         }
         None => {
             match state
@@ -735,15 +746,14 @@ pub(crate) async fn start(
             }
             // One named agent is sent its copy before the command is returned, so that
             // `Server::submit` can hand out the agent's run at once.
-            single.map(|agent| {
-                let entry = send_to(state, &fleet, 0, &agent);
-                fleet.dispatched(0, entry.clone());
-                entry
-            })
+            if let Some(agent) = single {
+                let entry = send_to(state, &fleet, 0, &agent, deliver_by);
+                fleet.dispatched(0, entry);
+            }
         }
-    };
+    }
     state.fleets.insert(fleet.clone());
-    tokio::spawn(drive(state.clone(), fleet.clone(), first));
+    tokio::spawn(drive(state.clone(), fleet.clone()));
     Ok((fleet, true))
 }
 
@@ -754,8 +764,9 @@ fn send_to(
     fleet: &FleetEntry,
     index: usize,
     agent: &AgentId,
+    deliver_by: Instant,
 ) -> Arc<CommandEntry> {
-    let (entry, dispatch) = new_run(state, fleet, index, agent, false);
+    let (entry, dispatch) = new_run(state, fleet, index, agent, deliver_by, false);
     tokio::spawn(crate::dispatch::run(dispatch));
     entry
 }
@@ -767,6 +778,7 @@ fn new_run(
     fleet: &FleetEntry,
     index: usize,
     agent: &AgentId,
+    deliver_by: Instant,
     recorded: bool,
 ) -> (Arc<CommandEntry>, crate::dispatch::Dispatch) {
     let request = &fleet.request;
@@ -786,7 +798,6 @@ fn new_run(
         request.topic.clone(),
         origin,
     );
-    let deliver_by = fleet.deliver_by();
     let dispatch = crate::dispatch::Dispatch {
         state: state.clone(),
         entry: entry.clone(),
@@ -812,195 +823,185 @@ fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> C
     }
 }
 
-/// Sends the command to each agent in turn, within the limits, and waits for all of them.
-/// Agents already decided (restored after a server restart) are skipped; agents already sent
-/// it (`first`, or restored runs still going) are followed.
-async fn drive(state: Arc<ServerState>, fleet: Arc<FleetEntry>, first: Option<Arc<CommandEntry>>) {
+/// Drives the command's [`Fanout`] until it has ended: agents already decided (restored after
+/// a server restart) are skipped, runs already sent (the one agent's, or restored runs still
+/// going) are followed, the others are sent it as the machine says.
+async fn drive(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
     let stop = state.stop.clone();
     tokio::select! {
-        _ = send_all(state, fleet, first) => {}
+        _ = run_fanout(state, fleet) => {}
         // Where it was is on disk: the restarted server carries on from there.
         _ = stop.cancelled() => {}
     }
 }
 
-async fn send_all(
-    state: Arc<ServerState>,
-    fleet: Arc<FleetEntry>,
-    mut first: Option<Arc<CommandEntry>>,
-) {
-    let limit = fleet
-        .max_concurrency
-        .map_or(Semaphore::MAX_PERMITS, |n| n as usize);
-    let semaphore = Arc::new(Semaphore::new(limit));
-    let slots: Vec<(String, Option<Arc<CommandEntry>>, usize, bool)> = fleet
-        .inner
-        .lock()
-        .slots
-        .iter()
-        .map(|s| {
-            (
-                s.agent.clone(),
-                s.entry.clone(),
-                s.copied,
-                s.not_sent.is_some(),
-            )
-        })
-        .collect();
-    let mut followers = JoinSet::new();
-    let count = slots.len();
-    for (index, (agent, sent, copied, not_sent)) in slots.into_iter().enumerate() {
-        // Decided before (never sent, or a run restored from disk with all its events).
-        let restored_and_ended =
-            copied > 0 && sent.as_ref().is_some_and(|e| e.view().status.is_final());
-        if not_sent || restored_and_ended {
-            continue;
-        }
-        let permit = tokio::select! {
-            biased;
-            _ = fleet.cancel.cancelled() => None,
-            permit = semaphore.clone().acquire_owned() => permit.ok(),
-        };
-        if let Some(entry) = first.take().or(sent) {
-            // Sent already: follow it even when cancelled (the follower passes the cancel on).
-            followers.spawn(follow(fleet.clone(), index, entry, permit, copied));
-            continue;
-        }
-        let Some(permit) = permit.filter(|_| !fleet.cancel.is_cancelled()) else {
-            let rest = (index..count).filter(|&i| fleet.is_unsent(i)).collect();
-            decide_not_sent(
-                &state,
-                &fleet,
-                rest,
-                CommandStatus::Cancelled,
-                "not sent: the command was cancelled first".into(),
-            )
-            .await;
-            break;
-        };
-        if let Some(max) = fleet.max_errors {
-            let errors = fleet.errors();
-            if errors >= max {
-                let rest = (index..count).filter(|&i| fleet.is_unsent(i)).collect();
-                decide_not_sent(
-                    &state,
-                    &fleet,
-                    rest,
-                    CommandStatus::Undelivered,
-                    format!(
-                        "not sent: {errors} agents had failed, the most max_errors ({max}) allows"
-                    ),
-                )
-                .await;
-                break;
+async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
+    let now = || Instant::now().into_std();
+    let limits = fanout::Limits {
+        max_concurrency: fleet.max_concurrency,
+        max_errors: fleet.max_errors,
+        deliver_within: fleet.request.deliver_within,
+    };
+    let (slots, going) = fleet.slots_for_fanout();
+    let mut machine = match fleet.reconnect_grace_until {
+        Some(until) => Fanout::restore(
+            now(),
+            limits,
+            slots,
+            Restored {
+                grace_until: until.into_std(),
+                peak: fleet.inner.lock().peak,
+                cancelled: fleet.cancel.is_cancelled(),
+            },
+        ),
+        None => Fanout::new(now(), limits, slots),
+    };
+    fleet.set_peak(machine.peak());
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    for (index, entry, from) in going {
+        tokio::spawn(follow(fleet.clone(), index, entry, from, ended_tx.clone()));
+    }
+    let mut cancel_told = false;
+    // When the decision or the end being written was made: what is shown once it is on disk.
+    let mut decided_at = OffsetDateTime::now_utc();
+    let mut ended_at = decided_at;
+    loop {
+        while let Some(effect) = machine.poll() {
+            match effect {
+                Effect::Start {
+                    slot,
+                    deliver_by,
+                    may_wait,
+                } => {
+                    let agent = fleet.inner.lock().slots[slot].agent.clone();
+                    let input = match reach(&state, &agent, may_wait) {
+                        Ok(id) => {
+                            let entry =
+                                send_to(&state, &fleet, slot, &id, Instant::from_std(deliver_by));
+                            fleet.dispatched(slot, entry.clone());
+                            tokio::spawn(follow(fleet.clone(), slot, entry, 0, ended_tx.clone()));
+                            Input::Started(slot)
+                        }
+                        Err(why) => Input::Unreachable(slot, why),
+                    };
+                    machine.handle(now(), input);
+                    fleet.set_peak(machine.peak());
+                }
+                Effect::CancelRun(slot) => {
+                    if let Some(entry) = fleet.child(slot) {
+                        entry.request_cancel();
+                    }
+                }
+                Effect::RecordNotSent(decision) => {
+                    decided_at = OffsetDateTime::now_utc();
+                    let records = decision
+                        .slots
+                        .iter()
+                        .map(|&i| {
+                            let not_sent = NotSent {
+                                status: decision.status,
+                                why: decision.why.clone(),
+                                at: decided_at,
+                            };
+                            (i as u32, not_sent)
+                        })
+                        .collect();
+                    let written = state.persist.save_not_sent(&fleet.id, records).await;
+                    if let Err(e) = &written {
+                        tracing::error!(command = %fleet.id, error = %e, "cannot record the agents a command is not sent to; trying again");
+                    }
+                    machine.handle(
+                        now(),
+                        Input::NotSentRecorded(written.map_err(|e| e.to_string())),
+                    );
+                }
+                Effect::NotSent(decision) => {
+                    for slot in decision.slots {
+                        fleet.not_sent(slot, decision.status, decision.why.clone(), decided_at);
+                    }
+                }
+                Effect::RecordEnd(verdict) => {
+                    ended_at = OffsetDateTime::now_utc();
+                    let record = fleet.record_as(Some(ended_at), verdict == Verdict::Cancelled);
+                    let written = state.persist.save_command(&record, fleet.durable).await;
+                    if let Err(e) = &written {
+                        tracing::error!(command = %fleet.id, error = %e, "cannot record that the command ended; trying again");
+                    }
+                    machine.handle(
+                        now(),
+                        Input::EndRecorded(written.map_err(|e| e.to_string())),
+                    );
+                }
+                Effect::Ended(verdict) => {
+                    fleet.finish_at(ended_at, verdict);
+                    tracing::info!(command = %fleet.id, view = ?fleet.view(false).summary, "command ended");
+                }
             }
         }
-        let sent = match AgentId::new(agent.clone()) {
-            Ok(id) if state.overrides.revoked(&agent).is_some() => {
-                Err(format!("not sent: agent '{id}' is revoked"))
-            }
-            Ok(id) if !fleet.may_wait() && state.registry.connection(&id).is_err() => Err(format!(
-                "not sent: {}",
-                crate::registry::NotConnected(id.to_string())
-            )),
-            Ok(id) => Ok(send_to(&state, &fleet, index, &id)),
-            Err(e) => Err(e.to_string()),
-        };
-        match sent {
-            Ok(entry) => {
-                fleet.dispatched(index, entry.clone());
-                followers.spawn(follow(fleet.clone(), index, entry, Some(permit), 0));
-            }
-            Err(why) => {
-                decide_not_sent(&state, &fleet, vec![index], CommandStatus::Undelivered, why).await
-            }
+        if machine.is_ended() {
+            return;
         }
-    }
-    // A restored command may have had every agent decided already.
-    while followers.join_next().await.is_some() {}
-    fleet.finish();
-    // Durable, so a restart finds the command ended as it was shown, not running.
-    if let Err(e) = state
-        .persist
-        .save_command(&fleet.record(), fleet.durable)
-        .await
-    {
-        tracing::error!(command = %fleet.id, error = %e, "cannot record that the command ended");
-    }
-    tracing::info!(command = %fleet.id, view = ?fleet.view(false).summary, "command ended");
-}
-
-/// Decides that the agents at `slots` are not sent the command: written to disk first, shown
-/// only then, so a restart can never send a copy that was shown as not sent. A disk that
-/// refuses the write is tried again each second (the decision is shown once it is on disk);
-/// the server's stop ends the wait, and the restarted server decides again.
-async fn decide_not_sent(
-    state: &ServerState,
-    fleet: &FleetEntry,
-    slots: Vec<usize>,
-    status: CommandStatus,
-    why: String,
-) {
-    if slots.is_empty() {
-        return;
-    }
-    let at = OffsetDateTime::now_utc();
-    let records: Vec<(u32, NotSent)> = slots
-        .iter()
-        .map(|&i| {
-            let not_sent = NotSent {
-                status,
-                why: why.clone(),
-                at,
-            };
-            (i as u32, not_sent)
-        })
-        .collect();
-    while let Err(e) = state
-        .persist
-        .save_not_sent(&fleet.id, records.clone())
-        .await
-    {
-        tracing::error!(command = %fleet.id, error = %e, "cannot record the agents a command is not sent to; trying again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    for index in slots {
-        fleet.not_sent(index, status, why.clone(), at);
+        let deadline = machine.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            Some((slot, status)) = ended.recv() => machine.handle(now(), Input::RunEnded(slot, status)),
+            _ = fleet.cancel.cancelled(), if !cancel_told => {
+                cancel_told = true;
+                machine.handle(now(), Input::Cancel);
+            }
+            _ = sleep_until_opt(deadline) => machine.handle(now(), Input::Timeout),
+        }
     }
 }
 
-/// Copies one agent's events into the command's and releases its concurrency permit when the
-/// agent's run ends (after the count is updated, so the next agent is sent it only then).
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Agent `agent`, if it may be sent the command now: a valid id, not revoked, and connected
+/// unless it `may_wait` for it; else why it is not sent.
+fn reach(state: &ServerState, agent: &str, may_wait: bool) -> Result<AgentId, String> {
+    match AgentId::new(agent.to_string()) {
+        Ok(id) if state.overrides.revoked(agent).is_some() => {
+            Err(format!("not sent: agent '{id}' is revoked"))
+        }
+        Ok(id) if !may_wait && state.registry.connection(&id).is_err() => Err(format!(
+            "not sent: {}",
+            crate::registry::NotConnected(id.to_string())
+        )),
+        Ok(id) => Ok(id),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Copies one agent's events into the command's, from event number `from`, and tells the
+/// fan-out once the run has ended (after its `finished` is copied, so the next agent is sent
+/// it only then).
 async fn follow(
     fleet: Arc<FleetEntry>,
     index: usize,
     entry: Arc<CommandEntry>,
-    permit: Option<OwnedSemaphorePermit>,
     from: usize,
+    ended: mpsc::UnboundedSender<(usize, CommandStatus)>,
 ) {
     let mut rx = entry.subscribe();
     let mut next = from;
-    let mut cancel_sent = false;
-    'follow: loop {
+    loop {
         let fresh = entry.events_since(next);
         next += fresh.len();
         for event in &fresh {
             fleet.agent_event(index, event);
-            if matches!(event, CommandEvent::Finished { .. }) {
-                break 'follow;
+            if let CommandEvent::Finished { status, .. } = event {
+                let _ = ended.send((index, *status));
+                return;
             }
         }
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() {
-                break;
-            },
-            _ = fleet.cancel.cancelled(), if !cancel_sent => {
-                cancel_sent = true;
-                entry.request_cancel();
-            }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
-    drop(permit);
 }
 
 /// Brings back the commands of an earlier run of the server: ended ones as they ended, and
@@ -1071,13 +1072,12 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                     .collect(),
                 events: Vec::new(),
                 finished_at: None,
-                in_flight: 0,
+                status: FleetStatus::Running,
                 peak: record.peak,
-                errors: 0,
             }),
             changed: watch::Sender::new(0),
             cancel: CancellationToken::new(),
-            reconnect_grace_until: Some(tokio::time::Instant::now() + state.config.restart_grace),
+            reconnect_grace_until: Some(Instant::now() + state.config.restart_grace),
             durable: true,
         });
         if record.cancelled {
@@ -1107,8 +1107,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 agent,
                 command: command_for(&fleet.request, view.id, timeout_ms),
                 data: fleet.request.data.clone(),
-                deliver_by: tokio::time::Instant::now()
-                    + fleet.request.deliver_within.unwrap_or_default(),
+                deliver_by: Instant::now() + fleet.request.deliver_within.unwrap_or_default(),
                 // Its deadlines run from when it was first sent, not from the restart: a result
                 // the agent kept while the server was down is still taken within `result_wait`.
                 sent_at: Some(instant_of(view.created_at)),
@@ -1119,11 +1118,11 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
         state.fleets.insert(fleet.clone());
         match record.finished_at {
             Some(at) => {
-                fleet.finish_at(at);
+                fleet.finish_restored(at);
                 ended += 1;
             }
             None => {
-                tokio::spawn(drive(state.clone(), fleet, None));
+                tokio::spawn(drive(state.clone(), fleet));
                 resumed += 1;
             }
         }
@@ -1139,8 +1138,8 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
 
 /// The monotonic instant of a wall-clock time in the past (now, if the clock says it is in the
 /// future).
-fn instant_of(at: OffsetDateTime) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
+fn instant_of(at: OffsetDateTime) -> Instant {
+    let now = Instant::now();
     let ago = (OffsetDateTime::now_utc() - at).max(time::Duration::ZERO);
     now.checked_sub(ago.unsigned_abs()).unwrap_or(now)
 }

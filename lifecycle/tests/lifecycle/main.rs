@@ -3,6 +3,8 @@
 //! layering rule that keeps the crate free of transport and storage.
 
 mod command;
+mod fanout;
+mod fanout_sim;
 mod layering;
 mod run;
 mod sim;
