@@ -1,11 +1,11 @@
 //! ferry's command lifecycle as state machines with no I/O (quinn-proto's shape): each takes
 //! `handle(now, input)`, queues effects that [`poll`](run::Run::poll) hands out in order, and
 //! says when it next needs the time ([`poll_timeout`](run::Run::poll_timeout)). The tokio code
-//! in `ferry-server` and `ferry-agent` only drives them: it turns streams, the registry, the disk and timers
-//! into inputs and carries the effects out. So the guarantees live in one place, are checked
-//! by a deterministic simulation (`tests/lifecycle/sim.rs`: a virtual clock, seeded faults,
-//! thousands of histories per test run), and cannot be broken by the order of statements in
-//! a driver.
+//! in `ferry-server` and `ferry-agent` only drives them: it turns streams, the registry, the
+//! journals, the disk and timers into inputs and carries the effects out. So the guarantees
+//! live in one place, are checked by deterministic simulations (`tests/lifecycle/sim.rs`,
+//! `fanout_sim.rs`: a virtual clock, seeded faults, thousands of histories per test run), and
+//! cannot be broken by the order of statements in a driver.
 //!
 //! - [`status`]: the one list of run states and what derives from it.
 //! - [`run`]: the server's side of one agent's run of a command.

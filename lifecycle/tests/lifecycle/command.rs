@@ -47,6 +47,22 @@ fn running(now: Instant) -> Execution {
     machine
 }
 
+/// The plugin ends with a success.
+fn succeed(machine: &mut Execution, now: Instant) {
+    machine.handle(
+        now,
+        Input::Finished {
+            result: result(ID, Outcome::Succeeded),
+            dropped: 0,
+        },
+    );
+}
+
+/// The one effect that ends a command.
+fn done(acked: bool, kept: bool) -> Vec<Effect> {
+    vec![Effect::Done { acked, kept }]
+}
+
 fn progress(percent: u8) -> Message {
     Message::Progress(Progress {
         percent,
@@ -79,13 +95,7 @@ fn the_result_goes_out_while_it_is_journaled_and_the_ack_is_recorded_only_after(
     let now = Instant::now();
     let mut machine = running(now);
     machine.handle(now, Input::Event(progress(50)));
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     let effects = drain(&mut machine);
     assert_eq!(effects[0], Effect::Frame(progress(50)));
     assert!(matches!(&effects[1], Effect::Frame(Message::Result(r)) if r.id == ID));
@@ -97,13 +107,7 @@ fn the_result_goes_out_while_it_is_journaled_and_the_ack_is_recorded_only_after(
         "an acknowledgement is recorded only once the result is journaled"
     );
     machine.handle(now, Input::Journaled(Ok(())));
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: true,
-            kept: true
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(true, true));
     assert!(machine.is_done());
 }
 
@@ -155,13 +159,7 @@ fn a_command_seen_before_is_answered_from_the_journal_and_never_run() {
     assert!(!effects.iter().any(|e| matches!(e, Effect::Journal(_))));
     assert!(matches!(&effects[0], Effect::Frame(Message::Result(_))));
     machine.handle(now, ack(ID));
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: true,
-            kept: true
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(true, true));
 }
 
 #[test]
@@ -172,13 +170,7 @@ fn a_duplicate_waits_for_the_run_under_way_and_journals_nothing_of_its_own() {
     drain(&mut machine);
     machine.handle(now, Input::Receipt(Ok(Receipt::Running(ID.into()))));
     assert_eq!(drain(&mut machine), vec![Effect::WaitFor(ID.into())]);
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     let effects = drain(&mut machine);
     assert!(
         matches!(&effects[0], Effect::Frame(Message::Result(r)) if r.id == "c-2"),
@@ -186,13 +178,7 @@ fn a_duplicate_waits_for_the_run_under_way_and_journals_nothing_of_its_own() {
     );
     assert!(!effects.iter().any(|e| matches!(e, Effect::Journal(_))));
     machine.handle(now, ack("c-2"));
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: true,
-            kept: false
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(true, false));
 }
 
 #[test]
@@ -208,13 +194,7 @@ fn a_journal_that_cannot_record_the_command_refuses_it_without_running_it() {
         matches!(&effects[0], Effect::Frame(Message::Result(r)) if matches!(&r.outcome, Outcome::Rejected(why) if why.contains("disk full")))
     );
     machine.handle(now + ACK_TIMEOUT, Input::Timeout);
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: false,
-            kept: false
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(false, false));
 }
 
 #[test]
@@ -266,22 +246,13 @@ fn cancel_and_a_reset_stop_the_plugin_once_and_a_lost_connection_does_not() {
         drain(&mut machine).is_empty(),
         "the command goes on, with nothing sent on a lost stream"
     );
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     let effects = drain(&mut machine);
     assert!(matches!(&effects[..], [Effect::Journal(_)]), "{effects:?}");
     machine.handle(now, Input::Journaled(Ok(())));
     assert_eq!(
         drain(&mut machine),
-        vec![Effect::Done {
-            acked: false,
-            kept: true
-        }],
+        done(false, true),
         "unacknowledged: it goes out again on a report stream"
     );
 }
@@ -290,43 +261,19 @@ fn cancel_and_a_reset_stop_the_plugin_once_and_a_lost_connection_does_not() {
 fn only_this_commands_ack_counts_and_a_missing_one_times_out() {
     let now = Instant::now();
     let mut machine = running(now);
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     machine.handle(now, Input::Journaled(Ok(())));
     drain(&mut machine);
     machine.handle(now, ack("someone-else"));
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: false,
-            kept: true
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(false, true));
 
     let mut machine = running(now);
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     machine.handle(now, Input::Journaled(Ok(())));
     drain(&mut machine);
     assert_eq!(machine.poll_timeout(), Some(now + ACK_TIMEOUT));
     machine.handle(now + ACK_TIMEOUT, Input::Timeout);
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: false,
-            kept: true
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(false, true));
 }
 
 #[test]
@@ -410,22 +357,10 @@ fn a_resumed_command_runs_at_once_and_leaves_its_result_to_a_report_stream() {
     let now = Instant::now();
     let mut machine = Execution::resumed(ID);
     assert_eq!(drain(&mut machine), vec![Effect::Run]);
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     assert!(matches!(&drain(&mut machine)[..], [Effect::Journal(_)]));
     machine.handle(now, Input::Journaled(Ok(())));
-    assert_eq!(
-        drain(&mut machine),
-        vec![Effect::Done {
-            acked: false,
-            kept: true
-        }]
-    );
+    assert_eq!(drain(&mut machine), done(false, true));
 }
 
 #[test]
@@ -436,13 +371,7 @@ fn a_read_only_topic_runs_at_once_and_journals_nothing() {
     drain(&mut machine);
     machine.handle(now, Input::Receipt(Ok(Receipt::ReadOnly)));
     assert_eq!(drain(&mut machine), vec![Effect::Run]);
-    machine.handle(
-        now,
-        Input::Finished {
-            result: result(ID, Outcome::Succeeded),
-            dropped: 0,
-        },
-    );
+    succeed(&mut machine, now);
     let effects = drain(&mut machine);
     assert!(
         matches!(
@@ -454,10 +383,7 @@ fn a_read_only_topic_runs_at_once_and_journals_nothing() {
     machine.handle(now, ack(ID));
     assert_eq!(
         drain(&mut machine),
-        vec![Effect::Done {
-            acked: true,
-            kept: false
-        }],
+        done(true, false),
         "acknowledged without waiting for a journal write, and nothing to record"
     );
 }
