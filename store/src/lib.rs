@@ -435,6 +435,17 @@ fn run(db: Arc<Database>, wal: Option<Wal>, queue: mpsc::Receiver<Job>) {
             }
         }
     }
+    // A clean stop checkpoints, so that the next start replays nothing: a replay puts back the
+    // logged state of an entry over the later changes that were never logged (a result's
+    // acknowledgement), which is safe but repeats their work. Not after the log failed: the
+    // database's memory may then hold changes the log does not.
+    if let Some(wal) = &wal
+        && logged_since_checkpoint > 0
+        && wal.failed().is_none()
+        && let Err((_, e)) = commit(&db, Some(wal), true, Vec::new())
+    {
+        tracing::warn!(error = %e, "the write-ahead log's checkpoint at shutdown failed; the next start replays it");
+    }
 }
 
 type Committed = (Vec<(Answer, Option<Vec<u8>>)>, bool);

@@ -141,3 +141,17 @@ async fn without_a_log_a_logged_write_is_a_durable_commit() {
     assert_eq!(answer, 42);
     assert_eq!(rows(writer.db()), 1);
 }
+
+#[tokio::test]
+async fn a_clean_stop_checkpoints_so_the_next_start_replays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (writer, _) = start(dir.path(), 1 << 20);
+        for key in 0..5 {
+            put(&writer, key).await;
+        }
+    }
+    let (writer, replayed) = start(dir.path(), 1 << 20);
+    assert_eq!(replayed, 0);
+    assert_eq!(rows(writer.db()), 5);
+}
