@@ -1,5 +1,12 @@
-//! The agent's command journal, `<data_dir>/journal.redb`: what makes a command survive a
-//! dropped connection and a restart of the agent.
+//! The agent's command journal, `<data_dir>/journal.redb` and its write-ahead log
+//! `<data_dir>/journal.wal/`: what makes a command survive a dropped connection and a restart
+//! of the agent.
+//!
+//! The writes a command waits for (its receipt, its running mark, its result) are durable by
+//! a record in the log — one `fdatasync`, shared by the commands in flight — rather than by a
+//! durable redb commit, which costs several; redb takes them without a flush and is
+//! checkpointed now and then (see [`ferry_store::Writer::start_logged`]). Opening the journal
+//! replays into redb what a crash kept from it, before anything reads it.
 //!
 //! - A command is written here before the agent answers `Accepted`, and marked *running*
 //!   (with its plugin's name) before the plugin starts; both writes are durable.
@@ -21,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::{Command, CommandResult, Outcome, ResultStats};
+use ferry_store::wal::WalOptions;
 use ferry_store::{StoreError, Writer, decode, encode};
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -28,6 +36,8 @@ use serde::{Deserialize, Serialize};
 
 /// The journal's file name in the data directory.
 pub const FILE: &str = "journal.redb";
+/// The journal's write-ahead log directory in the data directory.
+pub const LOG: &str = "journal.wal";
 /// How many interrupted runs in a row quarantine a plugin.
 pub const QUARANTINE_AFTER: u32 = 3;
 /// How long an acknowledged command is remembered for duplicates.
@@ -75,6 +85,44 @@ struct PluginRecord {
     interrupted: u32,
     /// Why it is quarantined, if it is.
     quarantined: Option<String>,
+}
+
+/// A record of the write-ahead log: a durable change, as [`apply`] makes it again.
+#[derive(Debug, Serialize, Deserialize)]
+enum Logged {
+    /// A command's entry, and its idempotency key's claim.
+    Command {
+        id: String,
+        entry: Box<Entry>,
+        key: Option<String>,
+    },
+    /// A plugin's record.
+    Plugin { name: String, record: PluginRecord },
+}
+
+/// Puts a record of the log back into the database after a crash lost the commit that
+/// carried it.
+fn apply(tx: &redb::WriteTransaction, record: &[u8]) -> Result<(), redb::Error> {
+    match decode::<Logged>(record) {
+        Some(Logged::Command { id, entry, key }) => {
+            tx.open_table(COMMANDS)?
+                .insert(id.as_str(), encode(&entry).as_slice())?;
+            if let Some(key) = key {
+                tx.open_table(KEYS)?.insert(key.as_str(), id.as_str())?;
+            }
+        }
+        Some(Logged::Plugin { name, record }) => {
+            tx.open_table(PLUGINS)?
+                .insert(name.as_str(), encode(&record).as_slice())?;
+        }
+        // Skipping it could forget a receipt and run a command twice.
+        None => {
+            return Err(redb::Error::Corrupted(
+                "a record of the command journal's log does not decode (written by a newer agent?); start that agent version again, or move journal.wal aside to lose what it holds".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What [`Journal::accept`] found.
@@ -186,7 +234,19 @@ impl Journal {
             reason: e.to_string(),
         })?;
         let db = Arc::new(db);
-        let writer = Writer::start("journal", db.clone());
+        let (writer, replayed) = Writer::start_logged(
+            "journal",
+            db.clone(),
+            &data_dir.join(LOG),
+            WalOptions::default(),
+            &apply,
+        )?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "the command journal recovered writes from its log after an unclean stop"
+            );
+        }
         // The tables exist from the first start on, so reads never meet a missing one.
         writer.write_now("creating the journal", |tx| {
             tx.open_table(COMMANDS)?;
@@ -327,26 +387,33 @@ impl Journal {
             state,
             updated_ms: now_ms(),
         };
+        // The claim is decided and committed in one transaction; only a claim that was made
+        // is logged, and `New` is answered once its record is durable.
         let seen = self
             .writer
-            .write_with("a command", true, move |tx| {
+            .write_logged("a command", move |tx| {
                 let mut commands = tx.open_table(COMMANDS)?;
                 let mut keys = tx.open_table(KEYS)?;
                 if let Some(holder) = find(&commands, &keys, &asked)? {
-                    return Ok(seen(&asked, holder));
+                    return Ok((seen(&asked, holder), None));
                 }
                 commands.insert(asked.id.as_str(), encode(&entry).as_slice())?;
                 if let Some(key) = &asked.idempotency_key {
                     keys.insert(key.as_str(), asked.id.as_str())?;
                 }
-                Ok(Seen::New)
+                let record = encode(&Logged::Command {
+                    id: asked.id.clone(),
+                    entry: Box::new(entry),
+                    key: asked.idempotency_key.clone(),
+                });
+                Ok((Seen::New, Some(record)))
             })
             .await?;
         Ok(seen)
     }
 
     /// Writes a command's entry; queued when called, so what is written after it lands after
-    /// it.
+    /// it. `durable`: through the log; otherwise a commit a crash may lose.
     fn put(
         &self,
         command: Command,
@@ -359,18 +426,25 @@ impl Journal {
         );
         let id = command.id.clone();
         let key = command.idempotency_key.clone();
-        let entry = encode(&Entry {
+        let entry = Entry {
             command,
             state,
             updated_ms: now_ms(),
-        });
-        let written = self.writer.write("a command", durable, move |tx| {
+        };
+        let written = self.writer.write_logged("a command", move |tx| {
             tx.open_table(COMMANDS)?
-                .insert(id.as_str(), entry.as_slice())?;
-            if let Some(key) = key {
+                .insert(id.as_str(), encode(&entry).as_slice())?;
+            if let Some(key) = &key {
                 tx.open_table(KEYS)?.insert(key.as_str(), id.as_str())?;
             }
-            Ok(())
+            let record = durable.then(|| {
+                encode(&Logged::Command {
+                    id,
+                    entry: Box::new(entry),
+                    key,
+                })
+            });
+            Ok(((), record))
         });
         async move { Ok(written.await?) }
     }
@@ -408,17 +482,18 @@ impl Journal {
                 match plugins.get_mut(plugin) {
                     Some(record) if record.interrupted > 0 && record.quarantined.is_none() => {
                         record.interrupted = 0;
-                        Some(encode(record))
+                        Some(record.clone())
                     }
                     _ => None,
                 }
             };
             if let Some(record) = reset {
                 let name = plugin.to_string();
-                plugin_written = Some(self.writer.write("a plugin record", false, move |tx| {
+                // Logged before the result, so that the result is never durable without it.
+                plugin_written = Some(self.writer.write_logged("a plugin record", move |tx| {
                     tx.open_table(PLUGINS)?
-                        .insert(name.as_str(), record.as_slice())?;
-                    Ok(())
+                        .insert(name.as_str(), encode(&record).as_slice())?;
+                    Ok(((), Some(encode(&Logged::Plugin { name, record }))))
                 }));
             }
         }
@@ -741,6 +816,115 @@ mod tests {
             }
         }
         assert_eq!(new, 1, "one key ran {new} times");
+    }
+
+    /// Builds in `image` what a power cut would leave of a journal in `dir` that accepted a
+    /// running command (with a key), finished another and received a third: the database as
+    /// of its last durable commit (the one that opened it) and the log as flushed.
+    async fn crash_image(dir: &Path, image: &Path) {
+        let (journal, _) = reopen(dir);
+        std::fs::copy(dir.join(FILE), image.join(FILE)).unwrap();
+        let running = command("running", Some("key-r"));
+        assert!(matches!(
+            journal.accept(&running, Some("echo")).await.unwrap(),
+            Seen::New
+        ));
+        let done = command("done", None);
+        journal.accept(&done, Some("echo")).await.unwrap();
+        journal
+            .finished(&done, Some("echo"), &result("done"))
+            .await
+            .unwrap();
+        journal
+            .accept(&command("waiting", None), None)
+            .await
+            .unwrap();
+        std::fs::create_dir_all(image.join(LOG)).unwrap();
+        for segment in std::fs::read_dir(dir.join(LOG)).unwrap() {
+            let path = segment.unwrap().path();
+            if path.extension().is_some_and(|e| e == "wal") {
+                std::fs::copy(&path, image.join(LOG).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        drop(journal);
+        let raw = Database::create(image.join(FILE)).unwrap();
+        let (entries, _) = read_all(&raw).unwrap();
+        assert!(
+            entries.is_empty(),
+            "the database image holds nothing of it: {entries:?}"
+        );
+    }
+
+    /// What the journal must say after the crash of [`crash_image`].
+    async fn check_recovered(journal: &Journal, recovery: &Recovery) {
+        // The receipt survived: the command that was running is not run again.
+        assert_eq!(
+            recovery.interrupted,
+            vec![("running".to_string(), "echo".to_string())]
+        );
+        let to_run: Vec<_> = recovery.to_run.iter().map(|(c, _)| c.id.as_str()).collect();
+        assert_eq!(to_run, ["waiting"]);
+        let unacked = journal.unacked().unwrap();
+        assert!(unacked.contains(&result("done")), "{unacked:?}");
+        assert!(
+            unacked
+                .iter()
+                .any(|r| r.id == "running" && matches!(r.outcome, Outcome::Crashed(_)))
+        );
+        // Its idempotency key is still claimed.
+        match journal
+            .accept(&command("again", Some("key-r")), None)
+            .await
+            .unwrap()
+        {
+            Seen::Finished(r) => assert!(matches!(r.outcome, Outcome::Crashed(_))),
+            other => panic!("the key was forgotten: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn receipts_and_results_in_the_log_survive_losing_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = tempfile::tempdir().unwrap();
+        crash_image(dir.path(), image.path()).await;
+        let (journal, recovery) = reopen(image.path());
+        check_recovered(&journal, &recovery).await;
+        drop(journal);
+        // The replay is in the database now: a second start finds the same, nothing new.
+        let (journal, recovery) = reopen(image.path());
+        assert!(recovery.interrupted.is_empty() && recovery.quarantined.is_empty());
+        assert_eq!(journal.unacked().unwrap().len(), 2);
+    }
+
+    /// A crash in the middle of an append leaves half a record after the last durable one:
+    /// the journal opens, with everything before it.
+    #[tokio::test]
+    async fn a_torn_record_at_the_end_of_the_log_is_dropped() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let image = tempfile::tempdir().unwrap();
+        crash_image(dir.path(), image.path()).await;
+        let segment = std::fs::read_dir(image.path().join(LOG))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut end = ferry_store::wal::SEGMENT_HEADER as usize;
+        while bytes[end..end + 16].iter().any(|b| *b != 0) {
+            end += 16 + u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+        }
+        // The header of a record claiming 200 bytes, and 50 of them.
+        let mut torn = 200u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[0x33; 12 + 50]);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.write_all_at(&torn, end as u64).unwrap();
+        drop(file);
+        let (journal, recovery) = reopen(image.path());
+        check_recovered(&journal, &recovery).await;
     }
 
     /// Three commands of one plugin in flight when the agent dies are one death of the

@@ -10,13 +10,22 @@
 //! Records are CBOR ([`encode`], [`decode`]), like the protocol: compact, self-describing, and
 //! tolerant of fields added later (a newer record read by an older binary keeps its known
 //! fields).
+//!
+//! A durable redb commit costs more than one `fdatasync`; a writer can instead be *logged*
+//! ([`Writer::start_logged`]): its durable writes are made durable by a record in a
+//! write-ahead log ([`wal`]), one `fdatasync` per group, and redb is flushed only at
+//! checkpoints.
 
+pub mod wal;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
+use wal::{Durable, Wal, WalError, WalOptions};
 
 /// A write did not reach the disk.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,6 +37,14 @@ pub enum StoreError {
         what: &'static str,
         /// redb's reason.
         reason: String,
+    },
+    /// The write-ahead log of a logged writer failed (see [`wal::WalError`] for what to do).
+    #[error("the write-ahead log {dir}: {error}")]
+    Log {
+        /// The log's directory.
+        dir: PathBuf,
+        /// What went wrong.
+        error: WalError,
     },
     /// The writer thread is gone (the process is shutting down).
     #[error("the journal writer has stopped; the process is shutting down")]
@@ -49,14 +66,37 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 
 /// What a change returns to its caller, once its transaction is committed.
 type Answer = Box<dyn std::any::Any + Send>;
-/// One change to apply inside a write transaction.
-type Change = Box<dyn FnOnce(&WriteTransaction) -> Result<Answer, redb::Error> + Send>;
+/// One change to apply inside a write transaction, and the record that makes it durable if it
+/// is a logged one.
+type Change =
+    Box<dyn FnOnce(&WriteTransaction) -> Result<(Answer, Option<Vec<u8>>), redb::Error> + Send>;
+/// What a job's caller gets: the change's answer and, for a logged change, its record's way to
+/// disk.
+type Done = Result<(Answer, Option<Durable>), StoreError>;
+
+/// How a logged writer puts a record of its log back into the database after a crash.
+pub type Apply = dyn Fn(&WriteTransaction, &[u8]) -> Result<(), redb::Error>;
+
+/// The sequence number of the last log record whose change is in the database's durable state:
+/// recovery replays only the records after it.
+const WAL_APPLIED: TableDefinition<&str, u64> = TableDefinition::new("ferry_store_wal_applied");
+const APPLIED: &str = "applied";
+
+/// Logged records between two checkpoints (durable commits that let the log drop what they
+/// cover). Each costs one durable redb commit on the writer thread, so rarely enough that the
+/// hot path hardly sees it, often enough that a replay after a crash is short.
+pub const CHECKPOINT_EVERY: u64 = 1024;
+
+fn set_applied(tx: &WriteTransaction, seq: u64) -> Result<(), redb::Error> {
+    tx.open_table(WAL_APPLIED)?.insert(APPLIED, seq)?;
+    Ok(())
+}
 
 struct Job {
     what: &'static str,
     change: Change,
     durable: bool,
-    done: oneshot::Sender<Result<Answer, StoreError>>,
+    done: oneshot::Sender<Done>,
 }
 
 /// Commits writes to one database from one thread, batching the ones that arrive together.
@@ -64,6 +104,14 @@ struct Job {
 /// The thread ends when the last clone is dropped, and that drop waits for it: once it
 /// returns, the writer's hold on the database is gone, so the same file can be opened again
 /// (a server or agent restarted inside one process).
+///
+/// A *logged* writer ([`Writer::start_logged`]) also owns a write-ahead log ([`wal::Wal`]):
+/// a logged write ([`Writer::write_logged`]) is committed to redb without a flush and is
+/// durable once its record is in the log (one `fdatasync`, shared by every record of its
+/// group), instead of once a durable redb commit is (several). Every [`CHECKPOINT_EVERY`]
+/// records, a durable commit records how far the log is applied and the log drops the
+/// segments before it; at the next start the records after it are replayed into the database
+/// before anything reads it.
 #[derive(Clone)]
 pub struct Writer {
     inner: Arc<Inner>,
@@ -71,6 +119,7 @@ pub struct Writer {
 
 struct Inner {
     db: Arc<Database>,
+    wal: Option<Wal>,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -85,18 +134,91 @@ impl Drop for Inner {
     }
 }
 
+fn database(what: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |e| StoreError::Database {
+        what,
+        reason: e.to_string(),
+    }
+}
+
 impl Writer {
     /// Starts the writer thread of `db`.
     pub fn start(name: &str, db: Arc<Database>) -> Writer {
+        Writer::spawn(name, db, None)
+    }
+
+    /// Starts a logged writer of `db` whose log is in `dir`: first replays into `db`, with
+    /// `apply`, every record of the log that `db`'s durable state does not have yet (a crash
+    /// lost the non-durable commits that carried them), in one durable commit. Returns the
+    /// writer and how many records were replayed.
+    pub fn start_logged(
+        name: &str,
+        db: Arc<Database>,
+        dir: &Path,
+        options: WalOptions,
+        apply: &Apply,
+    ) -> Result<(Writer, usize), StoreError> {
+        let log = |error| StoreError::Log {
+            dir: dir.to_path_buf(),
+            error,
+        };
+        let applied = {
+            let what = "reading how far the write-ahead log is applied";
+            let tx = db.begin_read().map_err(|e| database(what)(e.into()))?;
+            match tx.open_table(WAL_APPLIED) {
+                Ok(table) => table
+                    .get(APPLIED)
+                    .map_err(|e| database(what)(e.into()))?
+                    .map_or(0, |v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(database(what)(e.into())),
+            }
+        };
+        let mut records = Vec::new();
+        let wal = Wal::open(dir, options, |seq, record| {
+            if seq > applied {
+                records.push(record.to_vec());
+            }
+        })
+        .map_err(log)?;
+        let replayed = records.len();
+        if replayed > 0 || wal.last_seq() != applied {
+            // Also when the log is behind the database (its directory was emptied): what it
+            // numbers next must count as not applied yet.
+            let what = "replaying the write-ahead log into the database";
+            let last = wal.last_seq();
+            let mut tx = db.begin_write().map_err(|e| database(what)(e.into()))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| database(what)(e.into()))?;
+            for record in &records {
+                apply(&tx, record).map_err(database(what))?;
+            }
+            set_applied(&tx, last).map_err(database(what))?;
+            tx.commit().map_err(|e| database(what)(e.into()))?;
+            if replayed > 0 {
+                tracing::info!(
+                    log = %dir.display(),
+                    records = replayed,
+                    "replayed the write-ahead log after an unclean stop"
+                );
+            }
+        }
+        wal.release(wal.last_seq()).map_err(log)?;
+        Ok((Writer::spawn(name, db, Some(wal)), replayed))
+    }
+
+    fn spawn(name: &str, db: Arc<Database>, wal: Option<Wal>) -> Writer {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread_db = db.clone();
+        let thread_wal = wal.clone();
         let thread = thread::Builder::new()
             .name(format!("{name}-writer"))
-            .spawn(move || run(thread_db, queue))
+            .spawn(move || run(thread_db, thread_wal, queue))
             .expect("the journal writer thread starts");
         Writer {
             inner: Arc::new(Inner {
                 db,
+                wal,
                 jobs: Some(jobs),
                 thread: Some(thread),
             }),
@@ -104,8 +226,14 @@ impl Writer {
     }
 
     /// The database, for reads (redb reads run beside the writer without waiting for it).
+    /// They see logged writes as soon as they are committed, before their records are durable.
     pub fn db(&self) -> &Arc<Database> {
         &self.inner.db
+    }
+
+    /// The write-ahead log of a logged writer.
+    pub fn wal(&self) -> Option<&Wal> {
+        self.inner.wal.as_ref()
     }
 
     fn queue(&self, job: Job) -> Result<(), StoreError> {
@@ -144,19 +272,69 @@ impl Writer {
         durable: bool,
         change: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        let committed = self.submit(what, durable, move |tx| {
+            change(tx).map(|answer| (answer, None))
+        });
+        async move { Ok(committed.await?.0) }
+    }
+
+    /// A write made durable by a record of the log rather than by the commit: `change` applies
+    /// itself and returns its answer and, when it changed what must survive a crash, the record
+    /// that [`Writer::start_logged`]'s `apply` turns back into the same change. Resolves once
+    /// the commit is done and the record (if any) is durable. On a writer without a log, a
+    /// change that returns a record is committed durably instead. Queued when called, like
+    /// [`Writer::write`]; records are durable in the order of the calls.
+    ///
+    /// If the record cannot be written, the caller gets the error, and the log refuses every
+    /// write after it until the process restarts: the change is in the database's memory, not
+    /// on disk, and the restart's replay brings back exactly what the log holds.
+    pub fn write_logged<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        change: impl FnOnce(&WriteTransaction) -> Result<(T, Option<Vec<u8>>), redb::Error>
+        + Send
+        + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        let dir = self.inner.wal.as_ref().map(|wal| wal.dir().to_path_buf());
+        let committed = self.submit(what, false, change);
+        async move {
+            let (answer, durable) = committed.await?;
+            if let Some(durable) = durable {
+                durable.await.map_err(|error| StoreError::Log {
+                    dir: dir.unwrap_or_default(),
+                    error,
+                })?;
+            }
+            Ok(answer)
+        }
+    }
+
+    /// Queues `change`; resolves to its answer and, for a logged change on a logged writer,
+    /// its record's way to disk.
+    fn submit<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        durable: bool,
+        change: impl FnOnce(&WriteTransaction) -> Result<(T, Option<Vec<u8>>), redb::Error>
+        + Send
+        + 'static,
+    ) -> impl Future<Output = Result<(T, Option<Durable>), StoreError>> + Send + 'static {
         let (done, finished) = oneshot::channel();
         let queued = self.queue(Job {
             what,
-            change: Box::new(move |tx| change(tx).map(|answer| Box::new(answer) as Answer)),
+            change: Box::new(move |tx| {
+                change(tx).map(|(answer, record)| (Box::new(answer) as Answer, record))
+            }),
             durable,
             done,
         });
         async move {
             queued?;
-            let answer = finished.await.map_err(|_| StoreError::Stopped)??;
-            Ok(*answer
+            let (answer, durable) = finished.await.map_err(|_| StoreError::Stopped)??;
+            let answer = *answer
                 .downcast::<T>()
-                .expect("a change's answer has the type its caller gave it"))
+                .expect("a change's answer has the type its caller gave it");
+            Ok((answer, durable))
         }
     }
 
@@ -167,29 +345,45 @@ impl Writer {
         what: &'static str,
         change: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
+        let failed = database(what);
         let mut tx = self
             .inner
             .db
             .begin_write()
-            .map_err(|e| StoreError::Database {
-                what,
-                reason: e.to_string(),
-            })?;
-        let failed = |e: redb::Error| StoreError::Database {
-            what,
-            reason: e.to_string(),
-        };
+            .map_err(|e| database(what)(e.into()))?;
         tx.set_durability(Durability::Immediate)
-            .map_err(|e| failed(e.into()))?;
-        change(&tx).map_err(failed)?;
+            .map_err(|e| database(what)(e.into()))?;
+        change(&tx).map_err(database(what))?;
+        let applied = self.inner.wal.as_ref().map(Wal::last_seq);
+        if let Some(applied) = applied {
+            set_applied(&tx, applied).map_err(database(what))?;
+        }
         tx.commit().map_err(|e| failed(e.into()))
     }
 }
 
-fn run(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
+fn run(db: Arc<Database>, wal: Option<Wal>, queue: mpsc::Receiver<Job>) {
+    let mut logged_since_checkpoint = 0u64;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
+        if let Some(reason) = wal.as_ref().and_then(Wal::failed) {
+            // The database's memory may hold changes whose records never reached the log: no
+            // commit may make them durable.
+            let dir = wal
+                .as_ref()
+                .map(|w| w.dir().to_path_buf())
+                .unwrap_or_default();
+            for job in batch {
+                let _ = job.done.send(Err(StoreError::Log {
+                    dir: dir.clone(),
+                    error: WalError::Failed {
+                        reason: reason.clone(),
+                    },
+                }));
+            }
+            continue;
+        }
         let durable = batch.iter().any(|job| job.durable);
         let mut done = Vec::with_capacity(batch.len());
         let mut changes = Vec::with_capacity(batch.len());
@@ -197,11 +391,24 @@ fn run(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
             done.push((job.what, job.done));
             changes.push((job.what, job.change));
         }
-        let outcome = commit(&db, durable, changes);
+        let outcome = commit(&db, wal.as_ref(), durable, changes);
         match outcome {
-            Ok(answers) => {
-                for ((_, done), answer) in done.into_iter().zip(answers) {
-                    let _ = done.send(Ok(answer));
+            Ok((answers, checkpointed)) => {
+                if checkpointed {
+                    logged_since_checkpoint = 0;
+                }
+                for ((_, done), (answer, record)) in done.into_iter().zip(answers) {
+                    // Appended after the commit, in commit order: every record in the log
+                    // has its change committed, which is what lets a checkpoint say how far
+                    // the log is applied.
+                    let durable = match (record, &wal) {
+                        (Some(record), Some(wal)) => {
+                            logged_since_checkpoint += 1;
+                            Some(wal.append(record))
+                        }
+                        _ => None,
+                    };
+                    let _ = done.send(Ok((answer, durable)));
                 }
             }
             Err((culprit, e)) => {
@@ -218,15 +425,46 @@ fn run(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
                 }
             }
         }
+        if logged_since_checkpoint >= CHECKPOINT_EVERY {
+            match commit(&db, wal.as_ref(), true, Vec::new()) {
+                Ok(_) => logged_since_checkpoint = 0,
+                Err((_, e)) => tracing::warn!(
+                    error = %e,
+                    "a checkpoint of the write-ahead log failed; the log keeps its records until the next one"
+                ),
+            }
+        }
+    }
+    // A clean stop checkpoints, so that the next start replays nothing: a replay puts back the
+    // logged state of an entry over the later changes that were never logged (a result's
+    // acknowledgement), which is safe but repeats their work. Not after the log failed: the
+    // database's memory may then hold changes the log does not.
+    if let Some(wal) = &wal
+        && logged_since_checkpoint > 0
+        && wal.failed().is_none()
+        && let Err((_, e)) = commit(&db, Some(wal), true, Vec::new())
+    {
+        tracing::warn!(error = %e, "the write-ahead log's checkpoint at shutdown failed; the next start replays it");
     }
 }
 
+type Committed = (Vec<(Answer, Option<Vec<u8>>)>, bool);
+
+/// Commits `changes` in one transaction; returns each one's answer and record, and whether the
+/// commit was durable (a checkpoint, for a logged writer).
 fn commit(
     db: &Database,
+    wal: Option<&Wal>,
     durable: bool,
     changes: Vec<(&'static str, Change)>,
-) -> Result<Vec<Answer>, (&'static str, redb::Error)> {
+) -> Result<Committed, (&'static str, redb::Error)> {
     let mut tx = db.begin_write().map_err(|e| ("commit", e.into()))?;
+    let mut answers = Vec::with_capacity(changes.len());
+    for (what, change) in changes {
+        answers.push(change(&tx).map_err(|e| (what, e))?);
+    }
+    // Without a log, a change that asked for a record is made durable by the commit itself.
+    let durable = durable || (wal.is_none() && answers.iter().any(|(_, r)| r.is_some()));
     let durability = if durable {
         Durability::Immediate
     } else {
@@ -234,12 +472,23 @@ fn commit(
     };
     tx.set_durability(durability)
         .map_err(|e| ("commit", e.into()))?;
-    let mut answers = Vec::with_capacity(changes.len());
-    for (what, change) in changes {
-        answers.push(change(&tx).map_err(|e| (what, e))?);
-    }
+    let applied = match wal {
+        Some(wal) if durable => {
+            // Every record appended so far had its change committed before it was appended,
+            // so this durable commit holds all of them.
+            let applied = wal.last_seq();
+            set_applied(&tx, applied).map_err(|e| ("checkpoint", e))?;
+            Some((wal, applied))
+        }
+        _ => None,
+    };
     tx.commit().map_err(|e| ("commit", e.into()))?;
-    Ok(answers)
+    if let Some((wal, applied)) = applied
+        && let Err(e) = wal.release(applied)
+    {
+        tracing::warn!(error = %e, "could not delete checkpointed segments of the write-ahead log");
+    }
+    Ok((answers, durable))
 }
 
 #[cfg(test)]
