@@ -1,7 +1,7 @@
 //! ferry's command lifecycle as state machines with no I/O (quinn-proto's shape): each takes
 //! `handle(now, input)`, queues effects that [`poll`](run::Run::poll) hands out in order, and
 //! says when it next needs the time ([`poll_timeout`](run::Run::poll_timeout)). The tokio code
-//! in `ferry-server` only drives them: it turns streams, the registry, the disk and timers
+//! in `ferry-server` and `ferry-agent` only drives them: it turns streams, the registry, the disk and timers
 //! into inputs and carries the effects out. So the guarantees live in one place, are checked
 //! by a deterministic simulation (`tests/lifecycle/sim.rs`: a virtual clock, seeded faults,
 //! thousands of histories per test run), and cannot be broken by the order of statements in
@@ -9,7 +9,9 @@
 //!
 //! - [`status`]: the one list of run states and what derives from it.
 //! - [`run`]: the server's side of one agent's run of a command.
+//! - [`command`]: the agent's side of one command (receipt, plugin, result, acknowledgement).
 
+pub mod command;
 pub mod run;
 pub mod status;
 

@@ -60,14 +60,26 @@ pub enum FrameError {
 /// Encodes `message` as a complete frame (prefix and body), refusing one over `max`.
 pub fn encode_frame(message: &Message, max: u32) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(128);
+    encode_frame_into(message, max, &mut out)?;
+    Ok(out)
+}
+
+/// Appends `message` as a complete frame to `out`, so frames ready together can leave in one
+/// write; on error `out` is as it was.
+pub fn encode_frame_into(message: &Message, max: u32, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    codec::encode_into(message, &mut out)?;
-    let len = (out.len() - HEADER_LEN) as u64;
+    if let Err(e) = codec::encode_into(message, out) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let len = (out.len() - start - HEADER_LEN) as u64;
     if len > u64::from(max) {
+        out.truncate(start);
         return Err(FrameError::TooLarge { len, max });
     }
-    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(out)
+    out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
 }
 
 /// Takes one frame from the front of `buf`.

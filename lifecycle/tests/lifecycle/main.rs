@@ -2,6 +2,7 @@
 //! deterministic simulation of seeded faults checked against the guarantees, and the
 //! layering rule that keeps the crate free of transport and storage.
 
+mod command;
 mod layering;
 mod run;
 mod sim;
