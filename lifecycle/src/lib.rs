@@ -10,8 +10,12 @@
 //! - [`status`]: the one list of run states and what derives from it.
 //! - [`run`]: the server's side of one agent's run of a command.
 //! - [`command`]: the agent's side of one command (receipt, plugin, result, acknowledgement).
+//! - `fuzzing`: arbitrary bytes as inputs to both machines, and the oracle of what must hold
+//!   for any of them; shared by the fuzz target and `cargo test`.
 
 pub mod command;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod run;
 pub mod status;
 

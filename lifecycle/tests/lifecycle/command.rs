@@ -6,8 +6,8 @@ use ferry_lifecycle::command::{
     ACK_TIMEOUT, Effect, Execution, FIRST_FRAME_TIMEOUT, Input, Loss, Receipt,
 };
 use ferry_protocol::{
-    Accepted, Cancel, Command, CommandResult, DataRequest, DataResponse, Log, LogLevel, Message, Outcome,
-    Progress, ResultAck, ResultStats, close,
+    Accepted, Cancel, Command, CommandResult, DataRequest, DataResponse, Log, LogLevel, Message,
+    Outcome, Progress, ResultAck, ResultStats, close,
 };
 
 const ID: &str = "c-1";
@@ -131,7 +131,10 @@ fn events_ready_together_are_consecutive_frames_up_to_the_result() {
         .iter()
         .take_while(|e| matches!(e, Effect::Frame(_)))
         .count();
-    assert_eq!(frames, 4, "progress, log, the dropped note and the result: {effects:?}");
+    assert_eq!(
+        frames, 4,
+        "progress, log, the dropped note and the result: {effects:?}"
+    );
     assert!(
         matches!(&effects[2], Effect::Frame(Message::Log(l)) if l.message.contains("3 progress/log events were dropped"))
     );
@@ -220,9 +223,7 @@ fn a_stream_must_begin_with_its_command_in_time() {
     let mut machine = Execution::on_stream(now);
     machine.handle(
         now,
-        Input::Frame(Message::Cancel(Cancel {
-            reason: "x".into(),
-        })),
+        Input::Frame(Message::Cancel(Cancel { reason: "x".into() })),
     );
     assert_eq!(
         drain(&mut machine),
@@ -353,7 +354,14 @@ fn data_requests_are_answered_by_the_server_or_refused_when_it_cannot_answer() {
     machine.handle(now, Input::StreamEnded(Loss::Lost("gone".into())));
     let effects = drain(&mut machine);
     assert!(
-        matches!(&effects[..], [Effect::AnswerData(DataResponse { request: 2, value: None, error: Some(_) })]),
+        matches!(
+            &effects[..],
+            [Effect::AnswerData(DataResponse {
+                request: 2,
+                value: None,
+                error: Some(_)
+            })]
+        ),
         "a request the server can no longer answer fails at once: {effects:?}"
     );
     machine.handle(now, request(3));
@@ -436,7 +444,13 @@ fn a_read_only_topic_runs_at_once_and_journals_nothing() {
         },
     );
     let effects = drain(&mut machine);
-    assert!(matches!(&effects[..], [Effect::Frame(Message::Result(_)), Effect::Finish]), "{effects:?}");
+    assert!(
+        matches!(
+            &effects[..],
+            [Effect::Frame(Message::Result(_)), Effect::Finish]
+        ),
+        "{effects:?}"
+    );
     machine.handle(now, ack(ID));
     assert_eq!(
         drain(&mut machine),
@@ -446,4 +460,95 @@ fn a_read_only_topic_runs_at_once_and_journals_nothing() {
         }],
         "acknowledged without waiting for a journal write, and nothing to record"
     );
+}
+
+/// Found by the fuzz oracle: a result whose journal write failed was reported `kept`, so the
+/// driver would count on a report stream delivering from the journal a result it does not hold.
+#[test]
+fn a_result_the_journal_could_not_write_is_not_said_to_be_kept() {
+    let now = Instant::now();
+    let mut machine = running(now);
+    machine.handle(
+        now,
+        Input::Finished {
+            result: result(ID, Outcome::Succeeded),
+            dropped: 0,
+        },
+    );
+    assert!(
+        drain(&mut machine)
+            .iter()
+            .any(|e| matches!(e, Effect::Journal(_)))
+    );
+    machine.handle(now, Input::Journaled(Err("disk full".into())));
+    assert!(drain(&mut machine).is_empty());
+    machine.handle(now + ACK_TIMEOUT, Input::Timeout);
+    assert_eq!(
+        drain(&mut machine),
+        vec![Effect::Done {
+            acked: false,
+            kept: false
+        }]
+    );
+}
+
+/// Found by the fuzz oracle: a stored result was sent under the id it was stored with, which
+/// for an idempotency key's earlier command is not this stream's, and the server ends a run
+/// whose stream carries another id's `Result` as a protocol error.
+#[test]
+fn a_stored_result_is_sent_under_this_commands_id() {
+    let now = Instant::now();
+    let mut machine = Execution::on_stream(now);
+    machine.handle(now, Input::Frame(Message::Command(command(ID))));
+    drain(&mut machine);
+    machine.handle(
+        now,
+        Input::Receipt(Ok(Receipt::Finished(result("c-0", Outcome::Succeeded)))),
+    );
+    let sent = drain(&mut machine);
+    assert!(
+        sent.contains(&Effect::Frame(Message::Result(result(
+            ID,
+            Outcome::Succeeded
+        )))),
+        "{sent:?}"
+    );
+}
+
+/// Found by the fuzz oracle: a `Cancel` read while the receipt was being written was dropped,
+/// and the plugin then ran to its end; the server sends its `Cancel` once per stream.
+#[test]
+fn a_cancel_while_the_receipt_is_written_keeps_the_plugin_from_starting() {
+    let now = Instant::now();
+    let mut machine = Execution::on_stream(now);
+    machine.handle(now, Input::Frame(Message::Command(command(ID))));
+    drain(&mut machine);
+    machine.handle(
+        now,
+        Input::Frame(Message::Cancel(Cancel {
+            reason: "operator".into(),
+        })),
+    );
+    machine.handle(now, Input::Receipt(Ok(Receipt::New)));
+    let out = drain(&mut machine);
+    assert!(!out.contains(&Effect::Run), "{out:?}");
+    assert!(
+        out.contains(&Effect::Frame(Message::Result(CommandResult {
+            payload: Vec::new(),
+            ..result(ID, Outcome::Cancelled)
+        }))),
+        "{out:?}"
+    );
+}
+
+/// Found by the fuzz oracle: bytes that are not a frame on a side no longer read (the server
+/// had finished it) cancelled the running plugin.
+#[test]
+fn a_bad_frame_after_the_server_finished_its_side_changes_nothing() {
+    let now = Instant::now();
+    let mut machine = running(now);
+    machine.handle(now, Input::StreamEnded(Loss::Finished));
+    drain(&mut machine);
+    machine.handle(now, Input::BadFrame("garbage".into()));
+    assert_eq!(drain(&mut machine), vec![]);
 }

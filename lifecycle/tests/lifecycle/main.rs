@@ -3,6 +3,7 @@
 //! layering rule that keeps the crate free of transport and storage.
 
 mod command;
+mod fuzzing;
 mod layering;
 mod run;
 mod sim;

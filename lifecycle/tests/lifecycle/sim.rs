@@ -205,7 +205,8 @@ impl World {
             self.to_agent
                 .push_back((exec, command::Input::StreamEnded(loss.clone())));
             if loss != Loss::Finished {
-                self.to_agent.push_back((exec, command::Input::SendFailed(loss)));
+                self.to_agent
+                    .push_back((exec, command::Input::SendFailed(loss)));
             }
             self.execs[exec].stream = None;
         }
@@ -298,7 +299,10 @@ impl World {
                         assert!(!self.journal.received, "undelivered, yet the agent has it");
                     }
                 }
-                Effect::Accepted | Effect::Progress(..) | Effect::Log(..) | Effect::AnswerData(_) => {}
+                Effect::Accepted
+                | Effect::Progress(..)
+                | Effect::Log(..)
+                | Effect::AnswerData(_) => {}
             }
         }
         any
@@ -340,7 +344,10 @@ impl World {
             E::Run => {
                 self.starts += 1;
                 assert_eq!(self.starts, 1, "the agent started command {ID} twice");
-                assert!(self.journal.received, "the plugin started before the receipt was durable");
+                assert!(
+                    self.journal.received,
+                    "the plugin started before the receipt was durable"
+                );
                 self.plugin = Some(Plugin {
                     exec: i,
                     until: self.now + PLUGIN,
@@ -350,10 +357,9 @@ impl World {
             E::WaitFor(original) => {
                 assert_eq!(original, ID);
                 match self.announced.clone() {
-                    Some(result) => self.to_agent.push_back((
-                        i,
-                        command::Input::Finished { result, dropped: 0 },
-                    )),
+                    Some(result) => self
+                        .to_agent
+                        .push_back((i, command::Input::Finished { result, dropped: 0 })),
                     None => self.execs[i].waiting = true,
                 }
             }
@@ -508,9 +514,18 @@ impl World {
             if self.plugin_finishes() {
                 continue;
             }
-            if self.run.as_ref().and_then(Run::poll_timeout).is_some_and(|at| at <= self.now) {
+            if self
+                .run
+                .as_ref()
+                .and_then(Run::poll_timeout)
+                .is_some_and(|at| at <= self.now)
+            {
                 self.server(Input::Timeout);
-                if self.run.as_ref().is_some_and(|r| r.poll_timeout().is_some_and(|at| at <= self.now)) {
+                if self
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.poll_timeout().is_some_and(|at| at <= self.now))
+                {
                     // Not due in the machine's eyes yet (a pause it holds itself): go on.
                 } else {
                     continue;
@@ -522,7 +537,9 @@ impl World {
                 .iter()
                 .position(|e| e.machine.poll_timeout().is_some_and(|at| at <= now))
             {
-                self.execs[exec].machine.handle(now, command::Input::Timeout);
+                self.execs[exec]
+                    .machine
+                    .handle(now, command::Input::Timeout);
                 continue;
             }
             if self.connected && self.run.as_ref().is_some_and(|r| r.wants_connection(now)) {
@@ -536,11 +553,7 @@ impl World {
             }
             return;
         }
-        panic!(
-            "the world did not settle: {:?} {:?}",
-            self.run,
-            self.execs
-        );
+        panic!("the world did not settle: {:?} {:?}", self.run, self.execs);
     }
 
     fn next_random(&mut self) -> u64 {
@@ -571,7 +584,11 @@ impl World {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let server = self.run.as_ref().and_then(Run::poll_timeout);
-        let agent = self.execs.iter().filter_map(|e| e.machine.poll_timeout()).min();
+        let agent = self
+            .execs
+            .iter()
+            .filter_map(|e| e.machine.poll_timeout())
+            .min();
         let plugin = self.plugin.as_ref().map(|p| p.until);
         [server, agent, plugin].into_iter().flatten().min()
     }
