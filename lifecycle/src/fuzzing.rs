@@ -67,11 +67,6 @@ impl<'a> Bytes<'a> {
         usize::from(self.byte()) % n
     }
 
-    /// A 32-bit number, little-endian.
-    pub fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-
     /// A span of time: none, milliseconds, tenths of seconds or seconds (up to 255 s, past
     /// every limit the machines are given here).
     pub fn span(&mut self) -> Duration {
@@ -1043,11 +1038,11 @@ impl ExecutionOracle {
                 } else {
                     match message {
                         Message::Cancel(_) => self.cancel_read = true,
-                        Message::ResultAck(ack) => {
-                            if self.result_sent.is_some() && Some(ack.id.as_str()) == self.own_id()
-                            {
-                                self.acked = true;
-                            }
+                        Message::ResultAck(ack)
+                            if self.result_sent.is_some()
+                                && Some(ack.id.as_str()) == self.own_id() =>
+                        {
+                            self.acked = true;
                         }
                         _ => {}
                     }
