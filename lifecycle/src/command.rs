@@ -254,7 +254,12 @@ impl Execution {
         }
         match input {
             Input::Frame(message) => self.frame(message),
-            Input::BadFrame(why) => self.bad_frame(why),
+            // Only a side that is read has bytes that are not a frame.
+            Input::BadFrame(why) => {
+                if self.recv_open {
+                    self.bad_frame(why);
+                }
+            }
             Input::StreamEnded(loss) => self.stream_ended(loss),
             Input::SendFailed(loss) => self.send_failed(loss),
             Input::Receipt(receipt) => self.receipt(now, receipt),
@@ -324,7 +329,9 @@ impl Execution {
                 }
             }
             Message::Cancel(cancel) => {
-                if self.phase == Phase::Running {
+                // While the receipt is written too: the plugin then never starts (the server
+                // sends its Cancel once per stream, so one dropped here would be lost).
+                if matches!(self.phase, Phase::Running | Phase::Receiving) {
                     self.log(
                         LogLevel::Info,
                         format!("cancel requested: {}", cancel.reason),
@@ -492,6 +499,9 @@ impl Execution {
                     LogLevel::Info,
                     "seen before: answering with the stored result",
                 );
+                // Under this command's id, as a plugin's result is: one stored under another
+                // id with the same idempotency key would be a protocol error to the server.
+                let result = CommandResult { id, ..result };
                 self.deliver(now, result, None, true);
             }
             Ok(Receipt::Running(original)) => {
@@ -596,9 +606,15 @@ impl Execution {
     }
 
     fn journaled(&mut self, outcome: Result<(), String>) {
-        if let Phase::Delivering { journaled, .. } = &mut self.phase {
+        if let Phase::Delivering {
+            journaled, kept, ..
+        } = &mut self.phase
+        {
             *journaled = true;
             if let Err(why) = outcome {
+                // Not in the journal, so no report stream can deliver it again: `Done` must
+                // not say it is kept.
+                *kept = false;
                 self.log(
                     LogLevel::Error,
                     format!(

@@ -11,9 +11,13 @@
 //! - [`run`]: the server's side of one agent's run of a command.
 //! - [`command`]: the agent's side of one command (receipt, plugin, result, acknowledgement).
 //! - [`fanout`]: the fan-out scheduler of one command sent to many agents.
+//! - `fuzzing`: arbitrary bytes as inputs to both command machines, and the oracle of what
+//!   must hold for any of them; shared by the fuzz target and `cargo test`.
 
 pub mod command;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod run;
 pub mod status;
 

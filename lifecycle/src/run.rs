@@ -295,9 +295,14 @@ impl Run {
         }
         if self.phase == Phase::Ended {
             // A command ends once: a result delivered again is durable already, so a report
-            // stream may be told so; anything else is dropped.
+            // stream may be told so; anything else is dropped. Another command's result is
+            // not this run's to acknowledge: its agent would forget a result never recorded.
             if let Input::Reported(result) = input {
-                self.effects.push_back(Effect::AckReport(result.id));
+                self.effects.push_back(if result.id == self.id {
+                    Effect::AckReport(result.id)
+                } else {
+                    Effect::RefuseReport(result.id)
+                });
             }
             return;
         }

@@ -6,7 +6,10 @@
 //! and the targets' own check of the largest allocation), not memory errors in `unsafe` code.
 //! Coverage guidance works on stable: the codegen flags below are the ones cargo-fuzz passes.
 //!
-//! `FERRY_FUZZ_SECONDS` sets the time per target (default 15).
+//! `FERRY_FUZZ_SECONDS` sets the time per target (default 15; 5 for `lifecycle`, whose
+//! generator and oracle `cargo test` also runs over thousands of random inputs in-process, in
+//! `lifecycle/tests/lifecycle/fuzzing.rs`, so its share here is the coverage-guided search
+//! only).
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -17,8 +20,16 @@ use ferry_protocol::package::{Digest, Package};
 use ferry_protocol::*;
 
 /// The targets in `fuzz/Cargo.toml`.
-const TARGETS: &[&str] = &["frame", "message", "manifest", "package"];
+const TARGETS: &[&str] = &["frame", "message", "manifest", "package", "lifecycle"];
 const DEFAULT_SECONDS: u64 = 15;
+
+/// A target's share of the run when `FERRY_FUZZ_SECONDS` does not set one for all.
+fn default_seconds(target: &str) -> u64 {
+    match target {
+        "lifecycle" => 5,
+        _ => DEFAULT_SECONDS,
+    }
+}
 
 /// What cargo-fuzz passes to rustc for libFuzzer's coverage guidance, without the
 /// nightly-only sanitizer flag; `--cfg fuzzing` as cargo-fuzz sets it, and assertions on.
@@ -33,12 +44,10 @@ const RUSTFLAGS: &str = "--cfg fuzzing \
 
 #[test]
 fn fuzz_targets_find_nothing_in_a_bounded_run() {
-    let seconds = match std::env::var("FERRY_FUZZ_SECONDS") {
-        Ok(s) => s.parse::<u64>().unwrap_or_else(|_| {
-            panic!("FERRY_FUZZ_SECONDS must be a number of seconds, not {s:?}")
-        }),
-        Err(_) => DEFAULT_SECONDS,
-    };
+    let seconds = std::env::var("FERRY_FUZZ_SECONDS").ok().map(|s| {
+        s.parse::<u64>()
+            .unwrap_or_else(|_| panic!("FERRY_FUZZ_SECONDS must be a number of seconds, not {s:?}"))
+    });
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the repository")
@@ -52,6 +61,7 @@ fn fuzz_targets_find_nothing_in_a_bounded_run() {
     write_seeds(&seeds);
     let mut failures = Vec::new();
     for target in TARGETS {
+        let seconds = seconds.unwrap_or_else(|| default_seconds(target));
         if let Err(why) = run(&fuzz, &target_dir, &host, target, &seeds, seconds) {
             failures.push(why);
         }
@@ -162,7 +172,8 @@ fn run(
 }
 
 /// One real input of each kind, for the fuzzer to start from: every message type as a frame
-/// body (and, for `frame`, as a stream of frames), a full manifest, and a package.
+/// body (and, for `frame`, as a stream of frames), a full manifest, a package, and the
+/// lifecycle machines' paths.
 fn write_seeds(seeds: &Path) {
     let messages = sample_messages();
     let write = |target: &str, name: String, bytes: &[u8]| {
@@ -221,6 +232,12 @@ fuel = 1000000
         "minimal.toml".into(),
         b"[plugin]\nname = \"echo\"\nversion = \"0.1.0\"\ntopics = [\"echo\"]\n",
     );
+
+    // The lifecycle target's bytes are inputs to the command machines; its library names
+    // the ones that reach their happy paths, a resend, a cancel and a refused stream.
+    for (name, bytes) in ferry_lifecycle::fuzzing::seeds() {
+        write("lifecycle", name.into(), &bytes);
+    }
 
     let package = Package::new(
         "[plugin]\nname = \"echo\"\nversion = \"0.1.0\"\ntopics = [\"echo\"]\n".into(),

@@ -387,3 +387,82 @@ fn a_read_only_topic_runs_at_once_and_journals_nothing() {
         "acknowledged without waiting for a journal write, and nothing to record"
     );
 }
+
+/// Found by the fuzz oracle: a result whose journal write failed was reported `kept`, so the
+/// driver would count on a report stream delivering from the journal a result it does not hold.
+#[test]
+fn a_result_the_journal_could_not_write_is_not_said_to_be_kept() {
+    let now = Instant::now();
+    let mut machine = running(now);
+    succeed(&mut machine, now);
+    assert!(
+        drain(&mut machine)
+            .iter()
+            .any(|e| matches!(e, Effect::Journal(_)))
+    );
+    machine.handle(now, Input::Journaled(Err("disk full".into())));
+    assert!(drain(&mut machine).is_empty());
+    machine.handle(now + ACK_TIMEOUT, Input::Timeout);
+    assert_eq!(drain(&mut machine), done(false, false));
+}
+
+/// Found by the fuzz oracle: a stored result was sent under the id it was stored with, which
+/// for an idempotency key's earlier command is not this stream's, and the server ends a run
+/// whose stream carries another id's `Result` as a protocol error.
+#[test]
+fn a_stored_result_is_sent_under_this_commands_id() {
+    let now = Instant::now();
+    let mut machine = Execution::on_stream(now);
+    machine.handle(now, Input::Frame(Message::Command(command(ID))));
+    drain(&mut machine);
+    machine.handle(
+        now,
+        Input::Receipt(Ok(Receipt::Finished(result("c-0", Outcome::Succeeded)))),
+    );
+    let sent = drain(&mut machine);
+    assert!(
+        sent.contains(&Effect::Frame(Message::Result(result(
+            ID,
+            Outcome::Succeeded
+        )))),
+        "{sent:?}"
+    );
+}
+
+/// Found by the fuzz oracle: a `Cancel` read while the receipt was being written was dropped,
+/// and the plugin then ran to its end; the server sends its `Cancel` once per stream.
+#[test]
+fn a_cancel_while_the_receipt_is_written_keeps_the_plugin_from_starting() {
+    let now = Instant::now();
+    let mut machine = Execution::on_stream(now);
+    machine.handle(now, Input::Frame(Message::Command(command(ID))));
+    drain(&mut machine);
+    machine.handle(
+        now,
+        Input::Frame(Message::Cancel(Cancel {
+            reason: "operator".into(),
+        })),
+    );
+    machine.handle(now, Input::Receipt(Ok(Receipt::New)));
+    let out = drain(&mut machine);
+    assert!(!out.contains(&Effect::Run), "{out:?}");
+    assert!(
+        out.contains(&Effect::Frame(Message::Result(CommandResult {
+            payload: Vec::new(),
+            ..result(ID, Outcome::Cancelled)
+        }))),
+        "{out:?}"
+    );
+}
+
+/// Found by the fuzz oracle: bytes that are not a frame on a side no longer read (the server
+/// had finished it) cancelled the running plugin.
+#[test]
+fn a_bad_frame_after_the_server_finished_its_side_changes_nothing() {
+    let now = Instant::now();
+    let mut machine = running(now);
+    machine.handle(now, Input::StreamEnded(Loss::Finished));
+    drain(&mut machine);
+    machine.handle(now, Input::BadFrame("garbage".into()));
+    assert_eq!(drain(&mut machine), vec![]);
+}

@@ -5,6 +5,7 @@
 mod command;
 mod fanout;
 mod fanout_sim;
+mod fuzzing;
 mod layering;
 mod run;
 mod sim;

@@ -325,3 +325,25 @@ fn a_live_stream_without_a_result_times_out_after_the_grace() {
     assert_eq!(out[0], Effect::Reset(close::NORMAL));
     assert_eq!(recorded_end(&out).unwrap().status, Status::TimedOut);
 }
+
+/// Found by the fuzz oracle: an ended run acknowledged any report, whatever its id, so a
+/// report stream that handed it another command's result (a driver that routes reports by
+/// mistake) made that command's agent forget a result no one recorded.
+#[test]
+fn an_ended_run_acknowledges_only_its_own_result() {
+    let clock = Clock(Instant::now());
+    let mut run = on_stream(&clock, 0.0);
+    run.handle(
+        clock.at(1.0),
+        Input::Frame(Message::Result(result("r1", Outcome::Succeeded))),
+    );
+    effects(&mut run);
+    run.handle(clock.at(1.1), Input::Recorded(Ok(())));
+    effects(&mut run);
+    assert!(run.is_ended());
+    run.handle(
+        clock.at(2.0),
+        Input::Reported(result("r2", Outcome::Succeeded)),
+    );
+    assert_eq!(effects(&mut run), vec![Effect::RefuseReport("r2".into())]);
+}
