@@ -189,7 +189,20 @@ async fn drive(d: Dispatch) {
                         origin: entry.origin().clone(),
                         view,
                     };
-                    let written = state.persist.save_run(&record, d.durable).await;
+                    let written = state.persist.save_run(&record, d.durable);
+                    let written = if d.durable {
+                        written.await
+                    } else {
+                        // A read-only topic's end is shown once queued (the queue keeps its
+                        // order): a crash may forget it, as its manifest accepts.
+                        let id = d.command.id.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = written.await {
+                                tracing::warn!(command = %id, error = %e, "cannot record how a read-only topic's run ended");
+                            }
+                        });
+                        Ok(())
+                    };
                     if let Err(e) = &written {
                         tracing::error!(command = %d.command.id, error = %e, "cannot record how a run ended; it is not shown as ended until it is on disk");
                     }

@@ -720,6 +720,16 @@ pub(crate) async fn start(
         _ => None,
     };
     match overlapped {
+        // A read-only topic's record is not waited for: nothing is promised about it after a
+        // crash, and the write queue keeps it ahead of the run's end.
+        Some((_, recorded)) if !fleet.durable => {
+            let id = fleet.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = recorded.await {
+                    tracing::warn!(command = %id, error = %e, "cannot record a read-only topic's command");
+                }
+            });
+        }
         Some((entry, recorded)) => {
             if let Err(e) = recorded.await {
                 entry.request_cancel();
