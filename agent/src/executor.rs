@@ -253,14 +253,11 @@ impl Executor {
             inflight: None,
             done: None,
         };
-        let mut span = tracing::info_span!(
-            "command",
-            id = tracing::field::Empty,
-            topic = tracing::field::Empty
-        );
-        if let Some(command) = &d.command {
-            span = tracing::info_span!("command", id = %command.id, topic = %command.topic);
-        }
+        // Named once the Command frame is in (see Effect::Receive).
+        let mut span = d
+            .command
+            .as_ref()
+            .map_or_else(|| tracing::info_span!("command"), span_of);
         let mut stop_seen = false;
         loop {
             self.carry_out(&mut machine, &mut d, &mut span).await;
@@ -370,8 +367,7 @@ impl Executor {
                     }
                 }
                 Effect::Receive(command) => {
-                    *span =
-                        tracing::info_span!("command", id = %command.id, topic = %command.topic);
+                    *span = span_of(&command);
                     d.arrived = Instant::now();
                     d.ready = match self.routes.route(&command.topic) {
                         Route::Ready(plugin) => Some(plugin),
@@ -658,6 +654,11 @@ impl Executor {
         );
         Ok(acked)
     }
+}
+
+/// The span of one command's logs.
+fn span_of(command: &Command) -> tracing::Span {
+    tracing::info_span!("command", id = %command.id, topic = %command.topic)
 }
 
 /// The machine's log line, in the command's span.
