@@ -9,9 +9,15 @@
 //!
 //! - [`status`]: the one list of run states and what derives from it.
 //! - [`run`]: the server's side of one agent's run of a command.
+//! - [`session`]: the control session's phases, on the server's end and the agent's.
 
 pub mod run;
+pub mod session;
 pub mod status;
 
 pub use run::{Effect, End, Input, Limits, Run, Start};
+pub use session::{
+    AgentEffect, AgentEnd, AgentInput, AgentSession, AgentSettings, Phase, Retry, ServerEffect,
+    ServerInput, ServerSession, ServerSettings,
+};
 pub use status::{Bucket, Status};

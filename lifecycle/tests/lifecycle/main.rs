@@ -4,4 +4,5 @@
 
 mod layering;
 mod run;
+mod session;
 mod sim;
