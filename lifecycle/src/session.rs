@@ -28,9 +28,10 @@
 //!   `Welcome`: the TLS handshake completes on its side before the server has checked its
 //!   certificate.
 //! - **A silent peer is dropped within its grace.** The server closes a session whose agent has
-//!   sent nothing for the heartbeat grace, the agent one whose server has given no sign of life
-//!   for its grace; a handshake has one deadline for all its steps, so a peer cannot take the
-//!   timeout once per step.
+//!   sent no heartbeat for the heartbeat grace, the agent one whose server has given no sign of
+//!   life for its grace; a handshake has one deadline for all its steps, so a peer cannot take
+//!   the timeout once per step. Time this process itself did not run (a check that comes more
+//!   than [`LATE`] late) is not held against the peer.
 //! - **A session ends once.** Every way out (refused, closed for a breach, lost, said goodbye,
 //!   stopped, decommissioned) leaves [`Phase::Closed`] with one reason, and the server's
 //!   registration is undone exactly when it was made.
@@ -47,6 +48,11 @@ use ferry_protocol::{
 /// The shortest heartbeat interval an agent keeps, whatever the server asks: a misconfigured
 /// server must not make its fleet flood it.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How late a liveness check may come before it is taken as a sign that this process, not
+/// the peer, was not running (a runtime blocked by other work, a paused VM): the peer's frames
+/// may be waiting unread, so the check is put off by a heartbeat interval instead of closing a
+/// session whose peer did nothing wrong.
+pub const LATE: Duration = Duration::from_millis(250);
 /// How long a decommissioning agent waits for the server to close the connection once its
 /// `Leave` is sent: the server closes it once the leave is recorded, and the agent deletes its
 /// keys only after that.
@@ -302,13 +308,14 @@ impl ServerSession {
     pub fn handle(&mut self, now: Instant, input: ServerInput) {
         match (self.state.clone(), input) {
             (ServerState::Closed, _) => {}
-            (_, ServerInput::Send(message)) => {
+            // Welcome and Reject are the machine's own.
+            (_, ServerInput::Send(message))
                 if may_send(Peer::Server, self.phase(), &message)
-                    && !matches!(message, Message::Welcome(_) | Message::Reject(_))
-                {
-                    self.effects.push_back(ServerEffect::Send(message));
-                }
+                    && !matches!(message, Message::Welcome(_) | Message::Reject(_)) =>
+            {
+                self.effects.push_back(ServerEffect::Send(message));
             }
+            (_, ServerInput::Send(_)) => {}
             (_, ServerInput::Stop(reason)) => {
                 if self.phase() == Phase::Established {
                     self.effects.push_back(ServerEffect::Send(Message::Bye(Bye {
@@ -320,14 +327,12 @@ impl ServerSession {
             (ServerState::AwaitingControl, ServerInput::ControlOpened) => {
                 self.state = ServerState::AwaitingHello;
             }
-            (ServerState::AwaitingControl, ServerInput::Timeout) => {
-                if now >= self.deadline {
-                    let why = format!(
-                        "no control stream opened within the handshake timeout ({:?})",
-                        self.settings.handshake_timeout
-                    );
-                    self.close(close::PROTOCOL_ERROR, why.clone(), false, why);
-                }
+            (ServerState::AwaitingControl, ServerInput::Timeout) if now >= self.deadline => {
+                let why = format!(
+                    "no control stream opened within the handshake timeout ({:?})",
+                    self.settings.handshake_timeout
+                );
+                self.close(close::PROTOCOL_ERROR, why.clone(), false, why);
             }
             (ServerState::AwaitingControl, ServerInput::Lost(why)) => {
                 self.closed(
@@ -473,10 +478,19 @@ impl ServerSession {
             ServerInput::Lost(why) => self.closed(false, why),
             ServerInput::Timeout => {
                 let grace = self.settings.heartbeat_grace;
-                if self.poll_timeout().is_some_and(|at| now >= at) {
-                    let why = format!("no heartbeat from the agent within the grace of {grace:?}");
-                    self.close(close::NORMAL, why.clone(), false, why);
+                let Some(due) = self.poll_timeout().filter(|at| now >= *at) else {
+                    return;
+                };
+                if now.duration_since(due) > LATE {
+                    // Judge the agent from now on, over a heartbeat interval this process runs.
+                    let wait = self.settings.heartbeat_interval.max(LATE);
+                    self.state = ServerState::Established {
+                        heard: (now + wait).checked_sub(grace).unwrap_or(now),
+                    };
+                    return;
                 }
+                let why = format!("no heartbeat from the agent within the grace of {grace:?}");
+                self.close(close::NORMAL, why.clone(), false, why);
             }
             _ => {}
         }
@@ -727,19 +741,17 @@ impl AgentSession {
     pub fn handle(&mut self, now: Instant, input: AgentInput) {
         match (self.state.clone(), input) {
             (AgentState::Closed, _) => {}
-            (state, AgentInput::Send(message)) => {
-                // Hello, Bye and Leave are the machine's own; the driver's frames go out only
-                // while the session is established.
-                if matches!(state, AgentState::Established { .. })
-                    && matches!(
-                        message,
-                        Message::Heartbeat(_) | Message::PluginReport(_) | Message::Renew(_)
-                    )
-                    && may_send(Peer::Agent, Phase::Established, &message)
-                {
-                    self.effects.push_back(AgentEffect::Send(message));
-                }
+            // Hello, Bye and Leave are the machine's own; the driver's frames go out only
+            // while the session is established.
+            (AgentState::Established { .. }, AgentInput::Send(message))
+                if matches!(
+                    message,
+                    Message::Heartbeat(_) | Message::PluginReport(_) | Message::Renew(_)
+                ) && may_send(Peer::Agent, Phase::Established, &message) =>
+            {
+                self.effects.push_back(AgentEffect::Send(message));
             }
+            (_, AgentInput::Send(_)) => {}
             (AgentState::Connecting { .. }, AgentInput::Connected) => {
                 let hello = self.hello.take().expect("Hello is sent once");
                 self.effects
@@ -748,14 +760,12 @@ impl AgentSession {
                     until: now + self.settings.connect_timeout,
                 };
             }
-            (AgentState::Connecting { until }, AgentInput::Timeout) => {
-                if now >= until {
-                    let why = format!(
-                        "no answer from {} within {:?}",
-                        self.server, self.settings.connect_timeout
-                    );
-                    self.end(AgentEnd::Failed(why));
-                }
+            (AgentState::Connecting { until }, AgentInput::Timeout) if now >= until => {
+                let why = format!(
+                    "no answer from {} within {:?}",
+                    self.server, self.settings.connect_timeout
+                );
+                self.end(AgentEnd::Failed(why));
             }
             (AgentState::Connecting { .. }, AgentInput::Lost(why)) => {
                 self.end(AgentEnd::Failed(why))
@@ -892,6 +902,16 @@ impl AgentSession {
             AgentInput::Timeout => {
                 let grace = self.settings.server_grace;
                 if now >= heard + grace {
+                    if now.duration_since(heard + grace) > LATE {
+                        // Late, so this process was not running: judge the server from now on,
+                        // over a heartbeat interval.
+                        self.state = AgentState::Established {
+                            interval,
+                            next_beat: next_beat.min(now),
+                            heard: (now + interval).checked_sub(grace).unwrap_or(now),
+                        };
+                        return self.established(now, AgentInput::Timeout);
+                    }
                     let why = format!("no sign of life from the server within {grace:?}");
                     return self.close(close::NORMAL, &why, AgentEnd::Lost(why.clone()));
                 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_lifecycle::session::{LEAVE_WAIT, MIN_HEARTBEAT};
+use ferry_lifecycle::session::{LATE, LEAVE_WAIT, MIN_HEARTBEAT};
 use ferry_lifecycle::{
     AgentEffect, AgentEnd, AgentInput, AgentSession, AgentSettings, Phase, Retry, ServerEffect,
     ServerInput, ServerSession, ServerSettings,
@@ -449,6 +449,23 @@ fn a_silent_agent_is_closed_after_the_grace_and_a_silent_server_given_up() {
     );
     assert_eq!(effects.last(), Some(&ServerEffect::Unregister));
     assert_eq!(s.phase(), Phase::Closed);
+
+    // A check that comes late means the server itself was not running (its runtime blocked):
+    // the agent's heartbeats may be unread, so it is judged again over an interval, and
+    // closed only if it stays silent through a check on time.
+    let mut s = established_server(&clock, 0.0);
+    s.handle(clock.at(18.0), ServerInput::Timeout);
+    assert!(server_effects(&mut s).is_empty());
+    assert_eq!(s.phase(), Phase::Established);
+    assert_eq!(s.poll_timeout(), Some(clock.at(23.0)));
+    s.handle(clock.at(18.1), ServerInput::Frame(heartbeat()));
+    server_effects(&mut s);
+    assert_eq!(s.poll_timeout(), Some(clock.at(33.1)));
+    s.handle(clock.at(33.1) + LATE, ServerInput::Timeout);
+    assert_eq!(
+        close_of(&server_effects(&mut s)).map(|(code, _)| code),
+        Some(close::NORMAL)
+    );
 
     // The agent beats at the server's interval (never faster than the floor) and gives up on
     // a server that shows no sign of life for its grace.

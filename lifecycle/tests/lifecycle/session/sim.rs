@@ -199,14 +199,14 @@ impl World {
         !c.down && c.cut.is_none() && !self.partitioned()
     }
 
-    fn to_server(&mut self, conn: usize, wire: Wire) {
+    fn send_to_server(&mut self, conn: usize, wire: Wire) {
         if self.flows(conn) {
             let at = self.now + self.latency;
             self.conns[conn].to_server.push_back((at, wire));
         }
     }
 
-    fn to_agent(&mut self, conn: usize, wire: Wire) {
+    fn send_to_agent(&mut self, conn: usize, wire: Wire) {
         if self.flows(conn) {
             let at = self.now + self.latency;
             self.conns[conn].to_agent.push_back((at, wire));
@@ -254,7 +254,7 @@ impl World {
         let a = &mut self.agents[agent];
         a.current = Some(conn);
         a.reconnect_at = None;
-        self.to_server(conn, Wire::Open);
+        self.send_to_server(conn, Wire::Open);
     }
 
     /// Hands `input` to the agent's end and carries out what it asks, each frame checked
@@ -293,16 +293,16 @@ impl World {
                         message.kind()
                     );
                     let beat = matches!(message, Message::Heartbeat(_));
-                    self.to_server(conn, Wire::Frame(message));
+                    self.send_to_server(conn, Wire::Frame(message));
                     if beat && self.flows(conn) {
                         // Acknowledged by the server's transport a round trip later.
                         let at = self.now + self.latency * 2;
                         self.conns[conn].to_agent.push_back((at, Wire::Ack));
                     }
                 }
-                AgentEffect::Finish => self.to_server(conn, Wire::Finish),
+                AgentEffect::Finish => self.send_to_server(conn, Wire::Finish),
                 AgentEffect::Close { reason, .. } => {
-                    self.to_server(conn, Wire::Close(reason));
+                    self.send_to_server(conn, Wire::Close(reason));
                     self.conns[conn].down = true;
                 }
                 AgentEffect::Established(_) => {
@@ -339,11 +339,11 @@ impl World {
                         "the server sent {} while {phase}",
                         message.kind()
                     );
-                    self.to_agent(conn, Wire::Frame(message));
+                    self.send_to_agent(conn, Wire::Frame(message));
                 }
-                ServerEffect::Finish => self.to_agent(conn, Wire::Finish),
+                ServerEffect::Finish => self.send_to_agent(conn, Wire::Finish),
                 ServerEffect::Close { reason, .. } => {
-                    self.to_agent(conn, Wire::Close(reason));
+                    self.send_to_agent(conn, Wire::Close(reason));
                     self.conns[conn].down = true;
                 }
                 ServerEffect::Register(hello) => {
@@ -425,7 +425,7 @@ impl World {
             && old.conn != conn
             && !self.conns[old.conn].down
         {
-            self.to_agent(old.conn, Wire::Close("replaced".into()));
+            self.send_to_agent(old.conn, Wire::Close("replaced".into()));
             self.conns[old.conn].down = true;
             self.server_input(old.conn, ServerInput::Lost("replaced".into()));
         }
@@ -438,7 +438,7 @@ impl World {
                 let session = ServerSession::new(self.now, SETTINGS, 0);
                 self.conns[conn].server_end = Some(session);
                 self.server_input(conn, ServerInput::ControlOpened);
-                self.to_agent(conn, Wire::Open);
+                self.send_to_agent(conn, Wire::Open);
             }
             Wire::Frame(message) => {
                 if let Message::Hello(hello) = &message
