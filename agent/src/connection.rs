@@ -1,5 +1,7 @@
-//! The connection loop: connect, say Hello, wait for Welcome, then heartbeat and take commands
-//! until the connection ends; then wait (backoff with jitter) and start again.
+//! The connection loop: connect, then drive the control session
+//! ([`ferry_lifecycle::AgentSession`]: Hello, Welcome or Reject, heartbeats, the server's
+//! liveness, leaving) and take commands until it ends; then wait (backoff with jitter, or the
+//! delay the server asked for) and start again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,12 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ferry_lifecycle::{
+    AgentEffect, AgentEnd, AgentInput, AgentSession, AgentSettings, Phase, Retry,
+};
 use ferry_protocol::{
-    Bye, FrameError, FrameReader, Health, Heartbeat, Hello, Leave, Message, Peer, Reject,
-    RuntimeState, StreamKind, Welcome, close, write_frame,
+    FrameError, FrameReader, Health, Heartbeat, Hello, LogLevel, Message, RuntimeState, write_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::ConnectionStatus;
@@ -38,20 +43,6 @@ pub(crate) struct Link {
     pub(crate) runtimes: Runtimes,
 }
 
-/// Why a connection attempt or a session ended.
-enum Ended {
-    /// The agent is stopping.
-    Stopped,
-    /// A session was established and then ended.
-    SessionLost(String),
-    /// No session was established.
-    Failed(String),
-    /// The server refused the agent.
-    Rejected(Reject),
-    /// The agent told the server it leaves for good.
-    Decommissioned(String),
-}
-
 /// Runs until `stop` is cancelled.
 pub(crate) async fn run(
     link: Arc<Link>,
@@ -66,12 +57,14 @@ pub(crate) async fn run(
     loop {
         attempt += 1;
         status.send_replace(ConnectionStatus::Connecting { attempt });
-        let ended = connect_and_serve(&link, &mut endpoints, &status, &stop).await;
-        let (reason, delay) = match ended {
-            Ended::Stopped => break,
-            Ended::Decommissioned(reason) => {
+        let end = connect_and_serve(&link, &mut endpoints, &status, &stop).await;
+        match &end {
+            AgentEnd::Stopped => break,
+            AgentEnd::Decommissioned(reason) => {
                 decommission(&link).await;
-                status.send_replace(ConnectionStatus::Removed { reason });
+                status.send_replace(ConnectionStatus::Removed {
+                    reason: reason.clone(),
+                });
                 // Everything else the agent runs ends with it.
                 stop.cancel();
                 for endpoint in endpoints.values() {
@@ -80,27 +73,31 @@ pub(crate) async fn run(
                 }
                 return;
             }
-            Ended::SessionLost(reason) => {
-                tracing::warn!(%reason, "connection to the server lost; reconnecting");
-                backoff.reset();
-                attempt = 0;
-                (reason, backoff.next_delay())
+            AgentEnd::Lost(reason) => {
+                tracing::warn!(%reason, "connection to the server lost; reconnecting")
             }
-            Ended::Failed(reason) => {
-                tracing::warn!(%reason, attempt, "could not connect to the server");
-                (reason, backoff.next_delay())
+            AgentEnd::Failed(reason) => {
+                tracing::warn!(%reason, attempt, "could not connect to the server")
             }
-            Ended::Rejected(reject) => {
-                tracing::error!(code = ?reject.code, message = %reject.message, "the server refused this agent");
-                let delay = reject
-                    .retry_after_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or_else(|| backoff.next_delay());
-                (format!("refused by the server: {}", reject.message), delay)
+            AgentEnd::Rejected(reject) => {
+                tracing::error!(code = ?reject.code, message = %reject.message, "the server refused this agent")
             }
+        }
+        let delay = match end.retry() {
+            Retry::Backoff { reset } => {
+                if reset {
+                    // After an established session, start again from the shortest delay.
+                    backoff.reset();
+                    attempt = 0;
+                }
+                backoff.next_delay()
+            }
+            Retry::After(delay) => delay,
+            // Stopping and decommissioning are handled above.
+            Retry::Never => break,
         };
         status.send_replace(ConnectionStatus::Disconnected {
-            reason,
+            reason: end.reason(),
             retry_in: delay,
         });
         tokio::select! {
@@ -141,182 +138,261 @@ fn endpoint_for(
     Ok(endpoint)
 }
 
-/// An established session: the connection and its control stream.
-struct Session {
-    connection: quinn::Connection,
-    send: quinn::SendStream,
-    recv: FrameReader<quinn::RecvStream>,
-    welcome: Welcome,
-}
-
+/// One connection's control session: a thin driver of [`AgentSession`], which decides what
+/// the server's frames mean in each phase, when the agent counts as connected, when a
+/// heartbeat is due, when the server is given up and how the session ends. This driver
+/// connects, reads and writes the control stream, and carries out the effects with the
+/// executor, the deployer, the renewal and the metrics sampler.
 async fn connect_and_serve(
     link: &Link,
     endpoints: &mut HashMap<bool, quinn::Endpoint>,
     status: &watch::Sender<ConnectionStatus>,
     stop: &CancellationToken,
-) -> Ended {
-    let session = tokio::select! {
-        session = handshake(link, endpoints) => session,
-        _ = stop.cancelled() => return Ended::Stopped,
-    };
-    match session {
-        Ok(session) => serve(link, session, status, stop).await,
-        Err(ended) => ended,
-    }
-}
-
-async fn handshake(
-    link: &Link,
-    endpoints: &mut HashMap<bool, quinn::Endpoint>,
-) -> Result<Session, Ended> {
+) -> AgentEnd {
     let config = &link.config;
-    let addr = match resolve(&config.server).await {
-        Ok(addr) => addr,
-        Err(e) => return Err(Ended::Failed(e)),
+    let addr = tokio::select! {
+        addr = resolve(&config.server) => match addr {
+            Ok(addr) => addr,
+            Err(e) => return AgentEnd::Failed(e),
+        },
+        _ = stop.cancelled() => return AgentEnd::Stopped,
     };
     let endpoint = match endpoint_for(endpoints, addr) {
         Ok(endpoint) => endpoint,
-        Err(e) => return Err(Ended::Failed(e)),
+        Err(e) => return AgentEnd::Failed(e),
     };
     let server_name = config.effective_server_name();
     let client_config = link.client_config.lock().clone();
     let connecting = match endpoint.connect_with(client_config, addr, &server_name) {
         Ok(connecting) => connecting,
-        Err(e) => return Err(Ended::Failed(format!("cannot connect to {addr}: {e}"))),
+        Err(e) => return AgentEnd::Failed(format!("cannot connect to {addr}: {e}")),
     };
-    // quinn's own handshake timeout equals the idle timeout; bound each attempt separately.
-    let connection = match tokio::time::timeout(config.connect_timeout, connecting).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => return Err(Ended::Failed(format!("handshake with {addr} failed: {e}"))),
-        Err(_) => {
-            return Err(Ended::Failed(format!(
-                "no answer from {addr} within {:?}",
-                config.connect_timeout
-            )));
-        }
-    };
-
-    // With TLS 1.3 the handshake completes on our side before the server has checked our
-    // certificate: only Welcome means we are in.
-    let max_frame = config.max_frame_bytes;
-    let (mut send, recv) = match connection.open_bi().await {
-        Ok(streams) => streams,
-        Err(e) => {
-            return Err(Ended::Failed(format!(
-                "cannot open the control stream: {e}"
-            )));
-        }
-    };
-    let mut recv = FrameReader::new(recv, max_frame);
     let hello = Hello {
         topics: link.executor.routes.topics(),
         read_only: link.executor.routes.read_only_topics(),
         cached_plugins: link.deployer.stored(),
         ..link.hello.clone()
     };
-    if let Err(e) = write_frame(&mut send, &Message::Hello(hello), max_frame).await {
-        return Err(Ended::Failed(format!("cannot send Hello: {e}")));
-    }
-    let welcome = match tokio::time::timeout(config.connect_timeout, recv.next()).await {
-        Ok(Ok(Some(Message::Welcome(welcome)))) => welcome,
-        Ok(Ok(Some(Message::Reject(reject)))) => return Err(Ended::Rejected(reject)),
-        Ok(Ok(Some(other))) => {
-            connection.close(close::PROTOCOL_ERROR.into(), b"expected Welcome");
-            return Err(Ended::Failed(format!(
-                "the server answered Hello with {}",
-                other.kind()
-            )));
+    let settings = AgentSettings {
+        connect_timeout: config.connect_timeout,
+        // The transport's own idle timeout: what the agent tolerates of a silent server.
+        server_grace: config.idle_timeout,
+    };
+    let mut session = AgentSession::new(now(), settings, hello, addr.to_string());
+    // quinn's own handshake timeout equals the idle timeout; the session bounds each attempt.
+    let deadline = session.poll_timeout().map(Instant::from_std);
+    let opened = tokio::select! {
+        opened = open(connecting, addr) => opened,
+        _ = sleep_until(deadline) => {
+            session.handle(now(), AgentInput::Timeout);
+            return ending(&mut session);
         }
-        Ok(Ok(None)) => {
-            return Err(Ended::Failed(
-                "the server closed the control stream without answering".into(),
-            ));
-        }
-        Ok(Err(e)) => {
-            return Err(Ended::Failed(format!(
-                "the server refused the connection: {}",
-                explain(&e, &connection)
-            )));
-        }
-        Err(_) => {
-            return Err(Ended::Failed(format!(
-                "no Welcome within {:?}",
-                config.connect_timeout
-            )));
+        _ = stop.cancelled() => return AgentEnd::Stopped,
+    };
+    let (connection, send, recv) = match opened {
+        Ok(opened) => opened,
+        Err(why) => {
+            session.handle(now(), AgentInput::Lost(why));
+            return ending(&mut session);
         }
     };
-    tracing::info!(session = %welcome.session, server = %addr, "connected to the server");
-    Ok(Session {
+    // With TLS 1.3 the handshake completes on our side before the server has checked our
+    // certificate: only Welcome means we are in, which the session decides.
+    session.handle(now(), AgentInput::Connected);
+    let mut driver = Driver {
+        link,
+        status,
         connection,
         send,
-        recv,
-        welcome,
-    })
+        recv: FrameReader::new(recv, config.max_frame_bytes),
+        session,
+        received: 0,
+        reports: None,
+        removal: None,
+        replaying: None,
+    };
+    driver.run(stop).await
 }
 
-async fn serve(
-    link: &Link,
-    session: Session,
-    status: &watch::Sender<ConnectionStatus>,
-    stop: &CancellationToken,
-) -> Ended {
-    let Session {
-        connection,
-        mut send,
-        mut recv,
-        welcome,
-    } = session;
-    let max_frame = link.config.max_frame_bytes;
-    status.send_replace(ConnectionStatus::Connected {
-        session: welcome.session.clone(),
-    });
+/// Connects and opens the control stream.
+async fn open(
+    connecting: quinn::Connecting,
+    addr: SocketAddr,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+    let connection = connecting
+        .await
+        .map_err(|e| format!("handshake with {addr} failed: {e}"))?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| format!("cannot open the control stream: {e}"))?;
+    Ok((connection, send, recv))
+}
 
-    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
-    let mut heartbeat = tokio::time::interval(interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Plugin reports of this session; the deployer drops its sender when the set changes, and
-    // a report for an ended session goes nowhere (the next session gets a fresh one).
-    let (reports, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut removal = link.executor.decommission.subscribe();
-    // Results the server has not acknowledged (from before a reconnection or a restart) go out
-    // first, on a report stream of their own, and again whenever one could not be delivered.
-    let tasks = &link.executor.tasks;
-    let mut replaying = Some(tasks.spawn(replay(link.executor.clone(), connection.clone())));
-    let ended = loop {
-        let renew_at = link.renewal.lock().as_ref().map(Renewal::due);
-        tokio::select! {
-            _ = link.executor.replay_wanted.notified(), if replaying.as_ref().is_none_or(|r| r.is_finished()) => {
-                replaying = Some(tasks.spawn(replay(link.executor.clone(), connection.clone())));
+/// The session's end, once it has one; its last effects (a close) have no connection to act
+/// on.
+fn ending(session: &mut AgentSession) -> AgentEnd {
+    while session.poll().is_some() {}
+    session
+        .ending()
+        .cloned()
+        .unwrap_or_else(|| AgentEnd::Failed("the connection attempt ended".into()))
+}
+
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+type Reports = (
+    tokio::sync::mpsc::UnboundedSender<Message>,
+    tokio::sync::mpsc::UnboundedReceiver<Message>,
+);
+
+/// A connection whose control stream is open.
+struct Driver<'a> {
+    link: &'a Link,
+    status: &'a watch::Sender<ConnectionStatus>,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: FrameReader<quinn::RecvStream>,
+    session: AgentSession,
+    /// Datagrams received from the server at the last look: more since then show it
+    /// alive, whether or not it had anything to say on the control stream.
+    received: u64,
+    /// Plugin reports of this session; the deployer drops its sender when the set changes,
+    /// and a report for an ended session goes nowhere (the next session gets a fresh one).
+    reports: Option<Reports>,
+    removal: Option<watch::Receiver<Option<String>>>,
+    replaying: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Driver<'_> {
+    async fn run(&mut self, stop: &CancellationToken) -> AgentEnd {
+        let link = self.link;
+        let mut stopping = false;
+        loop {
+            while let Some(effect) = self.session.poll() {
+                if let AgentEffect::Ended(end) = effect {
+                    return end;
+                }
+                self.carry_out(effect).await;
             }
-            _ = sleep_until(renew_at) => {
-                let request = link.renewal.lock().as_mut().and_then(Renewal::request);
-                if let Some(request) = request
-                    && let Err(e) = write_frame(&mut send, &request, max_frame).await
-                {
-                    break format!("cannot send a renewal request: {e}");
+            let established = self.session.phase() == Phase::Established;
+            let leaving = self.session.phase() == Phase::Leaving;
+            let deadline = self.session.poll_timeout().map(Instant::from_std);
+            let renew_at = if established {
+                link.renewal.lock().as_ref().map(Renewal::due)
+            } else {
+                None
+            };
+            let replay_idle = self.replaying.as_ref().is_none_or(|r| r.is_finished());
+            let reading = self.session.reading();
+            let (recv, removal, reports) = (&mut self.recv, &mut self.removal, &mut self.reports);
+            let connection = &self.connection;
+            let input = tokio::select! {
+                frame = recv.next(), if reading => match frame {
+                    Ok(Some(message)) => AgentInput::Frame(message),
+                    Ok(None) => AgentInput::ControlEnded,
+                    Err(e) => AgentInput::BadFrame(explain(&e, connection)),
+                },
+                _ = sleep_until(deadline) => AgentInput::Timeout,
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    AgentInput::Stop
+                }
+                // The server closes the connection once it has recorded a leave.
+                reason = connection.closed(), if leaving => AgentInput::Lost(reason.to_string()),
+                _ = link.executor.replay_wanted.notified(), if established && replay_idle => {
+                    self.replay();
+                    continue;
+                }
+                _ = sleep_until(renew_at), if established => {
+                    let request = link.renewal.lock().as_mut().and_then(Renewal::request);
+                    match request {
+                        Some(request) => AgentInput::Send(request),
+                        None => continue,
+                    }
+                }
+                Ok(()) = async { removal.as_mut().expect("checked").changed().await }, if established && removal.is_some() => {
+                    let reason = removal.as_mut().expect("checked").borrow_and_update().clone();
+                    match reason {
+                        Some(reason) => AgentInput::Decommission(reason),
+                        None => continue,
+                    }
+                }
+                Some(report) = async { reports.as_mut().expect("checked").1.recv().await }, if established && reports.is_some() => {
+                    AgentInput::Send(report)
+                }
+                incoming = connection.accept_bi(), if established => match incoming {
+                    Ok((cmd_send, cmd_recv)) => {
+                        link.executor.tasks.spawn(link.executor.clone().serve(cmd_send, cmd_recv));
+                        continue;
+                    }
+                    Err(e) => AgentInput::Lost(format!("connection closed: {e}")),
+                },
+            };
+            if input == AgentInput::Timeout {
+                // Before the session judges the server silent: whatever the transport has
+                // received since the last look shows it alive.
+                let received = self.connection.stats().udp_rx.datagrams;
+                if received > self.received {
+                    self.received = received;
+                    self.session.handle(now(), AgentInput::Alive);
                 }
             }
-            Ok(()) = removal.changed() => {
-                let Some(reason) = removal.borrow_and_update().clone() else { continue };
-                let leave = Message::Leave(Leave { reason: reason.clone() });
-                if write_frame(&mut send, &leave, max_frame).await.is_ok() {
-                    let _ = send.finish();
-                    // The server closes the connection once it has recorded the leave.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+            self.session.handle(now(), input);
+        }
+    }
+
+    /// Results the server has not acknowledged (from before a reconnection or a restart) go
+    /// out on a report stream of their own, and again whenever one could not be delivered.
+    fn replay(&mut self) {
+        let executor = &self.link.executor;
+        self.replaying = Some(
+            executor
+                .tasks
+                .spawn(replay(executor.clone(), self.connection.clone())),
+        );
+    }
+
+    async fn carry_out(&mut self, effect: AgentEffect) {
+        let link = self.link;
+        let max_frame = link.config.max_frame_bytes;
+        match effect {
+            AgentEffect::Send(message) => {
+                if let Err(e) = write_frame(&mut self.send, &message, max_frame).await {
+                    let why = match &message {
+                        Message::Hello(_) => format!("cannot send Hello: {e}"),
+                        Message::Heartbeat(_) => format!("cannot send a heartbeat: {e}"),
+                        Message::PluginReport(_) => format!("cannot send a plugin report: {e}"),
+                        Message::Renew(_) => format!("cannot send a renewal request: {e}"),
+                        // Saying goodbye is best effort: the close follows either way.
+                        Message::Bye(_) => return,
+                        other => format!("cannot send {}: {e}", other.kind()),
+                    };
+                    self.session.handle(now(), AgentInput::Lost(why));
                 }
-                connection.close(close::NORMAL.into(), b"agent decommissioned");
-                return Ended::Decommissioned(reason);
             }
-            _ = stop.cancelled() => {
-                let bye = Message::Bye(Bye { reason: "agent stopping".into() });
-                let _ = write_frame(&mut send, &bye, max_frame).await;
-                let _ = send.finish();
-                connection.close(close::SHUTDOWN.into(), b"agent stopping");
-                return Ended::Stopped;
+            AgentEffect::Finish => {
+                let _ = self.send.finish();
             }
-            _ = heartbeat.tick() => {
+            AgentEffect::Close { code, reason } => {
+                self.connection.close(code.into(), reason.as_bytes());
+            }
+            AgentEffect::Established(welcome) => {
+                self.status.send_replace(ConnectionStatus::Connected {
+                    session: welcome.session.clone(),
+                });
+                self.received = self.connection.stats().udp_rx.datagrams;
+                self.reports = Some(tokio::sync::mpsc::unbounded_channel());
+                self.removal = Some(link.executor.decommission.subscribe());
+                self.replay();
+            }
+            AgentEffect::HeartbeatDue => {
                 let sampler = link.sampler.clone();
-                let metrics = tokio::task::spawn_blocking(move || sampler.lock().sample()).await.unwrap_or_default();
+                let metrics = tokio::task::spawn_blocking(move || sampler.lock().sample())
+                    .await
+                    .unwrap_or_default();
                 let (health, runtimes) = runtime_states(&link.runtimes);
                 let beat = Message::Heartbeat(Heartbeat {
                     metrics,
@@ -327,48 +403,43 @@ async fn serve(
                     health,
                     runtimes,
                 });
-                if let Err(e) = write_frame(&mut send, &beat, max_frame).await {
-                    break format!("cannot send a heartbeat: {e}");
-                }
+                self.session.handle(now(), AgentInput::Send(beat));
             }
-            Some(report) = report_rx.recv() => {
-                if let Err(e) = write_frame(&mut send, &report, max_frame).await {
-                    break format!("cannot send a plugin report: {e}");
-                }
-            }
-            incoming = connection.accept_bi() => match incoming {
-                Ok((cmd_send, cmd_recv)) => {
-                    link.executor.tasks.spawn(link.executor.clone().serve(cmd_send, cmd_recv));
-                }
-                Err(e) => break format!("connection closed: {e}"),
-            },
-            frame = recv.next() => match frame {
-                Ok(Some(message)) => {
-                    if let Err(e) = message.check_allowed(Peer::Server, StreamKind::Control) {
-                        connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
-                        break format!("protocol error from the server: {e}");
+            AgentEffect::Deliver(message) => match message {
+                Message::Renewed(renewed) => link.renewed(renewed),
+                Message::EnrollRefused(refused) => {
+                    if let Some(renewal) = link.renewal.lock().as_mut() {
+                        renewal.refused(refused);
                     }
-                    match message {
-                        Message::Bye(Bye { reason }) => break format!("the server said goodbye: {reason}"),
-                        Message::Renewed(renewed) => link.renewed(renewed),
-                        Message::EnrollRefused(refused) => {
-                            if let Some(renewal) = link.renewal.lock().as_mut() {
-                                renewal.refused(refused);
-                            }
-                        }
-                        Message::PluginAssign(assign) => link.deployer.assign(
+                }
+                Message::PluginAssign(assign) => {
+                    if let Some((reports, _)) = self.reports.as_ref() {
+                        link.deployer.assign(
                             assign.plugins,
-                            PluginSession { connection: connection.clone(), reports: reports.clone() },
-                        ),
-                        other => tracing::warn!(kind = other.kind(), "ignoring an unexpected control message"),
+                            PluginSession {
+                                connection: self.connection.clone(),
+                                reports: reports.clone(),
+                            },
+                        );
                     }
                 }
-                Ok(None) => break "the server closed the control stream".to_string(),
-                Err(e) => break format!("control stream failed: {}", explain(&e, &connection)),
+                other => {
+                    tracing::warn!(
+                        kind = other.kind(),
+                        "ignoring an unexpected control message"
+                    )
+                }
             },
+            AgentEffect::Log(level, message) => match level {
+                LogLevel::Error => tracing::error!("{message}"),
+                LogLevel::Warn => tracing::warn!("{message}"),
+                LogLevel::Info => tracing::info!("{message}"),
+                LogLevel::Debug => tracing::debug!("{message}"),
+                LogLevel::Trace => tracing::trace!("{message}"),
+            },
+            AgentEffect::Ended(_) => unreachable!("returned by the loop"),
         }
-    };
-    Ended::SessionLost(ended)
+    }
 }
 
 async fn replay(executor: Arc<Executor>, connection: quinn::Connection) {
@@ -378,7 +449,7 @@ async fn replay(executor: Arc<Executor>, connection: quinn::Connection) {
 }
 
 /// Sleeps until `at`, or forever.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -13,14 +13,20 @@
 //! - [`fanout`]: the fan-out scheduler of one command sent to many agents.
 //! - `fuzzing`: arbitrary bytes as inputs to both command machines, and the oracle of what
 //!   must hold for any of them; shared by the fuzz target and `cargo test`.
+//! - [`session`]: the control session's phases, on the server's end and the agent's.
 
 pub mod command;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod run;
+pub mod session;
 pub mod status;
 
 pub use fanout::Fanout;
 pub use run::{Effect, End, Input, Limits, Run, Start};
+pub use session::{
+    AgentEffect, AgentEnd, AgentInput, AgentSession, AgentSettings, Phase, Retry, ServerEffect,
+    ServerInput, ServerSession, ServerSettings,
+};
 pub use status::{Bucket, Status};

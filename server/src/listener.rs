@@ -1,16 +1,19 @@
-//! Accepting agents: the QUIC handshake, the control stream, heartbeats.
+//! Accepting agents: the QUIC handshake, TLS identity and admission, then the control session
+//! as a thin driver of [`ferry_lifecycle::ServerSession`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_lifecycle::{Phase, ServerEffect, ServerInput, ServerSession, ServerSettings};
 use ferry_protocol::identity::{IdentityError, agent_id_of};
 use ferry_protocol::tls;
 use ferry_protocol::{
-    AgentId, AssignedPlugin, FrameError, FrameReader, Hello, Limits, Message, Peer, PluginAssign,
-    Reject, RejectCode, StreamKind, Welcome, close, version, write_frame,
+    AgentId, AssignedPlugin, FrameError, FrameReader, Hello, LogLevel, Message, PluginAssign,
+    close, version, write_frame,
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 
 use crate::report;
 use crate::server::ServerState;
@@ -51,9 +54,11 @@ async fn serve_connection(
     handshake_permit: OwnedSemaphorePermit,
 ) -> Result<(), String> {
     // One deadline for the whole handshake, so that a peer cannot take the timeout once for
-    // TLS, once for its control stream and once more for Hello.
+    // TLS, once for its control stream and once more for Hello: the session machine's, which
+    // starts now.
+    let arrived = Instant::now();
     let timeout = state.config.handshake_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = arrived + timeout;
     let connection = match tokio::time::timeout_at(deadline, incoming).await {
         Ok(Ok(connection)) => connection,
         // Wrong or missing client certificates end here, refused by the TLS verifier.
@@ -83,211 +88,265 @@ async fn serve_connection(
         );
         return Err(why);
     }
-    let max_frame = state.config.max_frame_bytes;
-    let (mut send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(e)) => {
-            return Err(format!(
-                "agent '{id}' closed before opening its control stream: {e}"
-            ));
-        }
-        Err(_) => {
-            let why =
-                format!("no control stream opened within the handshake timeout ({timeout:?})");
-            connection.close(close::PROTOCOL_ERROR.into(), why.as_bytes());
-            return Err(format!("agent '{id}': {why}"));
-        }
+    let config = &state.config;
+    let settings = ServerSettings {
+        supported: version::SUPPORTED,
+        handshake_timeout: timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_grace: config.heartbeat_grace,
+        max_frame_bytes: config.max_frame_bytes,
+        max_concurrent_commands: config.max_concurrent_commands,
     };
-    // Until Hello, the handshake deadline is the only bound, so a late Hello is always closed
-    // for the same reason whichever of its bytes were late (a stall limit racing the deadline
-    // gave two). After Hello, see `set_stall_limit` below.
-    let mut recv = FrameReader::new(recv, max_frame);
-    let hello = match tokio::time::timeout_at(deadline, recv.next()).await {
-        Ok(Ok(Some(Message::Hello(hello)))) => hello,
-        other => {
-            let why = match other {
-                Ok(Ok(Some(m))) => format!("expected Hello, got {}", m.kind()),
-                Ok(Ok(None)) => "control stream ended before Hello".to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no complete Hello within the handshake timeout ({timeout:?})"),
-            };
-            let reject = Reject {
-                code: RejectCode::BadHello,
-                message: why.clone(),
-                retry_after_ms: None,
-                redirect: None,
-                server_protocol: None,
-                agent_protocol: None,
-            };
-            refuse(&connection, &mut send, reject, max_frame, &why).await;
-            return Err(format!("agent '{id}': {why}"));
-        }
-    };
-    let protocol = match version::negotiate(version::SUPPORTED, hello.protocol) {
-        Ok(v) => v,
-        Err(reject) => {
-            let why = reject.message.clone();
-            refuse(&connection, &mut send, reject, max_frame, &why).await;
-            return Err(format!("agent '{id}' refused: {why}"));
-        }
-    };
-
-    let session = state.next_session();
-    // Registered before Welcome, in one step with the check for another installation of the
-    // identity, so that of two hosts presenting one certificate only one is ever let in.
-    let grace = state.config.heartbeat_grace;
-    match state
-        .registry
-        .connect(&id, &hello, session, connection.clone(), grace)
-    {
-        Ok(Some(old)) => old.close(
-            close::REPLACED.into(),
-            b"replaced by a newer connection of the same agent",
-        ),
-        Ok(None) => {}
-        Err(duplicate) => {
-            let why = duplicate.to_string();
-            tracing::warn!(agent = %id, remote = %connection.remote_address(), instance = ?hello.instance, "refusing a second installation of an agent's identity: {why}");
-            let reject = Reject {
-                code: RejectCode::DuplicateAgent,
-                message: why.clone(),
-                // Try again once the other one may have gone quiet.
-                retry_after_ms: Some(grace.as_millis().min(u128::from(u64::MAX)) as u64),
-                redirect: None,
-                server_protocol: None,
-                agent_protocol: None,
-            };
-            refuse(&connection, &mut send, reject, max_frame, &why).await;
-            return Err(format!("agent '{id}': {why}"));
-        }
-    }
-    let welcome = Welcome {
-        session: format!("{session:x}"),
-        protocol,
-        heartbeat_interval_ms: state.config.heartbeat_interval.as_millis() as u64,
-        features: Vec::new(),
-        limits: Limits {
-            max_frame_bytes: max_frame,
-            max_concurrent_commands: state.config.max_concurrent_commands,
-        },
-    };
-    if let Err(e) = write_frame(&mut send, &Message::Welcome(welcome), max_frame).await {
-        state.registry.disconnect(&id, session);
-        return Err(format!("agent '{id}': could not send Welcome: {e}"));
-    }
-    tracing::info!(agent = %id, remote = %connection.remote_address(), labels = ?hello.labels, "agent connected");
-    if let Some(info) = state.registry.get(&id)
-        && let Err(e) = state.persist.save_agent(&info).await
-    {
-        tracing::warn!(agent = %id, error = %e, "cannot record the agent; it will be listed again once it connects after a restart");
-    }
-    // Past Hello: this connection no longer counts against `max_pending_handshakes`.
-    drop(handshake_permit);
-    // A frame begun must be complete within the handshake timeout: an agent sends each in one
-    // write, and half a frame parked for ever would hold the connection without the heartbeats
-    // that show it alive. Idle between frames is for the heartbeat grace to judge.
-    recv.set_stall_limit(timeout);
-
+    let session = ServerSession::new(arrived.into_std(), settings, state.next_session());
     let mut control = Control {
         state: &state,
         id: &id,
-        session,
         connection: &connection,
-        hello: &hello,
-        send: &mut send,
+        session,
+        send: None,
+        recv: None,
+        handshake_permit: Some(handshake_permit),
+        hello: None,
+        plugin_changes: None,
         sent: None,
     };
-    let result = control.run(&mut recv).await;
-    state.registry.disconnect(&id, session);
-    tracing::info!(agent = %id, "agent disconnected");
-    result
+    control.run().await
 }
 
-/// One agent's control stream after Welcome.
+/// One agent's control session: a thin driver of [`ServerSession`], which decides what each
+/// frame means in each phase, when the session is established, and how and why it closes.
+/// This driver turns the connection, the control stream, the registry, plugin changes and
+/// timers into its inputs, and carries out its effects with the registry, the plugin view,
+/// the enrollment authority and the overrides.
 struct Control<'a> {
     state: &'a Arc<ServerState>,
     id: &'a AgentId,
-    session: u64,
     connection: &'a quinn::Connection,
-    hello: &'a Hello,
-    send: &'a mut quinn::SendStream,
+    session: ServerSession,
+    send: Option<quinn::SendStream>,
+    recv: Option<FrameReader<quinn::RecvStream>>,
+    /// Held until the session is established: until then the connection counts against
+    /// `max_pending_handshakes`.
+    handshake_permit: Option<OwnedSemaphorePermit>,
+    /// The agent's Hello, once it was found valid.
+    hello: Option<Hello>,
+    plugin_changes: Option<watch::Receiver<u64>>,
     /// The plugin set last sent, so that an unrelated change sends nothing.
     sent: Option<Vec<AssignedPlugin>>,
 }
 
 impl Control<'_> {
-    async fn run(&mut self, recv: &mut FrameReader<quinn::RecvStream>) -> Result<(), String> {
+    async fn run(&mut self) -> Result<(), String> {
         let id = self.id;
         let connection = self.connection;
-        let mut plugin_changes = self.state.plugins.subscribe();
-        // Sent even when empty: the agent then drops pushed plugins unassigned while it was away.
-        self.send_plugins().await?;
+        let mut established = false;
+        let mut stopping = false;
         loop {
-            tokio::select! {
-                frame = recv.next() => match frame {
-                    Ok(Some(message)) => {
-                        if let Err(e) = message.check_allowed(Peer::Agent, StreamKind::Control) {
-                            connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
-                            return Err(format!("agent '{id}': {e}"));
-                        }
-                        match message {
-                            Message::Heartbeat(hb) => self.state.registry.heartbeat(id, self.session, &hb),
-                            Message::PluginReport(report) => {
-                                self.state.plugins.record(id.as_str(), &report.plugins);
-                                self.state.registry.set_topics(id, self.session, report.topics, report.read_only);
-                            }
-                            Message::Bye(bye) => {
-                                tracing::info!(agent = %id, reason = %bye.reason, "agent said goodbye");
-                                return Ok(());
-                            }
-                            Message::Leave(leave) => {
-                                // Recorded (durably) before the connection closes: the agent
-                                // waits for the close, then deletes its keys.
-                                let revocation = crate::overrides::Revocation {
-                                    at: time::OffsetDateTime::now_utc(),
-                                    by: "the agent itself (decommissioned)".into(),
-                                    reason: Some(leave.reason.clone()),
-                                };
-                                if let Err(e) = self.state.overrides.update(id.as_str(), |o| o.revoked = Some(revocation)) {
-                                    tracing::error!(agent = %id, "cannot record that the agent left: {e}");
-                                }
-                                tracing::warn!(agent = %id, reason = %leave.reason, "agent decommissioned; its certificate is refused from now on");
-                                connection.close(close::NORMAL.into(), b"decommissioned");
-                                return Ok(());
-                            }
-                            Message::Renew(renew) => self.renew(renew).await?,
-                            Message::Hello(_) => {
-                                connection.close(close::PROTOCOL_ERROR.into(), b"Hello sent twice");
-                                return Err(format!("agent '{id}' sent Hello twice"));
-                            }
-                            _ => unreachable!("check_allowed admits only agent control messages"),
-                        }
+            while let Some(effect) = self.session.poll() {
+                if effect == ServerEffect::Established {
+                    established = true;
+                }
+                self.carry_out(effect).await;
+            }
+            if self.session.phase() == Phase::Closed {
+                break;
+            }
+            let deadline = self.session.poll_timeout().map(Instant::from_std);
+            let phase = self.session.phase();
+            let wants_control = self.session.wants_control();
+            let reading = self.session.reading() && self.recv.is_some();
+            let recv = &mut self.recv;
+            let plugin_changes = &mut self.plugin_changes;
+            let input = tokio::select! {
+                incoming = connection.accept_bi(), if wants_control || phase == Phase::Established => match incoming {
+                    Ok((send, recv)) if wants_control => {
+                        self.send = Some(send);
+                        // Until Hello, the handshake deadline is the only bound, so a late
+                        // Hello is always closed for the same reason whichever of its bytes
+                        // were late. Once established, see `set_stall_limit`.
+                        self.recv = Some(FrameReader::new(recv, self.state.config.max_frame_bytes));
+                        ServerInput::ControlOpened
                     }
-                    Ok(None) => return Ok(()),
-                    // The close reason (e.g. "agent stopping") says more than the stream error.
-                    Err(FrameError::Io(e)) => {
-                        let why = connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string());
-                        return Err(format!("agent '{id}': {why}"));
-                    }
-                    Err(e) => {
-                        connection.close(close::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
-                        return Err(format!("agent '{id}': {e}"));
-                    }
-                },
-                Ok(()) = plugin_changes.changed() => self.send_plugins().await?,
-                incoming = connection.accept_bi() => match incoming {
                     Ok((send, recv)) => {
                         tokio::spawn(report::serve_agent_stream(self.state.clone(), id.clone(), connection.clone(), send, recv));
+                        continue;
                     }
-                    Err(e) => return Err(format!("agent '{id}': {e}")),
+                    Err(e) => ServerInput::Lost(e.to_string()),
                 },
-                reason = connection.closed() => return Err(reason.to_string()),
+                frame = async { recv.as_mut().expect("checked").next().await }, if reading => match frame {
+                    Ok(Some(message)) => ServerInput::Frame(message),
+                    Ok(None) => ServerInput::ControlEnded,
+                    // The close reason (e.g. "agent stopping") says more than the stream error.
+                    Err(FrameError::Io(e)) => ServerInput::Lost(
+                        connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string()),
+                    ),
+                    Err(e) => ServerInput::BadFrame(e.to_string()),
+                },
+                changed = async { plugin_changes.as_mut().expect("checked").changed().await }, if plugin_changes.is_some() => {
+                    match changed {
+                        Ok(()) => self.send_plugins(),
+                        // The plugin view is gone: the server is stopping.
+                        Err(_) => self.plugin_changes = None,
+                    }
+                    continue;
+                }
+                reason = connection.closed() => ServerInput::Lost(reason.to_string()),
+                _ = self.state.stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    ServerInput::Stop("server shutting down".into())
+                }
+                _ = sleep_until(deadline) => ServerInput::Timeout,
+            };
+            let now = Instant::now().into_std();
+            self.session.handle(now, input);
+        }
+        if established {
+            tracing::info!(agent = %id, "agent disconnected");
+        }
+        match self.session.ending() {
+            Some(ending) if ending.clean => Ok(()),
+            Some(ending) => Err(format!("agent '{id}': {}", ending.reason)),
+            None => Err(format!("agent '{id}': the session ended without a reason")),
+        }
+    }
+
+    fn handle(&mut self, input: ServerInput) {
+        self.session.handle(Instant::now().into_std(), input);
+    }
+
+    async fn carry_out(&mut self, effect: ServerEffect) {
+        let id = self.id;
+        let max_frame = self.state.config.max_frame_bytes;
+        match effect {
+            ServerEffect::Send(message) => {
+                let Some(send) = self.send.as_mut() else {
+                    return;
+                };
+                if let Message::Reject(_) = message {
+                    // Bounded: a peer that does not read must not hold the handshake slot.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        write_frame(send, &message, max_frame),
+                    )
+                    .await;
+                    return;
+                }
+                if let Err(e) = write_frame(send, &message, max_frame).await {
+                    let why = match message {
+                        Message::Welcome(_) => format!("could not send Welcome: {e}"),
+                        Message::PluginAssign(_) => format!("cannot send its plugins: {e}"),
+                        Message::Renewed(_) | Message::EnrollRefused(_) => {
+                            format!("cannot answer its renewal: {e}")
+                        }
+                        other => format!("cannot send {}: {e}", other.kind()),
+                    };
+                    self.handle(ServerInput::Lost(why));
+                }
             }
+            ServerEffect::Finish => {
+                if let Some(send) = self.send.as_mut() {
+                    let _ = send.finish();
+                    // Give what was written a moment to leave before the close overtakes it.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                }
+            }
+            ServerEffect::Close { code, reason } => {
+                self.connection.close(code.into(), reason.as_bytes());
+            }
+            ServerEffect::Register(hello) => {
+                // Registered before Welcome, in one step with the check for another
+                // installation of the identity, so that of two hosts presenting one
+                // certificate only one is ever let in.
+                let decision = match self.state.registry.connect(
+                    id,
+                    &hello,
+                    self.session.session(),
+                    self.connection.clone(),
+                    self.state.config.heartbeat_grace,
+                ) {
+                    Ok(Some(old)) => {
+                        old.close(
+                            close::REPLACED.into(),
+                            b"replaced by a newer connection of the same agent",
+                        );
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(duplicate) => {
+                        let why = duplicate.to_string();
+                        tracing::warn!(agent = %id, remote = %self.connection.remote_address(), instance = ?hello.instance, "refusing a second installation of an agent's identity: {why}");
+                        Err(why)
+                    }
+                };
+                self.hello = Some(*hello);
+                self.handle(ServerInput::Registered(decision));
+            }
+            ServerEffect::Unregister => self.state.registry.disconnect(id, self.session.session()),
+            ServerEffect::Established => {
+                let labels = self.hello.as_ref().map(|h| &h.labels);
+                tracing::info!(agent = %id, remote = %self.connection.remote_address(), labels = ?labels, "agent connected");
+                if let Some(info) = self.state.registry.get(id)
+                    && let Err(e) = self.state.persist.save_agent(&info).await
+                {
+                    tracing::warn!(agent = %id, error = %e, "cannot record the agent; it will be listed again once it connects after a restart");
+                }
+                // Past Hello: this connection no longer counts against
+                // `max_pending_handshakes`.
+                self.handshake_permit = None;
+                // A frame begun must be complete within the handshake timeout: an agent sends
+                // each in one write, and half a frame parked for ever would hold the
+                // connection without the heartbeats that show it alive. Idle between frames
+                // is for the heartbeat grace to judge.
+                if let Some(recv) = self.recv.as_mut() {
+                    recv.set_stall_limit(self.state.config.handshake_timeout);
+                }
+                self.plugin_changes = Some(self.state.plugins.subscribe());
+                // Sent even when empty: the agent then drops pushed plugins unassigned while
+                // it was away.
+                self.send_plugins();
+            }
+            ServerEffect::Heartbeat(beat) => {
+                self.state
+                    .registry
+                    .heartbeat(id, self.session.session(), &beat)
+            }
+            ServerEffect::PluginReport(report) => {
+                self.state.plugins.record(id.as_str(), &report.plugins);
+                self.state.registry.set_topics(
+                    id,
+                    self.session.session(),
+                    report.topics,
+                    report.read_only,
+                );
+            }
+            ServerEffect::Renew(renew) => match self.renew(renew).await {
+                Ok(answer) => self.handle(ServerInput::Send(answer)),
+                Err(why) => self.handle(ServerInput::Lost(why)),
+            },
+            ServerEffect::RecordLeave(reason) => {
+                // Recorded (durably) before the connection closes: the agent waits for the
+                // close, then deletes its keys.
+                let revocation = crate::overrides::Revocation {
+                    at: time::OffsetDateTime::now_utc(),
+                    by: "the agent itself (decommissioned)".into(),
+                    reason: Some(reason.clone()),
+                };
+                if let Err(e) = self
+                    .state
+                    .overrides
+                    .update(id.as_str(), |o| o.revoked = Some(revocation))
+                {
+                    tracing::error!(agent = %id, "cannot record that the agent left: {e}");
+                }
+                tracing::warn!(agent = %id, %reason, "agent decommissioned; its certificate is refused from now on");
+                self.handle(ServerInput::LeaveRecorded);
+            }
+            ServerEffect::Log(level, message) => log(id, level, &message),
         }
     }
 
     /// Answers a renewal: a certificate for the key this connection was authenticated with.
-    async fn renew(&mut self, renew: ferry_protocol::Renew) -> Result<(), String> {
+    async fn renew(&mut self, renew: ferry_protocol::Renew) -> Result<Message, String> {
         let peer_cert = self
             .connection
             .peer_identity()
@@ -303,64 +362,56 @@ impl Control<'_> {
             state.enrollment.renew(&state, &id, &peer_cert, &renew)
         })
         .await
-        .map_err(|e| format!("agent '{}': renewal failed: {e}", self.id))?;
-        let message = match answer {
+        .map_err(|e| format!("renewal failed: {e}"))?;
+        Ok(match answer {
             Ok(renewed) => Message::Renewed(renewed),
             Err(refused) => {
                 tracing::warn!(agent = %self.id, code = ?refused.code, "renewal refused: {}", refused.message);
                 Message::EnrollRefused(refused)
             }
-        };
-        write_frame(self.send, &message, self.state.config.max_frame_bytes)
-            .await
-            .map_err(|e| format!("agent '{}': cannot answer its renewal: {e}", self.id))
+        })
     }
 
-    /// Sends the agent the plugins assigned to it, if that set changed since the last time.
-    async fn send_plugins(&mut self) -> Result<(), String> {
+    /// Hands the session the plugins assigned to the agent, if that set changed since the
+    /// last time.
+    fn send_plugins(&mut self) {
+        let Some(hello) = self.hello.as_ref() else {
+            return;
+        };
         let (plugins, refused) = self
             .state
             .plugins
-            .desired_for(&self.hello.labels, &self.hello.wit_versions);
+            .desired_for(&hello.labels, &hello.wit_versions);
         let mut names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
         names.extend(refused.iter().map(|p| p.name.as_str()));
         self.state.plugins.retain_reports(self.id.as_str(), &names);
         self.state.plugins.record(self.id.as_str(), &refused);
         if self.sent.as_ref() == Some(&plugins) {
-            return Ok(());
+            return;
         }
+        tracing::info!(agent = %self.id, plugins = ?plugins.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>(), "plugins assigned");
         let message = Message::PluginAssign(PluginAssign {
             plugins: plugins.clone(),
         });
-        write_frame(self.send, &message, self.state.config.max_frame_bytes)
-            .await
-            .map_err(|e| format!("agent '{}': cannot send its plugins: {e}", self.id))?;
-        tracing::info!(agent = %self.id, plugins = ?plugins.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>(), "plugins assigned");
         self.sent = Some(plugins);
-        Ok(())
+        self.handle(ServerInput::Send(message));
     }
 }
 
-/// Sends `reject` and closes the connection with `why` as the close reason, so that a peer
-/// that does not read the Reject (or whose stream is gone) still learns why.
-async fn refuse(
-    connection: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    reject: Reject,
-    max_frame: u32,
-    why: &str,
-) {
-    // Bounded: a peer that does not read must not hold the handshake slot.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        write_frame(send, &Message::Reject(reject), max_frame),
-    )
-    .await;
-    let _ = send.finish();
-    // Give the Reject a moment to leave before the close frame overtakes it.
-    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-    connection.close(
-        close::REJECTED.into(),
-        format!("rejected: {why}").as_bytes(),
-    );
+fn log(id: &AgentId, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Error => tracing::error!(agent = %id, "{message}"),
+        LogLevel::Warn => tracing::warn!(agent = %id, "{message}"),
+        LogLevel::Info => tracing::info!(agent = %id, "{message}"),
+        LogLevel::Debug => tracing::debug!(agent = %id, "{message}"),
+        LogLevel::Trace => tracing::trace!(agent = %id, "{message}"),
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

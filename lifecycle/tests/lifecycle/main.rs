@@ -8,4 +8,5 @@ mod fanout_sim;
 mod fuzzing;
 mod layering;
 mod run;
+mod session;
 mod sim;
