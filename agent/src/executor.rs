@@ -43,15 +43,14 @@ pub(crate) struct Executor {
     pub(crate) replay_wanted: tokio::sync::Notify,
     /// Set (with the reason) once a command that asked to remove the agent has sent its
     /// result; the connection loop carries the removal out.
-    pub(crate) decommission: tokio::sync::watch::Sender<Option<String>>,
+    pub(crate) decommission: watch::Sender<Option<String>>,
     pub(crate) max_frame: u32,
     pub(crate) running: AtomicU32,
 }
 
 /// A journal write on its way to disk.
-type JournalWrite = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), crate::journal::JournalError>> + Send>,
->;
+type JournalWrite =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), crate::journal::JournalError>> + Send>>;
 
 /// Data requests waiting for the server's answer, by request number.
 type PendingData = Arc<parking_lot::Mutex<HashMap<u32, oneshot::Sender<DataResponse>>>>;
@@ -144,9 +143,8 @@ fn loss_of(error: &std::io::Error) -> Loss {
 }
 
 /// What the plugin (or the run waited for) ends with: its result and the plugin's name.
-type PluginRun<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (CommandResult, Option<String>)> + Send + 'a>,
->;
+type PluginRun<'a> =
+    std::pin::Pin<Box<dyn Future<Output = (CommandResult, Option<String>)> + Send + 'a>>;
 
 /// The driver's side of one command: what the machine's effects act on.
 struct Drive<'a> {

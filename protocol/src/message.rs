@@ -13,75 +13,97 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::version::VersionRange;
 
-/// Every frame exchanged between a server and an agent.
-///
-/// Externally tagged on purpose: ciborium decodes externally tagged enums about twice as fast as
-/// internally tagged ones, which serde has to buffer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Message {
-    // Control stream.
-    /// Agent → server, first frame of the control stream.
-    Hello(Hello),
-    /// Server → agent: the agent is accepted.
-    Welcome(Welcome),
-    /// Server → agent: the agent is refused; the connection closes after it.
-    Reject(Reject),
-    /// Agent → server, every heartbeat interval.
-    Heartbeat(Heartbeat),
-    /// Either side, before it closes the connection on purpose.
-    Bye(Bye),
-    /// Server → agent: the complete set of pushed plugins the agent must serve; sent after
-    /// Welcome and again whenever that set changes.
-    PluginAssign(PluginAssign),
-    /// Agent → server: where each assigned plugin stands on the agent, and the topics it
-    /// serves now; sent whenever that changes.
-    PluginReport(PluginReport),
-    /// Agent → server: the agent was deleted and is leaving for good; the server refuses its
-    /// certificate from now on.
-    Leave(Leave),
+// The one table of message kinds: each variant with its body, and which peer may send it on
+// which kind of stream. `Message`, `MessageKind` (with `MessageKind::ALL`, the list the fuzz
+// target and the tests walk), `Message::kind`, and the allowlist `Message::check_allowed` with
+// its error text all derive from it, so a new message is added in one place.
+macro_rules! message_table {
+    ($(
+        $(#[$attr:meta])*
+        $variant:ident($body:ty) { $($peer:ident: $($stream:ident)|+),+ }
+    ),+ $(,)?) => {
+        /// Every frame exchanged between a server and an agent.
+        ///
+        /// Externally tagged on purpose: ciborium decodes externally tagged enums about twice
+        /// as fast as internally tagged ones, which serde has to buffer.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum Message {
+            $($(#[$attr])* $variant($body),)+
+        }
 
-    // Command streams (one bidirectional stream per command, opened by the server).
-    /// Server → agent, first frame of a command stream.
-    Command(Command),
-    /// Server → agent: stop the command.
-    Cancel(Cancel),
-    /// Agent → server: the command is known to the agent and will run.
-    Accepted(Accepted),
-    /// Agent → server: how far the command has come.
-    Progress(Progress),
-    /// Agent → server: a log line of the command.
-    Log(Log),
-    /// Agent → server, last frame of a command stream.
-    Result(CommandResult),
-    /// Agent → server: the plugin asks for data by key.
-    DataRequest(DataRequest),
-    /// Server → agent: the answer to a DataRequest.
-    DataResponse(DataResponse),
-    /// Server → agent, after a `Result` (on its command stream or a report stream): the
-    /// server has recorded the result durably, and the agent may forget it.
-    ResultAck(ResultAck),
+        /// A message's kind: its variant, without the body; on the wire, its name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum MessageKind {
+            $($variant,)+
+        }
+
+        impl MessageKind {
+            /// Every kind, in the table's order.
+            pub const ALL: &'static [MessageKind] = &[$(MessageKind::$variant),+];
+
+            /// The variant's name, which is also its tag on the wire.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(MessageKind::$variant => stringify!($variant),)+
+                }
+            }
+
+            /// May `from` send a message of this kind on a `stream` stream?
+            pub fn allowed(self, from: Peer, stream: StreamKind) -> bool {
+                match self {
+                    $(MessageKind::$variant => {
+                        false $(|| (from == Peer::$peer && matches!(stream, $(StreamKind::$stream)|+)))+
+                    })+
+                }
+            }
+        }
+
+        impl Message {
+            /// The message's kind.
+            pub fn message_kind(&self) -> MessageKind {
+                match self {
+                    $(Message::$variant(_) => MessageKind::$variant,)+
+                }
+            }
+        }
+    };
+}
+
+message_table! {
+    // The control stream (opened by the agent): handshake, liveness, plugins, renewal, leaving.
+    Hello(Hello) { Agent: Control },
+    Welcome(Welcome) { Server: Control },
+    Reject(Reject) { Server: Control },
+    Heartbeat(Heartbeat) { Agent: Control },
+    Bye(Bye) { Agent: Control, Server: Control },
+    PluginAssign(PluginAssign) { Server: Control },
+    PluginReport(PluginReport) { Agent: Control },
+    Leave(Leave) { Agent: Control },
+
+    // Command streams (one bidirectional stream per command, opened by the server); a result
+    // the agent delivers again later comes on a report stream (opened by the agent).
+    Command(Command) { Server: Command },
+    Cancel(Cancel) { Server: Command },
+    Accepted(Accepted) { Agent: Command },
+    Progress(Progress) { Agent: Command },
+    Log(Log) { Agent: Command },
+    Result(CommandResult) { Agent: Command | Report },
+    DataRequest(DataRequest) { Agent: Command },
+    DataResponse(DataResponse) { Server: Command },
+    ResultAck(ResultAck) { Server: Command | Report },
 
     // Fetch streams (one bidirectional stream per package, opened by the agent).
-    /// Agent → server, first frame of a fetch stream: send this package.
-    Fetch(Fetch),
-    /// Server → agent: the package's size, or why it cannot be sent; its bytes follow.
-    FetchReply(FetchReply),
-    /// Server → agent: the next bytes of the package.
-    PackageChunk(PackageChunk),
+    Fetch(Fetch) { Agent: Fetch },
+    FetchReply(FetchReply) { Server: Fetch },
+    PackageChunk(PackageChunk) { Server: Fetch },
 
     // Enrollment (one bidirectional stream on a `ferry-enroll/1` connection, opened by the
     // agent) and renewal (on the control stream).
-    /// Agent → server, first frame of an enroll stream: a join token and a CSR.
-    Enroll(Enroll),
-    /// Server → agent: the agent's certificate, the CA and the plugin signing key.
-    Enrolled(Enrolled),
-    /// Server → agent, on an enroll stream or the control stream: enrollment or renewal is
-    /// refused.
-    EnrollRefused(EnrollRefused),
-    /// Agent → server, on the control stream: a fresh certificate for the same key, please.
-    Renew(Renew),
-    /// Server → agent, on the control stream: the renewed certificate.
-    Renewed(Renewed),
+    Enroll(Enroll) { Agent: Enroll },
+    Enrolled(Enrolled) { Server: Enroll },
+    EnrollRefused(EnrollRefused) { Server: Enroll | Control },
+    Renew(Renew) { Agent: Control },
+    Renewed(Renewed) { Server: Control },
 }
 
 /// Who sent a frame.
@@ -107,6 +129,17 @@ pub enum StreamKind {
     Report,
     /// The one bidirectional stream of an enrollment connection (ALPN `ferry-enroll/1`).
     Enroll,
+}
+
+impl StreamKind {
+    /// Every kind of stream.
+    pub const ALL: &'static [StreamKind] = &[
+        StreamKind::Control,
+        StreamKind::Command,
+        StreamKind::Fetch,
+        StreamKind::Report,
+        StreamKind::Enroll,
+    ];
 }
 
 impl fmt::Display for Peer {
@@ -141,93 +174,34 @@ pub struct NotAllowed {
     /// Where it arrived.
     pub stream: StreamKind,
     /// What that peer may send there.
-    pub allowed: &'static str,
+    pub allowed: String,
 }
 
 impl Message {
     /// The message's name, as it is tagged on the wire.
+    /// The message's kind by name, as on the wire.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Hello(_) => "Hello",
-            Message::Welcome(_) => "Welcome",
-            Message::Reject(_) => "Reject",
-            Message::Heartbeat(_) => "Heartbeat",
-            Message::Bye(_) => "Bye",
-            Message::PluginAssign(_) => "PluginAssign",
-            Message::PluginReport(_) => "PluginReport",
-            Message::Leave(_) => "Leave",
-            Message::Command(_) => "Command",
-            Message::Cancel(_) => "Cancel",
-            Message::Accepted(_) => "Accepted",
-            Message::Progress(_) => "Progress",
-            Message::Log(_) => "Log",
-            Message::Result(_) => "Result",
-            Message::DataRequest(_) => "DataRequest",
-            Message::DataResponse(_) => "DataResponse",
-            Message::ResultAck(_) => "ResultAck",
-            Message::Fetch(_) => "Fetch",
-            Message::FetchReply(_) => "FetchReply",
-            Message::PackageChunk(_) => "PackageChunk",
-            Message::Enroll(_) => "Enroll",
-            Message::Enrolled(_) => "Enrolled",
-            Message::EnrollRefused(_) => "EnrollRefused",
-            Message::Renew(_) => "Renew",
-            Message::Renewed(_) => "Renewed",
-        }
+        self.message_kind().name()
     }
 
     /// Checks the allowlist: may `from` send this message on a `stream` stream?
     pub fn check_allowed(&self, from: Peer, stream: StreamKind) -> Result<(), NotAllowed> {
-        use Message::*;
-        let ok = match (from, stream) {
-            (Peer::Agent, StreamKind::Control) => {
-                matches!(
-                    self,
-                    Hello(_) | Heartbeat(_) | PluginReport(_) | Leave(_) | Bye(_) | Renew(_)
-                )
-            }
-            (Peer::Server, StreamKind::Control) => matches!(
-                self,
-                Welcome(_) | Reject(_) | PluginAssign(_) | Bye(_) | Renewed(_) | EnrollRefused(_)
-            ),
-            (Peer::Server, StreamKind::Command) => {
-                matches!(
-                    self,
-                    Command(_) | Cancel(_) | DataResponse(_) | ResultAck(_)
-                )
-            }
-            (Peer::Agent, StreamKind::Command) => matches!(
-                self,
-                Accepted(_) | Progress(_) | Log(_) | Result(_) | DataRequest(_)
-            ),
-            (Peer::Agent, StreamKind::Fetch) => matches!(self, Fetch(_)),
-            (Peer::Server, StreamKind::Fetch) => matches!(self, FetchReply(_) | PackageChunk(_)),
-            (Peer::Agent, StreamKind::Report) => matches!(self, Result(_)),
-            (Peer::Server, StreamKind::Report) => matches!(self, ResultAck(_)),
-            (Peer::Agent, StreamKind::Enroll) => matches!(self, Enroll(_)),
-            (Peer::Server, StreamKind::Enroll) => matches!(self, Enrolled(_) | EnrollRefused(_)),
-        };
-        if ok {
+        let kind = self.message_kind();
+        if kind.allowed(from, stream) {
             return Ok(());
         }
-        let allowed = match (from, stream) {
-            (Peer::Agent, StreamKind::Control) => {
-                "Hello, Heartbeat, PluginReport, Leave, Renew or Bye"
-            }
-            (Peer::Server, StreamKind::Control) => {
-                "Welcome, Reject, PluginAssign, Renewed, EnrollRefused or Bye"
-            }
-            (Peer::Server, StreamKind::Command) => "Command, Cancel, DataResponse or ResultAck",
-            (Peer::Agent, StreamKind::Command) => "Accepted, Progress, Log, DataRequest or Result",
-            (Peer::Agent, StreamKind::Fetch) => "Fetch",
-            (Peer::Server, StreamKind::Fetch) => "FetchReply or PackageChunk",
-            (Peer::Agent, StreamKind::Report) => "Result",
-            (Peer::Server, StreamKind::Report) => "ResultAck",
-            (Peer::Agent, StreamKind::Enroll) => "Enroll",
-            (Peer::Server, StreamKind::Enroll) => "Enrolled or EnrollRefused",
+        let allowed: Vec<&str> = MessageKind::ALL
+            .iter()
+            .filter(|k| k.allowed(from, stream))
+            .map(|k| k.name())
+            .collect();
+        let allowed = match allowed.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => "nothing".to_string(),
         };
         Err(NotAllowed {
-            kind: self.kind(),
+            kind: kind.name(),
             from,
             stream,
             allowed,

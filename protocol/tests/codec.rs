@@ -387,7 +387,7 @@ impl AsyncRead for Chunked {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+fn block_on<F: Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -540,7 +540,7 @@ fn the_allowlist_names_the_breach() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "agent sent `Cancel` on a command stream, where only Accepted, Progress, Log, DataRequest or Result is allowed"
+        "agent sent `Cancel` on a command stream, where only Accepted, Progress, Log, Result or DataRequest is allowed"
     );
     assert!(cmd.check_allowed(Peer::Server, StreamKind::Command).is_ok());
     let hello = Message::Hello(Hello {
@@ -578,7 +578,7 @@ fn the_allowlist_names_the_breach() {
             .check_allowed(Peer::Agent, StreamKind::Control)
             .unwrap_err()
             .to_string(),
-        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, PluginReport, Leave, Renew or Bye is allowed"
+        "agent sent `PluginAssign` on a control stream, where only Hello, Heartbeat, Bye, PluginReport, Leave or Renew is allowed"
     );
     assert!(
         assign

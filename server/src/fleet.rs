@@ -1019,7 +1019,7 @@ async fn follow(
 /// (the agent's journal answers without running them twice), agents not sent it yet are sent
 /// it within the command's limits.
 pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
-    let mut runs: HashMap<String, Vec<crate::persist::RunRecord>> = HashMap::new();
+    let mut runs: HashMap<String, Vec<RunRecord>> = HashMap::new();
     for run in loaded.runs {
         runs.entry(run.origin.fleet.clone()).or_default().push(run);
     }

@@ -49,7 +49,7 @@ pub enum StartError {
     Pki(#[from] ferry_protocol::pki::PkiError),
     /// TLS could not be configured.
     #[error(transparent)]
-    Tls(#[from] ferry_protocol::tls::TlsError),
+    Tls(#[from] tls::TlsError),
     /// The plugin registry or its signing key could not be opened.
     #[error("plugin registry in {path}: {reason}")]
     Plugins {
@@ -299,7 +299,7 @@ impl Server {
         .map_err(|e| data_dir_error(&data_dir, e))?;
         let persist = Persist::open(db);
         let mut loaded = persist
-            .load(crate::fleet::RETAINED_FLEETS)
+            .load(fleet::RETAINED_FLEETS)
             .map_err(|e| data_dir_error(&data_dir, e))?;
         let state = Arc::new(ServerState {
             config,
@@ -318,7 +318,7 @@ impl Server {
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
         });
         state.registry.restore(std::mem::take(&mut loaded.agents));
-        crate::fleet::restore(&state, loaded);
+        fleet::restore(&state, loaded);
         let stop = state.stop.clone();
         let mut tasks = vec![tokio::spawn(listener::accept_loop(
             endpoint.clone(),

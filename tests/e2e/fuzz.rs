@@ -1,15 +1,19 @@
-//! The fuzz targets (`fuzz/`), built with the stable toolchain and run for a bounded time each,
-//! so that the test command CI runs fuzzes too.
+//! The fuzz targets (`fuzz/`), built with the stable toolchain. `cargo test` replays each
+//! target's seeds (real inputs written below) and its regressions (`fuzz/regressions/<target>/`,
+//! inputs that once failed it) exactly once: deterministic, and a second or two. The
+//! coverage-guided search runs only when asked for, for `FERRY_FUZZ_SECONDS` per target:
+//!
+//! ```sh
+//! FERRY_FUZZ_SECONDS=60 cargo test --workspace --test e2e -- fuzz:: --nocapture
+//! ```
 //!
 //! On stable, `-Zsanitizer` does not exist, so there is no AddressSanitizer: the targets find
 //! panics, aborts, failed assertions, stack overflows and out-of-memory (libFuzzer's RSS limit,
 //! and the targets' own check of the largest allocation), not memory errors in `unsafe` code.
 //! Coverage guidance works on stable: the codegen flags below are the ones cargo-fuzz passes.
 //!
-//! `FERRY_FUZZ_SECONDS` sets the time per target (default 15; 5 for `lifecycle`, whose
-//! generator and oracle `cargo test` also runs over thousands of random inputs in-process, in
-//! `lifecycle/tests/lifecycle/fuzzing.rs`, so its share here is the coverage-guided search
-//! only).
+//! The `lifecycle` target's generator and oracle also run over thousands of random inputs
+//! in-process in every `cargo test` (`lifecycle/tests/lifecycle/fuzzing.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -21,14 +25,12 @@ use ferry_protocol::*;
 
 /// The targets in `fuzz/Cargo.toml`.
 const TARGETS: &[&str] = &["frame", "message", "manifest", "package", "lifecycle"];
-const DEFAULT_SECONDS: u64 = 15;
 
-/// A target's share of the run when `FERRY_FUZZ_SECONDS` does not set one for all.
-fn default_seconds(target: &str) -> u64 {
-    match target {
-        "lifecycle" => 5,
-        _ => DEFAULT_SECONDS,
-    }
+/// What a run does with a target: replay its fixed inputs once, or search for that long.
+#[derive(Clone, Copy)]
+enum Mode {
+    Replay,
+    Search { seconds: u64 },
 }
 
 /// What cargo-fuzz passes to rustc for libFuzzer's coverage guidance, without the
@@ -43,11 +45,15 @@ const RUSTFLAGS: &str = "--cfg fuzzing \
     -Coverflow-checks";
 
 #[test]
-fn fuzz_targets_find_nothing_in_a_bounded_run() {
-    let seconds = std::env::var("FERRY_FUZZ_SECONDS").ok().map(|s| {
-        s.parse::<u64>()
-            .unwrap_or_else(|_| panic!("FERRY_FUZZ_SECONDS must be a number of seconds, not {s:?}"))
-    });
+fn fuzz_targets_pass_their_seeds_and_regressions() {
+    let mode = match std::env::var("FERRY_FUZZ_SECONDS") {
+        Err(_) => Mode::Replay,
+        Ok(s) => match s.parse::<u64>() {
+            Ok(0) => Mode::Replay,
+            Ok(seconds) => Mode::Search { seconds },
+            Err(_) => panic!("FERRY_FUZZ_SECONDS must be a number of seconds, not {s:?}"),
+        },
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the repository")
@@ -61,8 +67,7 @@ fn fuzz_targets_find_nothing_in_a_bounded_run() {
     write_seeds(&seeds);
     let mut failures = Vec::new();
     for target in TARGETS {
-        let seconds = seconds.unwrap_or_else(|| default_seconds(target));
-        if let Err(why) = run(&fuzz, &target_dir, &host, target, &seeds, seconds) {
+        if let Err(why) = run(&fuzz, &target_dir, &host, target, &seeds, mode) {
             failures.push(why);
         }
     }
@@ -111,25 +116,37 @@ fn run(
     host: &str,
     target: &str,
     seeds: &Path,
-    seconds: u64,
+    mode: Mode,
 ) -> Result<(), String> {
     let binary = target_dir.join(host).join("fuzz-ci").join(target);
     // cargo-fuzz's places: new inputs under corpus/, crashes under artifacts/.
     let corpus = fuzz.join("corpus").join(target);
     let artifacts = fuzz.join("artifacts").join(target);
-    std::fs::create_dir_all(&corpus).unwrap();
-    std::fs::create_dir_all(&artifacts).unwrap();
+    let regressions = fuzz.join("regressions").join(target);
     let target_seeds = seeds.join(target);
-    std::fs::create_dir_all(&target_seeds).unwrap();
+    for dir in [&corpus, &artifacts, &regressions, &target_seeds] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     let mut child = Process::new(&binary);
     child
-        .arg(format!("-max_total_time={seconds}"))
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048")
         .arg("-print_final_stats=1")
-        .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .arg(&corpus)
-        .arg(&target_seeds);
+        .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    let seconds = match mode {
+        // Every input once, no mutation: the same inputs on every machine. The first
+        // directory is where libFuzzer would add new inputs; with no runs it adds none.
+        Mode::Replay => {
+            child.arg("-runs=0");
+            0
+        }
+        // The local corpus (not committed) carries what earlier searches found further.
+        Mode::Search { seconds } => {
+            child.arg(format!("-max_total_time={seconds}")).arg(&corpus);
+            seconds
+        }
+    };
+    child.arg(&target_seeds).arg(&regressions);
     // libFuzzer stops itself at max_total_time; the margin covers loading the corpus.
     let started = std::time::Instant::now();
     let out = child
@@ -151,7 +168,12 @@ fn run(
             .lines()
             .find_map(|l| l.strip_prefix("stat::number_of_executed_units: "))
             .unwrap_or("?");
-        eprintln!("fuzz target {target}: {runs} inputs in {seconds} s, nothing found");
+        match mode {
+            Mode::Replay => eprintln!("fuzz target {target}: {runs} seeds and regressions pass"),
+            Mode::Search { seconds } => {
+                eprintln!("fuzz target {target}: {runs} inputs in {seconds} s, nothing found")
+            }
+        }
         return Ok(());
     }
     let crash = log
@@ -165,7 +187,8 @@ fn run(
         "fuzz target {target} failed on {crash}\n\
          reproduce: {} {crash}\n\
          (or, with nightly and cargo-fuzz: cargo fuzz run {target} {crash})\n\
-         then keep the input as a regression test where the fix goes.\n{}",
+         then keep the input in fuzz/regressions/{target}/ (replayed by every cargo test) and \
+         a test of it where the fix goes.\n{}",
         binary.display(),
         tail.join("\n")
     ))
@@ -395,40 +418,13 @@ fn sample_messages() -> Vec<Message> {
             not_after: 1_900_000_000,
         }),
     ];
-    for message in &messages {
-        every_kind_has_a_seed(message);
+    // A new message kind in the protocol's table needs a seed here.
+    for kind in MessageKind::ALL {
+        assert!(
+            messages.iter().any(|m| m.message_kind() == *kind),
+            "no seed for {}: add one to sample_messages",
+            kind.name()
+        );
     }
     messages
-}
-
-/// Exhaustive on purpose: a new message type does not compile until it has a seed above (and
-/// its name is in `KINDS` in `fuzz/fuzz_targets/message.rs`).
-fn every_kind_has_a_seed(message: &Message) {
-    match message {
-        Message::Hello(_)
-        | Message::Welcome(_)
-        | Message::Reject(_)
-        | Message::Heartbeat(_)
-        | Message::Bye(_)
-        | Message::PluginAssign(_)
-        | Message::PluginReport(_)
-        | Message::Leave(_)
-        | Message::Command(_)
-        | Message::Cancel(_)
-        | Message::Accepted(_)
-        | Message::Progress(_)
-        | Message::Log(_)
-        | Message::Result(_)
-        | Message::DataRequest(_)
-        | Message::DataResponse(_)
-        | Message::Fetch(_)
-        | Message::FetchReply(_)
-        | Message::PackageChunk(_)
-        | Message::ResultAck(_)
-        | Message::Enroll(_)
-        | Message::Enrolled(_)
-        | Message::EnrollRefused(_)
-        | Message::Renew(_)
-        | Message::Renewed(_) => {}
-    }
 }

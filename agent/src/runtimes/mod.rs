@@ -144,9 +144,7 @@ struct Inner {
 }
 
 /// How a workload ended: exit code, success, description; `None` when unknown.
-type Ended = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Option<(Option<i32>, bool, String)>> + Send>,
->;
+type Ended = std::pin::Pin<Box<dyn Future<Output = Option<(Option<i32>, bool, String)>> + Send>>;
 
 /// The agent's runtimes. Cheap to clone.
 #[derive(Clone)]

@@ -343,7 +343,7 @@ fn frames_a_phase_does_not_allow_are_protocol_errors_and_never_sent() {
         close_of(&effects),
         Some((
             close::PROTOCOL_ERROR,
-            "agent sent `Welcome` on a control stream, where only Hello, Heartbeat, PluginReport, Leave, Renew or Bye is allowed"
+            "agent sent `Welcome` on a control stream, where only Hello, Heartbeat, Bye, PluginReport, Leave or Renew is allowed"
         ))
     );
     assert_eq!(effects.last(), Some(&ServerEffect::Unregister));

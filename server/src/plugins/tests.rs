@@ -45,7 +45,7 @@ fn agent(id: &str, labels: &[(&str, &str)], wit: &[&str]) -> AgentInfo {
     }
 }
 
-fn open(dir: &std::path::Path) -> (PluginRegistry, PublicKey) {
+fn open(dir: &Path) -> (PluginRegistry, PublicKey) {
     let key = SigningKey::load_or_create(&dir.join("k"), &dir.join("k.pub")).unwrap();
     let public = key.public_key();
     (PluginRegistry::open(dir, key, 64 << 20).unwrap(), public)
@@ -59,7 +59,7 @@ fn a_push_is_stored_once_signed_and_served_by_digest() {
         .push(&upload("hello", "1.0.0", &["hello"]))
         .unwrap();
     assert!(first.created);
-    assert_eq!(first.package.wit_version, ferry_protocol::WIT_VERSIONS[0]);
+    assert_eq!(first.package.wit_version, WIT_VERSIONS[0]);
     let again = registry
         .push(&upload("hello", "1.0.0", &["hello"]))
         .unwrap();
@@ -145,7 +145,7 @@ fn bad_uploads_say_what_is_wrong_and_store_nothing() {
 fn assignments_select_agents_by_label_and_roll_back() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, _) = open(dir.path());
-    let wit = ferry_protocol::WIT_VERSIONS;
+    let wit = WIT_VERSIONS;
     registry
         .push(&upload("hello", "1.0.0", &["hello"]))
         .unwrap();
@@ -215,7 +215,7 @@ fn an_agent_without_the_world_version_is_refused_by_name() {
     assert!(text.contains("old-box"), "{text}");
     assert!(text.contains("ferry:plugin@0.0.9"), "{text}");
     assert!(
-        text.contains(&format!("ferry:plugin@{}", ferry_protocol::WIT_VERSIONS[0])),
+        text.contains(&format!("ferry:plugin@{}", WIT_VERSIONS[0])),
         "{text}"
     );
     // An agent that connects later without it is told why it got nothing.
@@ -272,9 +272,9 @@ fn the_registry_survives_a_restart_and_reports_are_shown() {
     assert!(registry.package_path(&digest).unwrap().exists());
 
     let agents = [
-        agent("a", &[("env", "prod")], ferry_protocol::WIT_VERSIONS),
-        agent("b", &[("env", "prod")], ferry_protocol::WIT_VERSIONS),
-        agent("c", &[], ferry_protocol::WIT_VERSIONS),
+        agent("a", &[("env", "prod")], WIT_VERSIONS),
+        agent("b", &[("env", "prod")], WIT_VERSIONS),
+        agent("c", &[], WIT_VERSIONS),
     ];
     registry.record(
         "a",

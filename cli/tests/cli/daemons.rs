@@ -182,16 +182,12 @@ impl Setup {
     }
 
     /// `ferry command show <id> --json`, once it satisfies `done`.
-    fn wait_command(
-        &self,
-        id: &str,
-        done: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+    fn wait_command(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
             let out = self.api(&["command", "show", id, "--json"]);
             if out.status.success() {
-                let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let view: Value = serde_json::from_slice(&out.stdout).unwrap();
                 if done(&view) {
                     return view;
                 }
@@ -270,7 +266,7 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         serde_json::json!({"n": 1})
     );
 
@@ -311,7 +307,7 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
             serde_json::json!({ "greeted": n })
         );
     };
@@ -349,7 +345,7 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
     );
     // The registry survived the kill, and the agent still serves the plugin.
     let out = setup.api(&["plugin", "list", "--json"]);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["name"], "greeter");
     assert_eq!(list[0]["assigned"]["to"], "env=test");
     greet(2);
@@ -357,7 +353,7 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
     let deadline = Instant::now() + WAIT;
     loop {
         let out = setup.api(&["plugin", "show", "greeter", "--json"]);
-        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(shown["agents"][0]["agent"], "edge-9");
         if shown["agents"][0]["state"] == "ready" {
             break;
@@ -398,7 +394,7 @@ fn cert_issue_without_a_server_ca_says_what_to_do() {
     );
 }
 
-fn status(view: &serde_json::Value) -> &str {
+fn status(view: &Value) -> &str {
     view["results"][0]["status"].as_str().unwrap_or("")
 }
 
@@ -450,7 +446,7 @@ fn commands_and_results_survive_the_server_being_killed_mid_run() {
         );
     }
     let out = setup.api(&["commands", "--json"]);
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     for id in naps.iter().chain([&ended]) {
         assert_eq!(
             listed
