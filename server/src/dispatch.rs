@@ -178,7 +178,20 @@ async fn drive(d: Dispatch) {
                 }
                 Effect::Accepted => {
                     if entry.accepted() {
-                        state.persist_run(entry, false).await;
+                        // Not waited for: it is not durable, and the writer's queue keeps it
+                        // ahead of the run's end. Waiting would hold the Result behind whatever
+                        // durable commit is on the writer thread (another command's end).
+                        let record = RunRecord {
+                            origin: entry.origin().clone(),
+                            view: entry.view(),
+                        };
+                        let written = state.persist.save_run(&record, false);
+                        let id = d.command.id.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = written.await {
+                                tracing::error!(command = %id, error = %e, "cannot record a command's run");
+                            }
+                        });
                     }
                 }
                 Effect::Progress(percent, message) => entry.progress(percent, message),

@@ -297,7 +297,7 @@ impl Server {
             config.agent_cert_ttl,
         )
         .map_err(|e| data_dir_error(&data_dir, e))?;
-        let persist = Persist::open(db);
+        let persist = Persist::open(db, &data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
         let mut loaded = persist
             .load(fleet::RETAINED_FLEETS)
             .map_err(|e| data_dir_error(&data_dir, e))?;
