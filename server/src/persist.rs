@@ -467,7 +467,7 @@ mod tests {
 
     fn run(command: &str, status: CommandStatus) -> RunRecord {
         RunRecord {
-            origin: crate::commands::Origin {
+            origin: Origin {
                 fleet: command.into(),
                 index: 0,
                 timeout_ms: None,
