@@ -187,7 +187,7 @@ async fn drive(d: Dispatch) {
                         };
                         let written = state.persist.save_run(&record, false);
                         let id = d.command.id.clone();
-                        tokio::spawn(async move {
+                        state.tasks.spawn(async move {
                             if let Err(e) = written.await {
                                 tracing::error!(command = %id, error = %e, "cannot record a command's run");
                             }
@@ -209,7 +209,7 @@ async fn drive(d: Dispatch) {
                         // A read-only topic's end is shown once queued (the queue keeps its
                         // order): a crash may forget it, as its manifest accepts.
                         let id = d.command.id.clone();
-                        tokio::spawn(async move {
+                        state.tasks.spawn(async move {
                             if let Err(e) = written.await {
                                 tracing::warn!(command = %id, error = %e, "cannot record how a read-only topic's run ended");
                             }

@@ -713,7 +713,7 @@ pub(crate) async fn start(
             let recorded = state
                 .persist
                 .create_command(&fleet.record(), Some(&run), fleet.durable);
-            tokio::spawn(crate::dispatch::run(dispatch));
+            state.tasks.spawn(crate::dispatch::run(dispatch));
             fleet.dispatched(0, entry.clone());
             Some((entry, recorded))
         }
@@ -724,7 +724,7 @@ pub(crate) async fn start(
         // crash, and the write queue keeps it ahead of the run's end.
         Some((_, recorded)) if !fleet.durable => {
             let id = fleet.id.clone();
-            tokio::spawn(async move {
+            state.tasks.spawn(async move {
                 if let Err(e) = recorded.await {
                     tracing::warn!(command = %id, error = %e, "cannot record a read-only topic's command");
                 }
@@ -763,7 +763,7 @@ pub(crate) async fn start(
         }
     }
     state.fleets.insert(fleet.clone());
-    tokio::spawn(drive(state.clone(), fleet.clone()));
+    state.tasks.spawn(drive(state.clone(), fleet.clone()));
     Ok((fleet, true))
 }
 
@@ -777,7 +777,7 @@ fn send_to(
     deliver_by: Instant,
 ) -> Arc<CommandEntry> {
     let (entry, dispatch) = new_run(state, fleet, index, agent, deliver_by, false);
-    tokio::spawn(crate::dispatch::run(dispatch));
+    state.tasks.spawn(crate::dispatch::run(dispatch));
     entry
 }
 
@@ -869,7 +869,9 @@ async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
     fleet.set_peak(machine.peak());
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     for (index, entry, from) in going {
-        tokio::spawn(follow(fleet.clone(), index, entry, from, ended_tx.clone()));
+        state
+            .tasks
+            .spawn(follow(fleet.clone(), index, entry, from, ended_tx.clone()));
     }
     let mut cancel_told = false;
     // When the decision or the end being written was made: what is shown once it is on disk.
@@ -889,7 +891,13 @@ async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
                             let entry =
                                 send_to(&state, &fleet, slot, &id, Instant::from_std(deliver_by));
                             fleet.dispatched(slot, entry.clone());
-                            tokio::spawn(follow(fleet.clone(), slot, entry, 0, ended_tx.clone()));
+                            state.tasks.spawn(follow(
+                                fleet.clone(),
+                                slot,
+                                entry,
+                                0,
+                                ended_tx.clone(),
+                            ));
                             Input::Started(slot)
                         }
                         Err(why) => Input::Unreachable(slot, why),
@@ -1111,19 +1119,21 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 continue;
             };
             // Sent before the restart (its record is written before the Command leaves).
-            tokio::spawn(crate::dispatch::run(crate::dispatch::Dispatch {
-                state: state.clone(),
-                entry: entry.clone(),
-                agent,
-                command: command_for(&fleet.request, view.id, timeout_ms),
-                data: fleet.request.data.clone(),
-                deliver_by: Instant::now() + fleet.request.deliver_within.unwrap_or_default(),
-                // Its deadlines run from when it was first sent, not from the restart: a result
-                // the agent kept while the server was down is still taken within `result_wait`.
-                sent_at: Some(instant_of(view.created_at)),
-                recorded: true,
-                durable: true,
-            }));
+            state
+                .tasks
+                .spawn(crate::dispatch::run(crate::dispatch::Dispatch {
+                    state: state.clone(),
+                    entry: entry.clone(),
+                    agent,
+                    command: command_for(&fleet.request, view.id, timeout_ms),
+                    data: fleet.request.data.clone(),
+                    deliver_by: Instant::now() + fleet.request.deliver_within.unwrap_or_default(),
+                    // Its deadlines run from when it was first sent, not from the restart: a result
+                    // the agent kept while the server was down is still taken within `result_wait`.
+                    sent_at: Some(instant_of(view.created_at)),
+                    recorded: true,
+                    durable: true,
+                }));
         }
         state.fleets.insert(fleet.clone());
         match record.finished_at {
@@ -1132,7 +1142,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 ended += 1;
             }
             None => {
-                tokio::spawn(drive(state.clone(), fleet));
+                state.tasks.spawn(drive(state.clone(), fleet));
                 resumed += 1;
             }
         }

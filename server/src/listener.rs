@@ -39,9 +39,9 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerStat
             }
             continue;
         };
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = serve_connection(incoming, state, permit).await {
+        let connection_state = state.clone();
+        state.tasks.spawn(async move {
+            if let Err(reason) = serve_connection(incoming, connection_state, permit).await {
                 tracing::info!(%remote, "agent connection ended: {reason}");
             }
         });
@@ -168,7 +168,7 @@ impl Control<'_> {
                         ServerInput::ControlOpened
                     }
                     Ok((send, recv)) => {
-                        tokio::spawn(report::serve_agent_stream(self.state.clone(), id.clone(), connection.clone(), send, recv));
+                        self.state.tasks.spawn(report::serve_agent_stream(self.state.clone(), id.clone(), connection.clone(), send, recv));
                         continue;
                     }
                     Err(e) => ServerInput::Lost(e.to_string()),

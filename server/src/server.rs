@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use rand::RngCore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::commands::{CommandEntry, CommandStore};
@@ -136,6 +137,10 @@ pub(crate) struct ServerState {
     /// Cancelled when the server stops: the tasks that carry commands end where they are
     /// (everything they must not lose is on disk), so a restart takes over from there.
     pub(crate) stop: CancellationToken,
+    /// Every task the server's parts start (connections, command runs, fan-outs, report
+    /// streams, deferred writes): shutdown cancels `stop` and then waits for exactly these,
+    /// instead of waiting for the last holder of the state to let go.
+    pub(crate) tasks: TaskTracker,
     sessions: AtomicU64,
 }
 
@@ -314,6 +319,7 @@ impl Server {
             data: RwLock::new(BTreeMap::new()),
             persist,
             stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
         });
@@ -511,14 +517,27 @@ impl Server {
             let _ = task.await;
         }
         drop(endpoint);
-        // The command tasks end at the stop signal; once they have let go of the state, its
-        // database closes (and a restart in the same process can open it again).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // The parts' tasks end at the stop signal (what they must not lose is on disk) or with
+        // their connection, closed above: wait for exactly those.
+        state.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = state.tasks.len(),
+                "some of the server's tasks are still running 10 s after shutdown"
+            );
+        }
+        // A blocking call an aborted API handler started may still hold the state for a
+        // moment; the database closes (and a restart in this process can open it) once it
+        // lets go.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while Arc::strong_count(&state) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if Arc::strong_count(&state) > 1 {
-            tracing::warn!("some tasks still hold the server's state after 10 s");
+            tracing::warn!("the server's state is still held 2 s after its tasks ended");
         }
         drop(state);
         // quinn's endpoint driver owns the socket and ends by itself once the last handle is

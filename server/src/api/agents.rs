@@ -203,8 +203,13 @@ pub(super) async fn revoke(
     let later = std::sync::Arc::downgrade(&api.state);
     let later_id = id.clone();
     let after = api.state.config.handshake_timeout + Duration::from_secs(1);
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
+    let stop = api.state.stop.clone();
+    api.state.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(after) => {}
+            // A stopping server closes every connection anyway; shutdown waits for this task.
+            _ = stop.cancelled() => return,
+        }
         if let Some(state) = later.upgrade()
             && state.overrides.revoked(later_id.as_str()).is_some()
             && let Ok((_, connection)) = state.registry.connection(&later_id)
