@@ -256,14 +256,14 @@ impl CommandEntry {
     }
 
     /// The agent accepted the command; false if it had already.
-    pub fn accepted(&self) -> bool {
+    pub(crate) fn accepted(&self) -> bool {
         self.push(CommandEvent::Accepted {
             at: OffsetDateTime::now_utc(),
         })
     }
 
     /// The plugin reported progress.
-    pub fn progress(&self, percent: u8, message: String) {
+    pub(crate) fn progress(&self, percent: u8, message: String) {
         let _ = self.push(CommandEvent::Progress {
             at: OffsetDateTime::now_utc(),
             percent: percent.min(100),
@@ -272,7 +272,7 @@ impl CommandEntry {
     }
 
     /// The plugin logged a line.
-    pub fn log(&self, level: LogLevel, message: String) {
+    pub(crate) fn log(&self, level: LogLevel, message: String) {
         let _ = self.push(CommandEvent::Log {
             at: OffsetDateTime::now_utc(),
             level,
@@ -455,18 +455,6 @@ impl CommandStore {
     /// One command.
     pub fn get(&self, id: &str) -> Option<Arc<CommandEntry>> {
         self.inner.lock().by_id.get(id).cloned()
-    }
-
-    /// The newest `limit` commands, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<CommandView> {
-        let inner = self.inner.lock();
-        inner
-            .order
-            .iter()
-            .rev()
-            .take(limit)
-            .filter_map(|id| inner.by_id.get(id).map(|e| e.view()))
-            .collect()
     }
 }
 

@@ -2,29 +2,37 @@
 //! them commands (one stream per command) and serves the operator HTTP API.
 //!
 //! Embed it with [`Server::start`]; the `ferry` CLI's `ferry server` and `ferry dev` do.
+//!
+//! The public API is the `pub use` list below; every module is private. What a caller gets is
+//! read-only views, `submit`/`submit_fleet`, cancel requests and the plugin registry: nothing
+//! outside this crate can record an acceptance, progress, a log line or an end for a run,
+//! which only the run's machine decides (`ferry_lifecycle::Run`, driven by `dispatch`).
 
 mod api;
-pub mod audit;
-pub mod commands;
-pub mod config;
+mod audit;
+mod commands;
+mod config;
 mod db;
 mod dispatch;
-pub mod enroll;
+mod enroll;
 mod fetch;
-pub mod fleet;
+mod fleet;
 mod listener;
-pub mod overrides;
+mod overrides;
 mod persist;
-pub mod plugins;
-pub mod registry;
+mod plugins;
+mod registry;
 mod report;
 mod server;
-pub mod tokens;
+mod tokens;
 
-pub use commands::{CommandEntry, CommandEvent, CommandStatus, CommandView};
+pub use commands::{CommandEntry, CommandEvent, CommandStatus, CommandView, RenderedPayload};
 pub use config::{ServerConfig, TlsPaths};
-pub use fleet::{FleetEntry, FleetRequest, FleetStatus, FleetView, Target};
-pub use plugins::{PluginError, PluginRegistry, Selector};
-pub use registry::{AgentInfo, AgentStatus};
+pub use fleet::{AgentResult, FleetEntry, FleetRequest, FleetStatus, FleetView, Summary, Target};
+pub use plugins::{
+    AgentPlugin, AgentRollout, Assignment, PackageRecord, PluginDetails, PluginError,
+    PluginRegistry, PluginSummary, PushOutcome, Selector,
+};
+pub use registry::{AgentInfo, AgentStatus, DuplicateSeen, HeartbeatView};
 pub use server::{CommandRequest, PLUGIN_KEY, PLUGIN_KEY_PUB, Server, StartError, SubmitError};
 pub use tokens::Scope;

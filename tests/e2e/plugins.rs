@@ -19,7 +19,7 @@ fn manifest(name: &str, version: &str, topics: &[&str]) -> String {
     )
 }
 
-fn states(rollout: &[ferry_server::plugins::AgentRollout]) -> Vec<(String, &'static str)> {
+fn states(rollout: &[ferry_server::AgentRollout]) -> Vec<(String, &'static str)> {
     rollout.iter().map(|r| (r.agent.clone(), r.state)).collect()
 }
 

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use ferry_agent::{Agent, ConnectionStatus};
 use ferry_protocol::AgentId;
-use ferry_server::fleet::{FleetRequest, FleetStatus, Target};
-use ferry_server::plugins::Selector;
 use ferry_server::{CommandEvent, CommandRequest, CommandStatus};
+use ferry_server::{FleetRequest, FleetStatus, Selector, Target};
 use ferry_tests::{Harness, Relay, WAIT, eventually, runs_of};
 
 fn nap(agent: &str, ms: u64) -> CommandRequest {

@@ -215,7 +215,7 @@ impl Harness {
         manifest: &str,
         component: &[u8],
         to: &str,
-    ) -> Vec<ferry_server::plugins::AgentRollout> {
+    ) -> Vec<ferry_server::AgentRollout> {
         let plugins = self.server().plugins();
         let package = ferry_protocol::package::Package::new(manifest.into(), component.to_vec());
         let pushed = plugins
@@ -235,7 +235,7 @@ impl Harness {
 
     /// Waits until every connected agent `to` selects has settled on plugin `name`'s current
     /// assignment.
-    pub async fn settle(&self, name: &str, to: &str) -> Vec<ferry_server::plugins::AgentRollout> {
+    pub async fn settle(&self, name: &str, to: &str) -> Vec<ferry_server::AgentRollout> {
         let selector: ferry_server::Selector = to.parse().expect("a valid selector");
         let agents: Vec<String> = self
             .server()
