@@ -57,6 +57,48 @@ pub enum Bucket {
 }
 
 impl Status {
+    /// Every status, in the order above.
+    pub const ALL: &'static [Status] = &[
+        Status::Pending,
+        Status::Running,
+        Status::Succeeded,
+        Status::InvalidInput,
+        Status::Denied,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+        Status::Crashed,
+        Status::UnknownTopic,
+        Status::Rejected,
+        Status::Undelivered,
+        Status::Lost,
+    ];
+
+    /// Its name, as the API, the CLI and cases files write it (`timed-out`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::InvalidInput => "invalid-input",
+            Status::Denied => "denied",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::TimedOut => "timed-out",
+            Status::Crashed => "crashed",
+            Status::UnknownTopic => "unknown-topic",
+            Status::Rejected => "rejected",
+            Status::Undelivered => "undelivered",
+            Status::Lost => "lost",
+        }
+    }
+
+    /// Can a plugin's run end so, as [`Status::from_outcome`] maps what the agent reports?
+    /// The others are the server's: where a run is, or that it never ran or never came back.
+    pub fn is_outcome(self) -> bool {
+        self.is_final() && !matches!(self, Status::Undelivered | Status::Lost)
+    }
+
     /// True once the run has ended.
     pub fn is_final(self) -> bool {
         !matches!(self, Status::Pending | Status::Running)
@@ -103,6 +145,37 @@ impl Status {
             Outcome::Crashed(_) => Status::Crashed,
             Outcome::UnknownTopic(_) => Status::UnknownTopic,
             Outcome::Rejected(_) => Status::Rejected,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_wire_names_and_outcomes_are_what_from_outcome_makes() {
+        for status in Status::ALL {
+            let json = serde_json::to_string(status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.name()));
+        }
+        let outcomes = [
+            Outcome::Succeeded,
+            Outcome::InvalidInput(String::new()),
+            Outcome::Denied(String::new()),
+            Outcome::Failed(String::new()),
+            Outcome::Cancelled,
+            Outcome::TimedOut,
+            Outcome::Crashed(String::new()),
+            Outcome::UnknownTopic(String::new()),
+            Outcome::Rejected(String::new()),
+        ];
+        let made: Vec<Status> = outcomes.iter().map(Status::from_outcome).collect();
+        for status in Status::ALL {
+            assert_eq!(status.is_outcome(), made.contains(status), "{status:?}");
+        }
+        for outcome in &outcomes {
+            assert_eq!(Status::from_outcome(outcome).name(), outcome.name());
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_protocol::message::Outcome;
+use ferry_server::CommandStatus;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use toml::Spanned;
@@ -33,7 +34,7 @@ pub const FORMAT: &str = r#"CASES FILE
                                          # payload_text, none otherwise
     # cancel_after = "100ms"       # cancel the command this long after it starts
     outcome = "succeeded"          # default; or invalid-input, denied, failed, cancelled,
-                                   # timed-out, crashed, rejected
+                                   # timed-out, crashed, unknown-topic, rejected
     output = { greeting = "hello, ferry!" }  # the output equals this, as JSON (a CBOR
                                    # output is compared as JSON; numbers compare by value)
     # output_json = '{"a": null}'  # or: equal to this JSON text
@@ -74,7 +75,7 @@ pub struct Case {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expect {
     /// How the command should end.
-    pub outcome: ExpectedOutcome,
+    pub outcome: CommandStatus,
     /// What the output should equal.
     pub output: Option<ExpectedOutput>,
     /// Text the output should contain.
@@ -96,31 +97,21 @@ pub enum ExpectedOutput {
     Text(String),
 }
 
-/// How a case should end; the names are the command outcomes `ferry run` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExpectedOutcome {
-    Succeeded,
-    InvalidInput,
-    Denied,
-    Failed,
-    Cancelled,
-    TimedOut,
-    Crashed,
-    Rejected,
-}
-
-impl ExpectedOutcome {
-    fn name(self) -> &'static str {
-        match self {
-            ExpectedOutcome::Succeeded => "succeeded",
-            ExpectedOutcome::InvalidInput => "invalid-input",
-            ExpectedOutcome::Denied => "denied",
-            ExpectedOutcome::Failed => "failed",
-            ExpectedOutcome::Cancelled => "cancelled",
-            ExpectedOutcome::TimedOut => "timed-out",
-            ExpectedOutcome::Crashed => "crashed",
-            ExpectedOutcome::Rejected => "rejected",
+/// How a case should end: a run's status, as `ferry run` prints it, among those a plugin's
+/// run can end in ([`CommandStatus::is_outcome`]); the one list is `CommandStatus::ALL`.
+fn outcome<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandStatus>, D::Error> {
+    let Some(name) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let outcomes = || CommandStatus::ALL.iter().filter(|s| s.is_outcome());
+    match outcomes().find(|s| s.name() == name) {
+        Some(status) => Ok(Some(*status)),
+        None => {
+            let names: Vec<&str> = outcomes().map(|s| s.name()).collect();
+            Err(serde::de::Error::custom(format!(
+                "unknown outcome `{name}`; expected one of {}",
+                names.join(", ")
+            )))
         }
     }
 }
@@ -156,8 +147,8 @@ struct CaseDef {
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     cancel_after: Option<Duration>,
-    #[serde(default)]
-    outcome: Option<ExpectedOutcome>,
+    #[serde(default, deserialize_with = "outcome")]
+    outcome: Option<CommandStatus>,
     output: Option<toml::Value>,
     output_json: Option<String>,
     output_text: Option<String>,
@@ -286,7 +277,7 @@ fn case(def: CaseDef, defaults: &Defaults, dir: &Path, line: usize) -> Result<Ca
         Vec::new()
     };
 
-    let outcome = def.outcome.unwrap_or(ExpectedOutcome::Succeeded);
+    let outcome = def.outcome.unwrap_or(CommandStatus::Succeeded);
     let exact = [
         def.output.is_some(),
         def.output_json.is_some(),
@@ -305,13 +296,13 @@ fn case(def: CaseDef, defaults: &Defaults, dir: &Path, line: usize) -> Result<Ca
         def.output_text.map(ExpectedOutput::Text)
     };
     let expects_output = output.is_some() || def.output_contains.is_some();
-    if expects_output && outcome != ExpectedOutcome::Succeeded {
+    if expects_output && outcome != CommandStatus::Succeeded {
         bail!(
             "expects an output but outcome = {:?}; only a command that succeeds has an output",
             outcome.name()
         );
     }
-    if def.error_contains.is_some() && outcome == ExpectedOutcome::Succeeded {
+    if def.error_contains.is_some() && outcome == CommandStatus::Succeeded {
         bail!(
             "has `error_contains` but expects to succeed; set `outcome` to the failure you \
              expect (invalid-input, failed, crashed, …)"
@@ -391,7 +382,7 @@ fn toml_to_json(value: toml::Value) -> Value {
 pub fn check(case: &Case, ran: &Ran) -> Vec<String> {
     let expect = &case.expect;
     let mut problems = Vec::new();
-    if expect.outcome.name() != ran.outcome.name() {
+    if expect.outcome != CommandStatus::from_outcome(&ran.outcome) {
         problems.push(format!(
             "expected {}, got {}",
             expect.outcome.name(),
@@ -547,7 +538,7 @@ cancel_after = "1s"
             json!({"hello": "ferry", "n": [1, 2.5, true]})
         );
         assert_eq!(json_case.timeout, Some(Duration::from_secs(5)));
-        assert_eq!(json_case.expect.outcome, ExpectedOutcome::Succeeded);
+        assert_eq!(json_case.expect.outcome, CommandStatus::Succeeded);
         assert_eq!(json_case.expect.logs_contain, ["bytes"]);
         assert_eq!(json_case.expect.progress_reaches, Some(100));
 
@@ -564,7 +555,7 @@ cancel_after = "1s"
         );
 
         let bad = &cases[3];
-        assert_eq!(bad.expect.outcome, ExpectedOutcome::InvalidInput);
+        assert_eq!(bad.expect.outcome, CommandStatus::InvalidInput);
         assert_eq!(bad.expect.logs_contain, ["a", "b"]);
         assert_eq!(bad.cancel_after, Some(Duration::from_secs(1)));
     }
@@ -619,7 +610,7 @@ payload = { name = "ferry" }
 
         let err = parse_err("[[case]]\nname = \"a\"\ntopic = \"t\"\noutcome = \"sucess\"\n");
         assert!(err.contains("line 4"), "{err}");
-        assert!(err.contains("unknown variant `sucess`"), "{err}");
+        assert!(err.contains("unknown outcome `sucess`"), "{err}");
         assert!(err.contains("invalid-input"), "{err}");
 
         let err = parse_err("[[case]]\nname = \"a\"\ntopic = \"t\"\ntimeout = \"soon\"\n");
