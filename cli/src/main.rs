@@ -15,6 +15,7 @@ mod plugin;
 mod progress;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -127,13 +128,75 @@ enum Command {
     Plugin(plugin::PluginArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,
         Command::Dev(_) | Command::Server(_) | Command::Agent(AgentCliArgs { manage: None, .. })
     );
+    if only_prints(&cli.command) {
+        stop_quietly_when_the_reader_goes();
+    }
     init_tracing(daemon);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a failure the way anyhow would, the causes included, but without a backtrace even
+/// when `RUST_BACKTRACE` is set: these are expected failures (a command that failed, no
+/// server), whose message says what to do; a backtrace is for panics, which still get one.
+fn report(error: &anyhow::Error) {
+    eprintln!("Error: {error}");
+    let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
+    match causes.as_slice() {
+        [] => {}
+        [one] => eprintln!("\nCaused by:\n    {one}"),
+        many => {
+            eprintln!("\nCaused by:");
+            for (i, cause) in many.iter().enumerate() {
+                eprintln!("    {i}: {cause}");
+            }
+        }
+    }
+}
+
+/// Commands that only talk to the server and print: nothing of theirs writes to a pipe but
+/// their own output.
+fn only_prints(command: &Command) -> bool {
+    match command {
+        Command::Run(_)
+        | Command::Cancel(_)
+        | Command::Commands(_)
+        | Command::Show(_)
+        | Command::Agents(_)
+        | Command::Token(_)
+        | Command::ApiToken(_)
+        | Command::Audit(_)
+        | Command::Cert(_) => true,
+        Command::Agent(AgentCliArgs { manage, .. }) => manage.is_some(),
+        Command::Plugin(args) => args.only_prints(),
+        Command::Dev(_) | Command::Server(_) | Command::Bench(_) => false,
+    }
+}
+
+/// Ends the process at once, as other Unix tools do, when the reader of its output goes away
+/// (`ferry agents --json | head`): Rust ignores SIGPIPE, so `println!` would panic instead.
+/// Only for commands that start no children and hold no connections whose writes could meet
+/// a closed pipe: those must see the error, not die of the signal.
+fn stop_quietly_when_the_reader_goes() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler, so no code runs in signal context;
+    // it is called before any thread of ours exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -75,6 +75,22 @@ enum PluginCommand {
     Build(build::BuildArgs),
 }
 
+impl PluginArgs {
+    /// True for the subcommands that only talk to the server and print (no plugin runs, no
+    /// toolchain is started): see `main`'s SIGPIPE handling.
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self.command,
+            PluginCommand::Push(_)
+                | PluginCommand::Assign(_)
+                | PluginCommand::Rollback(_)
+                | PluginCommand::Unassign(_)
+                | PluginCommand::List(_)
+                | PluginCommand::Show(_)
+        )
+    }
+}
+
 pub async fn run(args: PluginArgs) -> Result<()> {
     match args.command {
         PluginCommand::Test(args) => test::run(args).await,

@@ -250,6 +250,48 @@ fn without_a_server_the_cli_says_how_to_get_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry dev"));
 }
 
+/// An expected failure is its message (and causes), not a 30-frame backtrace, even with
+/// `RUST_BACKTRACE=1`.
+#[test]
+fn an_expected_failure_prints_no_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = with_config(
+        ferry().env("RUST_BACKTRACE", "1").args(["agents"]),
+        &dir.path().join("missing.toml"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+}
+
+/// A listing piped into a reader that stops early (`| head`) ends the way other Unix tools
+/// do, by SIGPIPE, not with a panic about a broken pipe.
+#[test]
+fn a_listing_whose_reader_goes_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let _dev = start_dev(dir.path(), &[]);
+    let mut child = ferry()
+        .args(["agents", "--json", "--config"])
+        .arg(dir.path().join("cli.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command has its answer from the API, so its first write meets it.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn cancel_reaches_a_running_plugin() {
     let dir = tempfile::tempdir().unwrap();
