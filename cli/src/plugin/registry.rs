@@ -230,13 +230,36 @@ pub async fn push(args: PushArgs) -> Result<()> {
             println!("assigned {what} to {}", a["to"].as_str().unwrap_or("?"));
             report_rollout(&what, &a, false)?;
         }
-        None => eprintln!(
-            "not assigned to any agent yet: ferry plugin assign {} {} --to all",
-            pushed["name"].as_str().unwrap_or("?"),
-            pushed["version"].as_str().unwrap_or("?")
-        ),
+        None => {
+            let name = pushed["name"].as_str().unwrap_or("?");
+            let version = pushed["version"].as_str().unwrap_or("?");
+            // What is assigned now decides the next step; a failed look-up only loses the hint.
+            let current = client.get(&format!("/v1/plugins/{name}")).await.ok();
+            eprintln!(
+                "{}",
+                next_step(name, version, current.as_ref().map(|p| &p["assigned"]))
+            );
+        }
     }
     Ok(())
+}
+
+/// What a push without `--to` says about serving the version it pushed, from the plugin's
+/// current assignment (`null` when none).
+fn next_step(name: &str, version: &str, assigned: Option<&Value>) -> String {
+    let assigned = assigned.filter(|a| a.is_object());
+    let to = assigned.and_then(|a| a["to"].as_str()).unwrap_or("?");
+    match assigned.and_then(|a| a["version"].as_str()) {
+        Some(current) if current == version => {
+            format!("{name} {version} is already assigned to {to}; agents there serve it")
+        }
+        Some(current) => format!(
+            "not assigned: agents ({to}) serve {name} {current}; to serve this one: ferry plugin assign {name} {version} --to {to}"
+        ),
+        None => format!(
+            "not assigned to any agent yet; to serve it: ferry plugin assign {name} {version} --to all"
+        ),
+    }
 }
 
 pub async fn assign(args: AssignArgs) -> Result<()> {

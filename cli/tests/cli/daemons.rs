@@ -312,6 +312,29 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
         );
     };
     greet(1);
+    // Pushed again without --to: the push says the version is already served, not that it
+    // is assigned to no agent.
+    let out = setup.api(&["plugin", "push", component.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("greeter 1.0.0 is already assigned to env=test"),
+        "{stderr}"
+    );
+    // A new version pushed without --to names what is served and the assign that moves it.
+    std::fs::write(
+        setup.dir.path().join("ferry.toml"),
+        "[plugin]\nname = \"greeter\"\nversion = \"1.1.0\"\ntopics = [\"greet\"]\n",
+    )
+    .unwrap();
+    let out = setup.api(&["plugin", "push", component.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("serve greeter 1.0.0")
+            && stderr.contains("ferry plugin assign greeter 1.1.0 --to env=test"),
+        "{stderr}"
+    );
     // A file that is not a component is refused with the reason, and nothing is stored.
     let bad = setup.dir.path().join("bad.wasm");
     std::fs::write(&bad, b"not a component").unwrap();
