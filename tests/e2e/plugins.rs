@@ -101,8 +101,30 @@ async fn a_pushed_plugin_serves_a_new_topic_is_replaced_and_rolled_back() {
 
     // Rolling back brings version 1 back, without fetching anything new.
     let plugins = harness.server().plugins();
-    let back = plugins.rollback("greeter").unwrap().unwrap();
+    let back = plugins.rollback("greeter", "e2e").unwrap().unwrap();
     assert_eq!(back.version, "1.0.0");
+    // The history keeps what was rolled back, and the rollback, with who and when.
+    let history = plugins
+        .show("greeter", &harness.server().agents())
+        .unwrap()
+        .history;
+    let seen: Vec<(Option<&str>, &str)> = history
+        .iter()
+        .map(|c| {
+            (
+                c.assigned.as_ref().map(|a| a.version.as_str()),
+                c.by.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        &seen[seen.len() - 3..],
+        [
+            (Some("1.0.0"), "the test harness"),
+            (Some("2.0.0"), "the test harness"),
+            (Some("1.0.0"), "e2e")
+        ]
+    );
     let rollout = harness.settle("greeter", "all").await;
     assert_eq!(states(&rollout), [("edge-1".to_string(), "ready")]);
     let again = harness.run("edge-1", "greet", br#"{"n":3}"#, None).await;
@@ -115,7 +137,7 @@ async fn a_pushed_plugin_serves_a_new_topic_is_replaced_and_rolled_back() {
     assert_eq!(shown.agents[0].state, "ready");
 
     // Unassigned: the topic is gone again.
-    plugins.unassign("greeter").unwrap();
+    plugins.unassign("greeter", "e2e").unwrap();
     eventually("the agent drops the topic", || {
         !agent.topics().contains(&"greet".to_string())
     })
@@ -214,6 +236,7 @@ async fn a_tampered_package_is_refused_and_reported_and_the_old_version_keeps_se
             Some("2.0.0"),
             Selector::all(),
             &harness.server().agents(),
+            "e2e",
         )
         .unwrap();
     let rollout = harness.settle("greeter", "all").await;

@@ -228,6 +228,7 @@ impl Harness {
                 Some(&pushed.package.version),
                 to.parse().expect("a valid selector"),
                 &self.server().agents(),
+                "the test harness",
             )
             .expect("the plugin is assigned");
         self.settle(&name, to).await

@@ -1,14 +1,14 @@
 //! `/v1/plugins`: push, list, show, assign, roll back, unassign.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 
 use std::time::Duration;
 
-use super::{Api, error, noted};
+use super::{Api, Caller, error, noted};
 use crate::plugins::{AgentRollout, PluginError, Selector};
 use crate::registry::AgentStatus;
 
@@ -110,6 +110,7 @@ async fn rollout(api: &Api, name: &str, wait_ms: Option<u64>) -> Option<Vec<Agen
 
 pub(super) async fn assign(
     State(api): State<Api>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<AssignBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -125,7 +126,7 @@ pub(super) async fn assign(
     match api
         .state
         .plugins
-        .assign(&name, body.version.as_deref(), to, &agents)
+        .assign(&name, body.version.as_deref(), to, &agents, &caller.name)
     {
         Ok(assignment) => {
             tracing::info!(plugin = %name, version = %assignment.version, to = %assignment.to, "plugin assigned");
@@ -141,11 +142,12 @@ pub(super) async fn assign(
 
 pub(super) async fn rollback(
     State(api): State<Api>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
     body: Option<Json<RollbackBody>>,
 ) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    match api.state.plugins.rollback(&name) {
+    match api.state.plugins.rollback(&name, &caller.name) {
         Ok(current) => {
             tracing::info!(plugin = %name, now = ?current, "plugin rolled back");
             let agents = match current {
@@ -165,8 +167,12 @@ pub(super) async fn rollback(
     }
 }
 
-pub(super) async fn unassign(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    match api.state.plugins.unassign(&name) {
+pub(super) async fn unassign(
+    State(api): State<Api>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    match api.state.plugins.unassign(&name, &caller.name) {
         Ok(()) => noted(Json(serde_json::json!({ "assigned": null })), name),
         Err(e) => plugin_error(e),
     }

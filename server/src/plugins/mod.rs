@@ -85,6 +85,72 @@ pub struct Assignment {
     pub at: OffsetDateTime,
 }
 
+/// What a change of a plugin's assignment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeKind {
+    /// `ferry plugin assign` (or a push with `--to`).
+    Assign,
+    /// `ferry plugin unassign`.
+    Unassign,
+    /// `ferry plugin rollback`: back to what was assigned before the change it undid.
+    Rollback,
+}
+
+/// One change of a plugin's assignment. The history keeps every one, oldest first, and is
+/// never rewritten: a rollback is a change of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// What it did.
+    pub change: ChangeKind,
+    /// What agents serve from then on; `null` once unassigned.
+    pub assigned: Option<Assignment>,
+    /// Who made it: the operator API token's name.
+    pub by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The change that was in force before this one (its place in the history): where a
+    /// rollback of this one goes back to.
+    pub previous: Option<usize>,
+}
+
+/// Who made the changes recorded before the history kept it.
+const UNKNOWN_AUTHOR: &str = "(not recorded)";
+
+/// A history as the store holds it: today's, or the stack of assignments kept before
+/// (each one replaced the one before it, and a rollback had popped what it undid).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StoredHistory {
+    Changes(Vec<Change>),
+    Stack(Vec<Option<Assignment>>),
+}
+
+impl StoredHistory {
+    pub(crate) fn into_changes(self) -> Vec<Change> {
+        match self {
+            StoredHistory::Changes(changes) => changes,
+            StoredHistory::Stack(stack) => stack
+                .into_iter()
+                .enumerate()
+                .map(|(i, assigned)| Change {
+                    change: match assigned {
+                        Some(_) => ChangeKind::Assign,
+                        None => ChangeKind::Unassign,
+                    },
+                    at: assigned
+                        .as_ref()
+                        .map_or(OffsetDateTime::UNIX_EPOCH, |a| a.at),
+                    assigned,
+                    by: UNKNOWN_AUTHOR.into(),
+                    previous: i.checked_sub(1),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What a push did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PushOutcome {
@@ -112,8 +178,8 @@ pub struct PluginDetails {
     /// Name, assignment and versions.
     #[serde(flatten)]
     pub summary: PluginSummary,
-    /// Every assignment made, oldest first; `null` marks an unassignment.
-    pub history: Vec<Option<Assignment>>,
+    /// Every change of its assignment, oldest first, with who made it and when.
+    pub history: Vec<Change>,
     /// Which agents have (or should have) which version.
     pub agents: Vec<AgentPlugin>,
 }
@@ -160,12 +226,12 @@ struct Reported {
 #[derive(Default)]
 struct Entry {
     versions: BTreeMap<semver::Version, PackageRecord>,
-    history: Vec<Option<Assignment>>,
+    history: Vec<Change>,
 }
 
 impl Entry {
     fn current(&self) -> Option<&Assignment> {
-        self.history.last().and_then(Option::as_ref)
+        self.history.last().and_then(|c| c.assigned.as_ref())
     }
 
     fn current_package(&self) -> Option<(&Assignment, &PackageRecord)> {
@@ -231,7 +297,7 @@ impl PluginRegistry {
                 .insert(version, record);
         }
         for (name, history) in loaded.histories {
-            inner.plugins.entry(name).or_default().history = history;
+            inner.plugins.entry(name).or_default().history = history.into_changes();
         }
         Ok(PluginRegistry {
             store,
@@ -334,6 +400,7 @@ impl PluginRegistry {
         version: Option<&str>,
         to: Selector,
         agents: &[AgentInfo],
+        by: &str,
     ) -> Result<Assignment, PluginError> {
         let mut inner = self.inner.lock();
         let entry = inner.plugins.get(name).ok_or_else(|| not_found(name))?;
@@ -388,36 +455,76 @@ impl PluginRegistry {
         {
             return Ok(entry.current().cloned().expect("checked"));
         }
-        let mut history = entry.history.clone();
-        history.push(Some(assignment.clone()));
-        self.replace_history(entry, name, history)?;
+        let at = assignment.at;
+        self.append_change(
+            entry,
+            name,
+            ChangeKind::Assign,
+            Some(assignment.clone()),
+            by,
+            at,
+        )?;
         Ok(assignment)
     }
 
-    /// Goes back to the assignment before the current one (which may be "unassigned").
-    pub fn rollback(&self, name: &str) -> Result<Option<Assignment>, PluginError> {
+    /// Goes back to what was assigned before the change in force (which may be "unassigned");
+    /// again, to the one before that. The history keeps both the undone change and this one.
+    pub fn rollback(&self, name: &str, by: &str) -> Result<Option<Assignment>, PluginError> {
         let mut inner = self.inner.lock();
         let entry = inner.plugins.get_mut(name).ok_or_else(|| not_found(name))?;
-        if entry.history.len() < 2 {
+        let Some(target) = entry.history.last().and_then(|c| c.previous) else {
             return Err(PluginError::Conflict(format!(
                 "plugin {name} has no earlier assignment to roll back to (`ferry plugin show {name}` lists its history)"
             )));
-        }
+        };
+        let now = OffsetDateTime::now_utc();
+        let back = entry.history[target]
+            .assigned
+            .clone()
+            .map(|a| Assignment { at: now, ..a });
+        let previous = entry.history[target].previous;
         let mut history = entry.history.clone();
-        history.pop();
+        history.push(Change {
+            change: ChangeKind::Rollback,
+            assigned: back.clone(),
+            by: by.to_string(),
+            at: now,
+            previous,
+        });
         self.replace_history(entry, name, history)?;
-        Ok(entry.current().cloned())
+        Ok(back)
     }
 
     /// Stops serving plugin `name` anywhere (commands already running finish).
-    pub fn unassign(&self, name: &str) -> Result<(), PluginError> {
+    pub fn unassign(&self, name: &str, by: &str) -> Result<(), PluginError> {
         let mut inner = self.inner.lock();
         let entry = inner.plugins.get_mut(name).ok_or_else(|| not_found(name))?;
         if entry.current().is_none() {
             return Ok(());
         }
+        let now = OffsetDateTime::now_utc();
+        self.append_change(entry, name, ChangeKind::Unassign, None, by, now)
+    }
+
+    /// Appends an assign or unassign to the history; the change in force before it is the
+    /// one a rollback returns to.
+    fn append_change(
+        &self,
+        entry: &mut Entry,
+        name: &str,
+        change: ChangeKind,
+        assigned: Option<Assignment>,
+        by: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), PluginError> {
         let mut history = entry.history.clone();
-        history.push(None);
+        history.push(Change {
+            change,
+            assigned,
+            by: by.to_string(),
+            at,
+            previous: entry.history.len().checked_sub(1),
+        });
         self.replace_history(entry, name, history)
     }
 
@@ -427,7 +534,7 @@ impl PluginRegistry {
         &self,
         entry: &mut Entry,
         name: &str,
-        history: Vec<Option<Assignment>>,
+        history: Vec<Change>,
     ) -> Result<(), PluginError> {
         self.store
             .put_history(name, &history)

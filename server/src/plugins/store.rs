@@ -15,7 +15,7 @@ use ferry_protocol::package::Digest;
 use ferry_protocol::pki::write_file;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Assignment, PackageRecord};
+use super::{Change, PackageRecord, StoredHistory};
 
 /// `name@version` → the package record, as JSON.
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_packages");
@@ -30,7 +30,7 @@ pub(crate) struct PluginStore {
 /// Everything the store holds, as read at start.
 pub(crate) struct Loaded {
     pub(crate) packages: Vec<PackageRecord>,
-    pub(crate) histories: Vec<(String, Vec<Option<Assignment>>)>,
+    pub(crate) histories: Vec<(String, StoredHistory)>,
 }
 
 impl PluginStore {
@@ -69,7 +69,7 @@ impl PluginStore {
             .map_err(failed)?
         {
             let (key, value) = entry.map_err(failed)?;
-            let history = serde_json::from_slice(value.value()).map_err(|e| {
+            let history: StoredHistory = serde_json::from_slice(value.value()).map_err(|e| {
                 format!("the assignments of plugin {} are damaged: {e}", key.value())
             })?;
             histories.push((key.value().to_string(), history));
@@ -99,11 +99,7 @@ impl PluginStore {
         self.put(PACKAGES, &key, &value)
     }
 
-    pub(crate) fn put_history(
-        &self,
-        name: &str,
-        history: &[Option<Assignment>],
-    ) -> Result<(), String> {
+    pub(crate) fn put_history(&self, name: &str, history: &[Change]) -> Result<(), String> {
         let value = serde_json::to_vec(history).expect("a history serializes");
         self.put(ASSIGNMENTS, name, &value)
     }

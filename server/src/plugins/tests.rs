@@ -158,7 +158,13 @@ fn assignments_select_agents_by_label_and_roll_back() {
 
     let mut changes = registry.subscribe();
     registry
-        .assign("hello", Some("1.0.0"), "env=prod".parse().unwrap(), &agents)
+        .assign(
+            "hello",
+            Some("1.0.0"),
+            "env=prod".parse().unwrap(),
+            &agents,
+            "tester",
+        )
         .unwrap();
     assert!(changes.has_changed().unwrap());
     changes.mark_unchanged();
@@ -169,32 +175,36 @@ fn assignments_select_agents_by_label_and_roll_back() {
 
     // Without a version, the newest.
     registry
-        .assign("hello", None, Selector::all(), &agents)
+        .assign("hello", None, Selector::all(), &agents, "tester")
         .unwrap();
     assert_eq!(
         registry.desired_for(&BTreeMap::new(), &wit).0[0].version,
         "2.0.0"
     );
 
-    let back = registry.rollback("hello").unwrap().unwrap();
+    let back = registry.rollback("hello", "tester").unwrap().unwrap();
     assert_eq!(back.version, "1.0.0");
     assert_eq!(back.to.to_string(), "env=prod");
-    let err = registry.rollback("hello").unwrap_err();
+    let err = registry.rollback("hello", "tester").unwrap_err();
     assert!(err.to_string().contains("no earlier assignment"), "{err}");
 
-    registry.unassign("hello").unwrap();
+    registry.unassign("hello", "tester").unwrap();
     assert!(registry.desired_for(&prod, &wit).0.is_empty());
     assert_eq!(
-        registry.rollback("hello").unwrap().unwrap().version,
+        registry
+            .rollback("hello", "tester")
+            .unwrap()
+            .unwrap()
+            .version,
         "1.0.0"
     );
 
     let err = registry
-        .assign("hello", Some("3.0.0"), Selector::all(), &agents)
+        .assign("hello", Some("3.0.0"), Selector::all(), &agents, "tester")
         .unwrap_err();
     assert!(err.to_string().contains("it has 1.0.0, 2.0.0"), "{err}");
     assert!(matches!(
-        registry.assign("nope", None, Selector::all(), &agents),
+        registry.assign("nope", None, Selector::all(), &agents, "tester"),
         Err(PluginError::NotFound(_))
     ));
 }
@@ -208,7 +218,7 @@ fn an_agent_without_the_world_version_is_refused_by_name() {
         .unwrap();
     let old = [agent("old-box", &[], &["0.0.9"])];
     let err = registry
-        .assign("hello", None, Selector::all(), &old)
+        .assign("hello", None, Selector::all(), &old, "tester")
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, PluginError::Incompatible(_)));
@@ -220,7 +230,7 @@ fn an_agent_without_the_world_version_is_refused_by_name() {
     );
     // An agent that connects later without it is told why it got nothing.
     registry
-        .assign("hello", None, Selector::all(), &[])
+        .assign("hello", None, Selector::all(), &[], "tester")
         .unwrap();
     let (set, refused) = registry.desired_for(&BTreeMap::new(), &["0.0.9".to_string()]);
     assert!(set.is_empty());
@@ -237,16 +247,20 @@ fn two_plugins_cannot_serve_one_topic() {
     registry
         .push(&upload("two", "1.0.0", &["shared", "own"]))
         .unwrap();
-    registry.assign("one", None, Selector::all(), &[]).unwrap();
+    registry
+        .assign("one", None, Selector::all(), &[], "tester")
+        .unwrap();
     let err = registry
-        .assign("two", None, Selector::all(), &[])
+        .assign("two", None, Selector::all(), &[], "tester")
         .unwrap_err();
     assert!(
         err.to_string().contains("ferry plugin unassign one"),
         "{err}"
     );
-    registry.unassign("one").unwrap();
-    registry.assign("two", None, Selector::all(), &[]).unwrap();
+    registry.unassign("one", "tester").unwrap();
+    registry
+        .assign("two", None, Selector::all(), &[], "tester")
+        .unwrap();
 }
 
 #[test]
@@ -258,7 +272,7 @@ fn the_registry_survives_a_restart_and_reports_are_shown() {
             .push(&upload("hello", "1.0.0", &["hello"]))
             .unwrap();
         registry
-            .assign("hello", None, "env=prod".parse().unwrap(), &[])
+            .assign("hello", None, "env=prod".parse().unwrap(), &[], "tester")
             .unwrap();
         pushed.package.digest
     };
@@ -294,4 +308,29 @@ fn the_registry_survives_a_restart_and_reports_are_shown() {
     assert_eq!(states, [("a", "failed"), ("b", "not-reported")]);
     assert_eq!(shown.agents[0].detail.as_deref(), Some("tampered"));
     assert_eq!(shown.agents[0].digest, Some(digest));
+}
+
+#[test]
+fn a_history_stored_before_changes_were_kept_loads_as_changes() {
+    let at = OffsetDateTime::now_utc();
+    let assignment = |version: &str| Assignment {
+        version: version.into(),
+        to: Selector::all(),
+        at,
+    };
+    let old = vec![Some(assignment("1.0.0")), None, Some(assignment("2.0.0"))];
+    let stored: StoredHistory = serde_json::from_slice(&serde_json::to_vec(&old).unwrap()).unwrap();
+    let changes = stored.into_changes();
+    let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.change).collect();
+    assert_eq!(
+        kinds,
+        [ChangeKind::Assign, ChangeKind::Unassign, ChangeKind::Assign]
+    );
+    assert_eq!(changes[2].previous, Some(1));
+    assert_eq!(changes[0].previous, None);
+    assert!(changes.iter().all(|c| c.by == UNKNOWN_AUTHOR));
+    // Today's format reads back as itself.
+    let again: StoredHistory =
+        serde_json::from_slice(&serde_json::to_vec(&changes).unwrap()).unwrap();
+    assert_eq!(again.into_changes(), changes);
 }
