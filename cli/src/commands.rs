@@ -130,6 +130,14 @@ pub struct CommandArgs {
 pub enum CommandCommand {
     /// Show one command: its target, limits, summary and each agent's result.
     Show(ShowCommandArgs),
+    /// Watch a command as `ferry run` does: its events from the start, then its results; for
+    /// a command sent with `--no-wait`, or after the terminal that sent it went away. The
+    /// exit status is 0 only if it succeeded.
+    Follow(ShowCommandArgs),
+    /// Print a command's log lines, each with its agent and time: all of them for a command
+    /// that ended; for one still running, what it logged so far and then each new line until
+    /// it ends. With --json, one JSON object per line.
+    Logs(ShowCommandArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -234,7 +242,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ),
         }
     }
-    let mut display = Follow::new(human, &agents);
+    watch(&client, &id, &agents, args.json).await
+}
+
+/// Follows command `id` sent to `agents` to its end as `ferry run` shows it, then prints its
+/// results; an error (exit status 1) unless it succeeded.
+async fn watch(client: &Client, id: &str, agents: &[String], json: bool) -> Result<()> {
+    let mut display = Follow::new(!json, agents);
     client
         .follow(&format!("/v1/commands/{id}/events"), |kind, event| {
             display.event(kind, &event)
@@ -242,7 +256,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await?;
     display.finish();
     let done = client.get(&format!("/v1/commands/{id}")).await?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else if agents.len() == 1 {
         print_single(&done["results"][0])?;
@@ -571,7 +585,59 @@ pub async fn commands(args: CommandsArgs) -> Result<()> {
 pub async fn command(args: CommandArgs) -> Result<()> {
     match args.command {
         CommandCommand::Show(args) => show_command(args).await,
+        CommandCommand::Follow(args) => follow_command(args).await,
+        CommandCommand::Logs(args) => command_logs(args).await,
     }
+}
+
+async fn follow_command(args: ShowCommandArgs) -> Result<()> {
+    let client = Client::from_args(&args.api)?;
+    let id = segment(&args.id);
+    let command = client.get(&format!("/v1/commands/{id}")).await?;
+    let agents: Vec<String> = command["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["agent"].as_str().map(str::to_string))
+        .collect();
+    if !args.json {
+        eprintln!(
+            "command {}: {} on {}",
+            args.id,
+            command["topic"].as_str().unwrap_or("?"),
+            command["target"].as_str().unwrap_or("?")
+        );
+    }
+    watch(&client, &id, &agents, args.json).await
+}
+
+async fn command_logs(args: ShowCommandArgs) -> Result<()> {
+    let client = Client::from_args(&args.api)?;
+    let id = segment(&args.id);
+    let mut lines = 0usize;
+    client
+        .follow(&format!("/v1/commands/{id}/events"), |kind, event| {
+            if kind != "log" {
+                return;
+            }
+            lines += 1;
+            if args.json {
+                println!("{event}");
+            } else {
+                println!(
+                    "{}  {}  {:<5} {}",
+                    event["at"].as_str().unwrap_or("?"),
+                    event["agent"].as_str().unwrap_or("?"),
+                    event["level"].as_str().unwrap_or("?").to_lowercase(),
+                    event["message"].as_str().unwrap_or("")
+                );
+            }
+        })
+        .await?;
+    if lines == 0 && !args.json {
+        eprintln!("command {} logged nothing", args.id);
+    }
+    Ok(())
 }
 
 async fn show_command(args: ShowCommandArgs) -> Result<()> {

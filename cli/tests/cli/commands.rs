@@ -218,6 +218,50 @@ fn run_and_agents_talk_to_a_running_dev_server() {
         .unwrap();
     assert!(returned == big, "the 3 MiB payload came back changed");
 
+    // Sent without waiting, then followed and its logs read back by id.
+    let out = with_config(
+        ferry().args(["run", "echo", "--no-wait", "--payload", r#"{"later":1}"#]),
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = with_config(ferry().args(["command", "follow", &id, "--json"]), &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(
+        record["results"][0]["payload"],
+        serde_json::json!({"later": 1})
+    );
+    let out = with_config(ferry().args(["command", "logs", &id]), &config);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.lines().count() >= 1 && logs.lines().all(|l| l.contains("  dev-agent  ")),
+        "{logs}"
+    );
+    let out = with_config(ferry().args(["command", "logs", &id, "--json"]), &config);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .expect("a log line"),
+    )
+    .unwrap();
+    assert_eq!(first["agent"], "dev-agent");
+
     let out = with_config(ferry().args(["run", "no.such.topic"]), &config);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
