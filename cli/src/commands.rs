@@ -101,7 +101,8 @@ pub struct AgentsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CommandsArgs {
-    /// Only commands in this state: running, succeeded, failed or cancelled.
+    /// Only commands in this state (running, succeeded, failed, cancelled), or with a run
+    /// that ended in this one (timed-out, crashed, denied, invalid-input, undelivered, …).
     #[arg(long)]
     pub status: Option<String>,
     /// Only commands on this topic.

@@ -111,15 +111,59 @@ pub enum FleetStatus {
 }
 
 impl FleetStatus {
+    /// Every command status.
+    pub const ALL: &'static [FleetStatus] = &[
+        FleetStatus::Running,
+        FleetStatus::Succeeded,
+        FleetStatus::Failed,
+        FleetStatus::Cancelled,
+    ];
+
+    /// The name the API uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            FleetStatus::Running => "running",
+            FleetStatus::Succeeded => "succeeded",
+            FleetStatus::Failed => "failed",
+            FleetStatus::Cancelled => "cancelled",
+        }
+    }
+
     /// Parses the name the API uses.
     pub fn parse(s: &str) -> Option<FleetStatus> {
-        match s {
-            "running" => Some(FleetStatus::Running),
-            "succeeded" => Some(FleetStatus::Succeeded),
-            "failed" => Some(FleetStatus::Failed),
-            "cancelled" => Some(FleetStatus::Cancelled),
-            _ => None,
+        Self::ALL.iter().copied().find(|f| f.name() == s)
+    }
+}
+
+/// What `ferry commands --status` selects: a command's own status, or, for a status only a
+/// run has (`timed-out`, `crashed`, …), the commands with a run that ended so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// The command's own status.
+    Command(FleetStatus),
+    /// At least one of its runs is in this status.
+    Run(CommandStatus),
+}
+
+impl StatusFilter {
+    /// Parses a status name: a command's first (`failed` is the command's), then a run's.
+    pub fn parse(s: &str) -> Result<StatusFilter, String> {
+        if let Some(status) = FleetStatus::parse(s) {
+            return Ok(StatusFilter::Command(status));
         }
+        if let Some(status) = CommandStatus::ALL.iter().find(|r| r.name() == s) {
+            return Ok(StatusFilter::Run(*status));
+        }
+        let mut names: Vec<&str> = FleetStatus::ALL.iter().map(|f| f.name()).collect();
+        for run in CommandStatus::ALL {
+            if !names.contains(&run.name()) {
+                names.push(run.name());
+            }
+        }
+        Err(format!(
+            "status '{s}' is none of {} (a command's status, or one its runs ended in)",
+            names.join(", ")
+        ))
     }
 }
 
@@ -403,6 +447,11 @@ impl FleetEntry {
             summary,
             results: results.then_some(list),
         }
+    }
+
+    /// Is one of its runs (or a slot decided not to be sent) in `status`?
+    pub fn has_run_in(&self, status: CommandStatus) -> bool {
+        self.inner.lock().slots.iter().any(|s| s.status() == status)
     }
 
     /// Did it target `agent`?
@@ -1170,8 +1219,8 @@ pub const RETAINED_FLEETS: usize = 2_000;
 /// What `GET /v1/commands` filters by.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    /// Only commands in this state.
-    pub status: Option<FleetStatus>,
+    /// Only commands in this state, or with a run in it.
+    pub status: Option<StatusFilter>,
     /// Only commands on this topic.
     pub topic: Option<String>,
     /// Only commands that targeted this agent.
@@ -1232,9 +1281,38 @@ impl FleetStore {
             .into_iter()
             .filter(|f| filter.topic.as_ref().is_none_or(|t| *t == f.topic))
             .filter(|f| filter.agent.as_ref().is_none_or(|a| f.targets(a)))
+            .filter(|f| match filter.status {
+                None | Some(StatusFilter::Command(_)) => true,
+                Some(StatusFilter::Run(status)) => f.has_run_in(status),
+            })
             .map(|f| f.view(false))
-            .filter(|v| filter.status.is_none_or(|s| s == v.status))
+            .filter(|v| match filter.status {
+                Some(StatusFilter::Command(status)) => v.status == status,
+                _ => true,
+            })
             .take(filter.limit)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod status_filter_tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_a_commands_first_then_a_runs_and_the_error_lists_both() {
+        assert_eq!(
+            StatusFilter::parse("failed"),
+            Ok(StatusFilter::Command(FleetStatus::Failed))
+        );
+        assert_eq!(
+            StatusFilter::parse("timed-out"),
+            Ok(StatusFilter::Run(CommandStatus::TimedOut))
+        );
+        let err = StatusFilter::parse("sideways").unwrap_err();
+        for name in ["running", "cancelled", "crashed", "undelivered", "lost"] {
+            assert!(err.contains(name), "{err}");
+        }
+        assert_eq!(err.matches("succeeded").count(), 1, "{err}");
     }
 }

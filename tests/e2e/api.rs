@@ -264,6 +264,16 @@ async fn a_command_for_a_selector_streams_every_agents_events_and_ends_with_a_su
         (status, &body["error"]["code"]),
         (400, &json!("invalid-query"))
     );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("timed-out") && message.contains("crashed"),
+        "{message}"
+    );
+    // A status only runs have selects the commands with such a run: none ended so here.
+    let list = http.get("/v1/commands?status=timed-out", &ci).await;
+    assert_eq!(list, json!([]));
+    let list = http.get("/v1/commands?status=succeeded", &ci).await;
+    assert!(!list.as_array().unwrap().is_empty());
 
     // Requests that cannot be satisfied say why.
     for (body, code) in [

@@ -17,7 +17,7 @@ use futures::Stream;
 use serde::Deserialize;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
-use crate::fleet::{self, FleetEntry, FleetRequest, FleetStatus, ListFilter, Target};
+use crate::fleet::{self, FleetEntry, FleetRequest, ListFilter, StatusFilter, Target};
 use crate::plugins::Selector;
 use crate::server::SubmitError;
 
@@ -173,16 +173,10 @@ pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>)
         Ok(params) => params,
         Err(e) => return e.into_response(),
     };
-    let status = match params.status.as_deref().map(|s| (s, FleetStatus::parse(s))) {
+    let status = match params.status.as_deref().map(StatusFilter::parse) {
         None => None,
-        Some((_, Some(status))) => Some(status),
-        Some((other, None)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid-query",
-                format!("status '{other}' is none of running, succeeded, failed, cancelled"),
-            );
-        }
+        Some(Ok(status)) => Some(status),
+        Some(Err(why)) => return error(StatusCode::BAD_REQUEST, "invalid-query", why),
     };
     let filter = ListFilter {
         status,
