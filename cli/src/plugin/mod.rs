@@ -58,6 +58,9 @@ enum PluginCommand {
     Rollback(registry::RollbackArgs),
     /// Stop serving the plugin on every agent.
     Unassign(registry::NameArgs),
+    /// Delete one version of a plugin from the server, or (without a version) the whole
+    /// plugin with its assignment history. Refused while what it would delete is assigned.
+    Delete(registry::DeleteArgs),
     /// List the pushed plugins, their versions and assignments.
     List(crate::ListArgs),
     /// Show one plugin: versions, digests, assignment history, and which agent has which
@@ -85,6 +88,7 @@ impl PluginArgs {
                 | PluginCommand::Assign(_)
                 | PluginCommand::Rollback(_)
                 | PluginCommand::Unassign(_)
+                | PluginCommand::Delete(_)
                 | PluginCommand::List(_)
                 | PluginCommand::Show(_)
         )
@@ -99,6 +103,7 @@ pub async fn run(args: PluginArgs) -> Result<()> {
         PluginCommand::Assign(args) => registry::assign(args).await,
         PluginCommand::Rollback(args) => registry::rollback(args).await,
         PluginCommand::Unassign(args) => registry::unassign(args).await,
+        PluginCommand::Delete(args) => registry::delete(args).await,
         PluginCommand::List(args) => registry::list(args).await,
         PluginCommand::Show(args) => registry::show(args).await,
         PluginCommand::Build(args) => build::run(args),

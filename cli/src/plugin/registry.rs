@@ -8,7 +8,7 @@ use ferry_manifest::Manifest;
 use ferry_protocol::package::Package;
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use crate::client::{Client, segment};
 use crate::output::{bytes, print_table};
 use crate::{ApiArgs, ListArgs};
 
@@ -327,6 +327,39 @@ pub async fn unassign(args: NameArgs) -> Result<()> {
         println!(
             "{} is no longer assigned; agents stop serving it (running commands finish)",
             args.name
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The plugin's name.
+    pub name: String,
+    /// One version to delete; without it, every version and the assignment history.
+    #[arg(value_name = "VERSION")]
+    pub plugin_version: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+pub async fn delete(args: DeleteArgs) -> Result<()> {
+    let client = Client::from_args(&args.api)?;
+    let mut path = format!("/v1/plugins/{}", segment(&args.name));
+    if let Some(version) = &args.plugin_version {
+        path.push_str(&format!("?version={}", segment(version)));
+    }
+    let deleted = client.delete(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&deleted)?);
+    } else {
+        println!(
+            "deleted {} {}",
+            args.name,
+            strings(&deleted["deleted"]).join(", ")
         );
     }
     Ok(())

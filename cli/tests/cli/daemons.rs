@@ -335,6 +335,22 @@ fn an_agent_process_survives_its_server_being_killed_and_restarted() {
             && stderr.contains("ferry plugin assign greeter 1.1.0 --to env=test"),
         "{stderr}"
     );
+    // The version not assigned can be deleted; the plugin, while assigned, cannot.
+    let out = setup.api(&["plugin", "delete", "greeter", "1.1.0"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deleted greeter 1.1.0"), "{stdout}");
+    let out = setup.api(&["plugin", "delete", "greeter"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is assigned to env=test") && stderr.contains("ferry plugin unassign"),
+        "{stderr}"
+    );
     // A file that is not a component is refused with the reason, and nothing is stored.
     let bad = setup.dir.path().join("bad.wasm");
     std::fs::write(&bad, b"not a component").unwrap();

@@ -182,6 +182,13 @@ pub(crate) fn routes(plugin_limit: usize) -> Vec<Route> {
             plugins::show,
         ),
         route(
+            M::DELETE,
+            "/v1/plugins/{name}",
+            Some(Admin),
+            "plugin.delete",
+            plugins::delete,
+        ),
+        route(
             M::POST,
             "/v1/plugins/{name}/assign",
             Some(Admin),

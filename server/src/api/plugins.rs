@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use std::time::Duration;
 
-use super::{Api, Caller, error, noted};
+use super::{Api, Caller, QueryParams, error, noted, query};
 use crate::plugins::{AgentRollout, PluginError, Selector};
 use crate::registry::AgentStatus;
 
@@ -174,6 +174,33 @@ pub(super) async fn unassign(
 ) -> Response {
     match api.state.plugins.unassign(&name, &caller.name) {
         Ok(()) => noted(Json(serde_json::json!({ "assigned": null })), name),
+        Err(e) => plugin_error(e),
+    }
+}
+
+/// The query of `DELETE /v1/plugins/{name}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    /// One version; without it, the whole plugin.
+    version: Option<String>,
+}
+
+pub(super) async fn delete(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: QueryParams<DeleteQuery>,
+) -> Response {
+    let params = match query(params) {
+        Ok(params) => params,
+        Err(e) => return e.into_response(),
+    };
+    match api.state.plugins.delete(&name, params.version.as_deref()) {
+        Ok(versions) => {
+            tracing::info!(plugin = %name, ?versions, "plugin deleted");
+            let note = format!("{name} {}", versions.join(", "));
+            noted(Json(serde_json::json!({ "deleted": versions })), note)
+        }
         Err(e) => plugin_error(e),
     }
 }

@@ -477,6 +477,15 @@ impl PluginRegistry {
                 "plugin {name} has no earlier assignment to roll back to (`ferry plugin show {name}` lists its history)"
             )));
         };
+        if let Some(gone) = entry.history[target].assigned.as_ref().filter(|a| {
+            semver::Version::parse(&a.version).map_or(true, |v| !entry.versions.contains_key(&v))
+        }) {
+            return Err(PluginError::Conflict(format!(
+                "plugin {name} would roll back to {}, which was deleted; assign a version it has: {}",
+                gone.version,
+                versions_of(entry)
+            )));
+        }
         let now = OffsetDateTime::now_utc();
         let back = entry.history[target]
             .assigned
@@ -493,6 +502,62 @@ impl PluginRegistry {
         });
         self.replace_history(entry, name, history)?;
         Ok(back)
+    }
+
+    /// Deletes `version` of plugin `name`, or the whole plugin (every version and its
+    /// history) when `None`. Refused while what it would delete is assigned: agents would be
+    /// left serving a version the server can no longer send. Returns the versions deleted.
+    pub fn delete(&self, name: &str, version: Option<&str>) -> Result<Vec<String>, PluginError> {
+        let mut inner = self.inner.lock();
+        let entry = inner.plugins.get(name).ok_or_else(|| not_found(name))?;
+        let doomed: Vec<semver::Version> = match version {
+            Some(v) => {
+                let parsed = semver::Version::parse(v).map_err(|e| {
+                    PluginError::Invalid(format!("'{v}' is not a version (e.g. 1.2.0): {e}"))
+                })?;
+                if !entry.versions.contains_key(&parsed) {
+                    return Err(PluginError::NotFound(format!(
+                        "plugin {name} has no version {v}; it has {}",
+                        versions_of(entry)
+                    )));
+                }
+                vec![parsed]
+            }
+            None => entry.versions.keys().cloned().collect(),
+        };
+        if let Some(current) = entry.current()
+            && (version.is_none() || version == Some(current.version.as_str()))
+        {
+            return Err(PluginError::Conflict(format!(
+                "plugin {name} {} is assigned to {}; unassign it first (ferry plugin unassign {name}) or assign another version",
+                current.version, current.to
+            )));
+        }
+        let names: Vec<String> = doomed.iter().map(|v| v.to_string()).collect();
+        let whole = version.is_none();
+        self.store
+            .delete(name, &names, whole)
+            .map_err(PluginError::Storage)?;
+        let entry = inner.plugins.get_mut(name).expect("checked above");
+        let gone: Vec<PackageRecord> = doomed
+            .iter()
+            .filter_map(|v| entry.versions.remove(v))
+            .collect();
+        if whole {
+            inner.plugins.remove(name);
+        }
+        // A package file is shared by identical bytes only; keep it while a record refers to it.
+        for record in gone {
+            let used = inner
+                .plugins
+                .values()
+                .flat_map(|e| e.versions.values())
+                .any(|r| r.digest == record.digest);
+            if !used && let Err(e) = self.store.delete_blob(&record.digest) {
+                tracing::warn!(plugin = %name, version = %record.version, error = %e, "cannot remove a deleted version's package file");
+            }
+        }
+        Ok(names)
     }
 
     /// Stops serving plugin `name` anywhere (commands already running finish).

@@ -104,6 +104,41 @@ impl PluginStore {
         self.put(ASSIGNMENTS, name, &value)
     }
 
+    /// Removes a version's record, and the plugin's history with it when `whole`; in one
+    /// transaction, so a crash leaves either all of it or none.
+    pub(crate) fn delete(
+        &self,
+        name: &str,
+        versions: &[String],
+        whole: bool,
+    ) -> Result<(), String> {
+        let tx = self.db.begin_write().map_err(failed)?;
+        {
+            let mut packages = tx.open_table(PACKAGES).map_err(failed)?;
+            for version in versions {
+                packages
+                    .remove(format!("{name}@{version}").as_str())
+                    .map_err(failed)?;
+            }
+            if whole {
+                tx.open_table(ASSIGNMENTS)
+                    .map_err(failed)?
+                    .remove(name)
+                    .map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)
+    }
+
+    /// Removes a package file no record refers to any more (already gone is fine).
+    pub(crate) fn delete_blob(&self, digest: &Digest) -> Result<(), String> {
+        match std::fs::remove_file(self.blob_path(digest)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn put(
         &self,
         table: TableDefinition<&str, &[u8]>,

@@ -334,3 +334,60 @@ fn a_history_stored_before_changes_were_kept_loads_as_changes() {
         serde_json::from_slice(&serde_json::to_vec(&changes).unwrap()).unwrap();
     assert_eq!(again.into_changes(), changes);
 }
+
+#[test]
+fn a_version_or_a_plugin_is_deleted_only_when_not_assigned_and_stays_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _) = open(dir.path());
+    let one = registry
+        .push(&upload("hello", "1.0.0", &["hello"]))
+        .unwrap();
+    let two = registry
+        .push(&upload("hello", "2.0.0", &["hello"]))
+        .unwrap();
+    registry
+        .assign("hello", Some("1.0.0"), Selector::all(), &[], "tester")
+        .unwrap();
+    registry
+        .assign("hello", Some("2.0.0"), Selector::all(), &[], "tester")
+        .unwrap();
+
+    // What is assigned is refused, with the way out.
+    let err = registry.delete("hello", Some("2.0.0")).unwrap_err();
+    assert!(matches!(err, PluginError::Conflict(_)), "{err}");
+    assert!(
+        err.to_string().contains("ferry plugin unassign hello"),
+        "{err}"
+    );
+    let err = registry.delete("hello", None).unwrap_err();
+    assert!(matches!(err, PluginError::Conflict(_)), "{err}");
+    assert!(matches!(
+        registry.delete("hello", Some("9.0.0")),
+        Err(PluginError::NotFound(_))
+    ));
+
+    // A version not assigned goes, file and all; a rollback to it is refused by name.
+    assert_eq!(registry.delete("hello", Some("1.0.0")).unwrap(), ["1.0.0"]);
+    assert!(registry.package_path(&one.package.digest).is_none());
+    assert!(
+        !dir.path()
+            .join("plugins")
+            .join(format!("{}.pkg", one.package.digest))
+            .exists()
+    );
+    let err = registry.rollback("hello", "tester").unwrap_err();
+    assert!(err.to_string().contains("which was deleted"), "{err}");
+
+    // Unassigned, the whole plugin goes, and stays gone after a restart.
+    registry.unassign("hello", "tester").unwrap();
+    assert_eq!(registry.delete("hello", None).unwrap(), ["2.0.0"]);
+    assert!(registry.show("hello", &[]).is_none());
+    assert!(registry.package_path(&two.package.digest).is_none());
+    drop(registry);
+    let (registry, _) = open(dir.path());
+    assert!(registry.show("hello", &[]).is_none());
+    assert!(matches!(
+        registry.delete("hello", None),
+        Err(PluginError::NotFound(_))
+    ));
+}
