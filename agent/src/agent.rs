@@ -20,6 +20,7 @@ use crate::deploy::Deployer;
 use crate::executor::Executor;
 use crate::host::{HostConfig, HostError, LoadOptions, LoadedPlugin, PluginHost};
 use crate::journal::Journal;
+use crate::kv::RedbKvStore;
 use crate::metrics::{MetricsHistory, MetricsSampler};
 use crate::policy::{Grant, Policy, PolicyError};
 use crate::routes::Routes;
@@ -154,9 +155,9 @@ impl Agent {
         let host = PluginHost::new(HostConfig {
             max_memory_bytes: config.plugin_memory_mib.saturating_mul(1024 * 1024),
             cache_dir: Some(cache_dir),
-            metrics: Some(history.clone()),
-            kv_dir: Some(config.data_dir.join("kv")),
-            runtimes: Some(runtimes.clone()),
+            metrics: Some(Arc::new(history.clone())),
+            kv: Some(Arc::new(RedbKvStore::new(config.data_dir.join("kv")))),
+            runtimes: Some(Arc::new(runtimes.clone())),
             ..HostConfig::default()
         })?;
         let policy = Arc::new(match &config.policy {

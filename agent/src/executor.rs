@@ -16,7 +16,7 @@ use ferry_protocol::{
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::host::{self, CommandEvents, InvokeError, Invoked, LoadedPlugin};
+use crate::host::{self, CommandEvents, Invoked, LoadedPlugin};
 use crate::journal::{Journal, Seen};
 use crate::routes::{Route, Routes};
 
@@ -689,20 +689,5 @@ fn fit(result: CommandResult, max_frame: u32) -> CommandResult {
         )),
         payload: Vec::new(),
         ..result
-    }
-}
-
-/// The outcome an agent reports for a plugin's error; `ferry plugin test` reports the same.
-impl From<InvokeError> for Outcome {
-    fn from(error: InvokeError) -> Outcome {
-        match error {
-            InvokeError::InvalidInput(m) => Outcome::InvalidInput(m),
-            InvokeError::Denied(m) => Outcome::Denied(m),
-            InvokeError::Failed(m) => Outcome::Failed(m),
-            InvokeError::Cancelled => Outcome::Cancelled,
-            InvokeError::TimedOut => Outcome::TimedOut,
-            InvokeError::Crashed(m) => Outcome::Crashed(m),
-            InvokeError::Instantiate(m) => Outcome::Rejected(m),
-        }
     }
 }

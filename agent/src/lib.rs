@@ -11,14 +11,18 @@ mod connection;
 mod deploy;
 pub mod enroll;
 mod executor;
-pub mod host;
 mod instance;
 mod journal;
+pub mod kv;
 pub mod metrics;
 pub mod policy;
 mod renew;
 mod routes;
 pub mod runtimes;
+
+/// The plugin host, a crate of its own (`ferry-host`): the agent runs it with its metrics,
+/// key-value store and runtimes plugged in.
+pub use ferry_host as host;
 
 pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
 pub use config::{AgentConfig, DecommissionConfig, PluginConfig};

@@ -97,25 +97,18 @@ fn now_ms() -> u64 {
 }
 
 /// One measurement of the host and of the agent's process: what the `metrics` interface of
-/// `ferry:plugin` returns.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Sample {
-    /// When it was taken, in milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// The host's CPU use, 0 to 100, since the previous sample.
-    pub cpu_percent: f32,
-    /// The host's memory in use, in bytes.
-    pub memory_used_bytes: u64,
-    /// The host's total memory, in bytes.
-    pub memory_total_bytes: u64,
-    /// Used space on the volume holding the data directory, in bytes.
-    pub disk_used_bytes: u64,
-    /// The size of that volume, in bytes.
-    pub disk_total_bytes: u64,
-    /// The agent process's CPU use as a share of the whole host, 0 to 100.
-    pub agent_cpu_percent: f32,
-    /// The agent process's resident memory, in bytes.
-    pub agent_memory_bytes: u64,
+/// `ferry:plugin` returns (the plugin host's type).
+pub use ferry_host::metrics::Sample;
+
+/// What plugins granted `metrics` read: a sample now, and the recorded ones.
+impl ferry_host::MetricsSource for MetricsHistory {
+    fn now(&self) -> Sample {
+        MetricsHistory::now(self)
+    }
+
+    fn history(&self, period: Duration) -> Vec<Sample> {
+        MetricsHistory::history(self, period)
+    }
 }
 
 /// The agent's recent metrics: a ring buffer of [`Sample`]s, one taken every

@@ -16,6 +16,7 @@
 //! a watcher that lost a race with `stop` or `restart` does nothing.
 
 mod component;
+mod host;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_agent::host::{
-    CommandEvents, HostConfig, Invocation, InvokeError, LoadOptions, LoadedPlugin, LogLevel,
-    MAX_KEY_BYTES, MAX_VALUE_BYTES, PluginHost,
+    CommandEvents, HostConfig, Invocation, InvokeError, KvStore, LoadOptions, LoadedPlugin,
+    LogLevel, MAX_KEY_BYTES, MAX_VALUE_BYTES, MetricsSource, PluginHost,
 };
+use ferry_agent::kv::RedbKvStore;
 use ferry_agent::metrics::MetricsHistory;
 use ferry_builtins::fixtures::PROBE;
 use ferry_manifest::Capabilities;
@@ -23,11 +24,12 @@ impl CommandEvents for Quiet {
     }
 }
 
+/// A host with the agent's key-value store in `kv_dir` and its metrics `metrics`.
 fn host(kv_dir: Option<&Path>, metrics: Option<MetricsHistory>) -> PluginHost {
     PluginHost::new(HostConfig {
         max_instances: 4,
-        kv_dir: kv_dir.map(Path::to_path_buf),
-        metrics,
+        kv: kv_dir.map(|dir| Arc::new(RedbKvStore::new(dir.to_path_buf())) as Arc<dyn KvStore>),
+        metrics: metrics.map(|m| Arc::new(m) as Arc<dyn MetricsSource>),
         ..HostConfig::default()
     })
     .unwrap()

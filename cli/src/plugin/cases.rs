@@ -464,7 +464,7 @@ fn brief(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ferry_agent::host::{InvokeStats, LogLevel};
+    use ferry_host::{InvokeStats, LogLevel};
     use serde_json::json;
 
     use super::*;

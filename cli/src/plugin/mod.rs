@@ -5,6 +5,7 @@ mod build;
 mod cases;
 mod componentize;
 mod grant;
+mod local;
 mod new;
 mod registry;
 mod run;

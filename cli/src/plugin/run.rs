@@ -1,5 +1,5 @@
-//! Running a plugin on this machine, with the agent's plugin host but no agent and no server:
-//! the same sandbox, limits and deadline a command gets on an agent.
+//! Running a plugin on this machine, with the plugin host (`ferry-host`) an agent runs but no
+//! agent and no server: the same sandbox, limits and deadline a command gets on an agent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use ferry_agent::host::{
+use ferry_host::{
     CommandEvents, HostConfig, Invocation, InvokeStats, LoadOptions, LoadedPlugin, LogLevel,
     PluginHost,
 };
-use ferry_agent::metrics::MetricsHistory;
 use ferry_manifest::Capabilities;
 use ferry_protocol::message::Outcome;
 use futures::future::BoxFuture;
@@ -93,12 +92,8 @@ impl Local {
             // JavaScript and Python plugins take ~20 s to compile; the cache makes every run
             // after the first take milliseconds, as on an agent.
             cache_dir: compiled_cache_dir(),
-            kv_dir: Some(scratch.path().join("kv")),
-            metrics: Some(MetricsHistory::new(
-                scratch.path(),
-                Duration::from_secs(5),
-                Duration::from_secs(3600),
-            )),
+            kv: Some(Arc::new(super::local::Kv::default())),
+            metrics: Some(Arc::new(super::local::Metrics::new(scratch.path()))),
             ..HostConfig::default()
         })?;
         let options = LoadOptions {

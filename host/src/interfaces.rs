@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bindings::ferry::plugin::{agent, kv, metrics, process, runtimes};
-use super::kv::KvStore;
+use super::kv::{self as store, KvStore, MAX_KEY_BYTES};
+use super::metrics::{MetricsSource, Sample};
 use super::process::{self as programs, Programs};
+use super::runtimes::{self as supervised, RuntimeSupervisor};
 use super::state::State;
-use crate::metrics::{MetricsHistory, Sample};
 
 /// What one loaded plugin may reach through the host interfaces; shared by its invocations.
 pub(crate) struct Interfaces {
@@ -19,11 +20,11 @@ pub(crate) struct Interfaces {
     metrics_granted: bool,
     kv_granted: bool,
     request_data_granted: bool,
-    metrics: Option<MetricsHistory>,
-    kv: Option<Arc<KvStore>>,
+    metrics: Option<Arc<dyn MetricsSource>>,
+    kv: Option<Arc<dyn KvStore>>,
     programs: Programs,
     runtimes_granted: bool,
-    runtimes: Option<crate::runtimes::Runtimes>,
+    runtimes: Option<Arc<dyn RuntimeSupervisor>>,
     decommission_granted: bool,
 }
 
@@ -31,9 +32,9 @@ impl Interfaces {
     pub(crate) fn new(
         plugin: &str,
         capabilities: &ferry_manifest::Capabilities,
-        metrics: Option<MetricsHistory>,
-        kv: Option<Arc<KvStore>>,
-        runtimes: Option<crate::runtimes::Runtimes>,
+        metrics: Option<Arc<dyn MetricsSource>>,
+        kv: Option<Arc<dyn KvStore>>,
+        runtimes: Option<Arc<dyn RuntimeSupervisor>>,
         // The granted environment, which the programs it starts get.
         env: &[(String, String)],
     ) -> Self {
@@ -57,11 +58,11 @@ impl Interfaces {
         }
     }
 
-    fn runtimes(&self) -> Result<&crate::runtimes::Runtimes, String> {
+    fn runtimes(&self) -> Result<&dyn RuntimeSupervisor, String> {
         if !self.runtimes_granted {
             return Err(self.not_granted("runtimes"));
         }
-        self.runtimes.as_ref().ok_or_else(|| {
+        self.runtimes.as_deref().ok_or_else(|| {
             "runtimes are unavailable: no runtime supervisor is configured on this agent".into()
         })
     }
@@ -83,16 +84,16 @@ impl Interfaces {
         }
     }
 
-    fn metrics(&self) -> Result<&MetricsHistory, String> {
+    fn metrics(&self) -> Result<&dyn MetricsSource, String> {
         if !self.metrics_granted {
             return Err(self.not_granted("metrics"));
         }
-        self.metrics.as_ref().ok_or_else(|| {
+        self.metrics.as_deref().ok_or_else(|| {
             "metrics are unavailable: no metrics source is configured on this agent".into()
         })
     }
 
-    fn kv(&self) -> Result<&KvStore, String> {
+    fn kv(&self) -> Result<&dyn KvStore, String> {
         if !self.kv_granted {
             return Err(self.not_granted("kv"));
         }
@@ -131,24 +132,38 @@ impl metrics::Host for State {
 }
 
 impl kv::Host for State {
+    // Keys and values are checked before the store is reached: a plugin gets the same answer
+    // whatever the store, and the store only ever sees what fits.
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let interfaces = &self.interfaces;
-        interfaces.kv()?.get(&interfaces.plugin, &key)
+        let kv = interfaces.kv()?;
+        store::check_key(&key)?;
+        kv.get(&interfaces.plugin, &key)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         let interfaces = &self.interfaces;
-        interfaces.kv()?.set(&interfaces.plugin, &key, &value)
+        let kv = interfaces.kv()?;
+        store::check_key(&key)?;
+        store::check_value(&key, &value)?;
+        kv.set(&interfaces.plugin, &key, &value)
     }
 
     fn delete(&mut self, key: String) -> Result<bool, String> {
         let interfaces = &self.interfaces;
-        interfaces.kv()?.delete(&interfaces.plugin, &key)
+        let kv = interfaces.kv()?;
+        store::check_key(&key)?;
+        kv.delete(&interfaces.plugin, &key)
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
         let interfaces = &self.interfaces;
-        interfaces.kv()?.list_keys(&interfaces.plugin, &prefix)
+        let kv = interfaces.kv()?;
+        // No key is longer than this, so none starts with it.
+        if prefix.len() > MAX_KEY_BYTES {
+            return Ok(Vec::new());
+        }
+        kv.list_keys(&interfaces.plugin, &prefix)
     }
 }
 
@@ -195,8 +210,8 @@ impl process::Host for State {
     }
 }
 
-fn runtime_info(info: crate::runtimes::Info) -> runtimes::Info {
-    use crate::runtimes::Status as S;
+fn runtime_info(info: supervised::Info) -> runtimes::Info {
+    use supervised::Status as S;
     runtimes::Info {
         name: info.name,
         status: match info.status {
@@ -209,7 +224,7 @@ fn runtime_info(info: crate::runtimes::Info) -> runtimes::Info {
         pid: info.pid,
         restarts: info.restarts,
         last_exit_code: info.last_exit_code,
-        port: info.spec.port,
+        port: info.port,
         created_ms: info.created_ms,
         started_ms: info.started_ms,
         detail: info.detail,
@@ -228,12 +243,12 @@ impl runtimes::Host for State {
         // A runtime runs a program (or a component file): the same grant as starting it
         // through `process`.
         let restart = match spec.restart {
-            runtimes::RestartPolicy::Never => crate::runtimes::RestartPolicy::Never,
-            runtimes::RestartPolicy::OnFailure => crate::runtimes::RestartPolicy::OnFailure,
-            runtimes::RestartPolicy::Always => crate::runtimes::RestartPolicy::Always,
+            runtimes::RestartPolicy::Never => supervised::RestartPolicy::Never,
+            runtimes::RestartPolicy::OnFailure => supervised::RestartPolicy::OnFailure,
+            runtimes::RestartPolicy::Always => supervised::RestartPolicy::Always,
         };
         let spec = match spec.workload {
-            runtimes::Workload::Process(p) => crate::runtimes::Spec {
+            runtimes::Workload::Process(p) => supervised::Spec {
                 command: interfaces.programs.granted(&p.command)?.to_path_buf(),
                 args: p.args,
                 env: p.env,
@@ -242,7 +257,7 @@ impl runtimes::Host for State {
                 port: spec.port,
                 component: false,
             },
-            runtimes::Workload::Component(c) => crate::runtimes::Spec {
+            runtimes::Workload::Component(c) => supervised::Spec {
                 command: interfaces.programs.granted(&c.path)?.to_path_buf(),
                 args: c.args,
                 env: c.env,

@@ -11,7 +11,7 @@ use ferry_builtins::fixtures::FAULTY;
 use parking_lot::Mutex;
 
 use super::*;
-use crate::host::cache;
+use crate::cache;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Event {

@@ -7,6 +7,20 @@
 //!   a component, or takes it from the on-disk cache ([`HostConfig::cache_dir`]), checks that it
 //!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin` imports (`context`, and
 //!   `metrics`, `kv` and `process`, which answer only plugins granted them), and pre-instantiates it.
+//!
+//! The host is the sandbox and knows nothing of the fleet: no server, no transport, no agent.
+//! What a granted plugin reaches beyond its sandbox comes from whoever runs the host, through
+//! one small trait per capability, each optional in [`HostConfig`]:
+//!
+//! - [`MetricsSource`] answers `ferry:plugin/metrics` (the agent: its sampled history);
+//! - [`KvStore`] keeps what `ferry:plugin/kv` stores, a namespace per plugin (the agent: a
+//!   redb database under its data directory; the host checks key and value sizes first);
+//! - [`RuntimeSupervisor`] answers `ferry:plugin/runtimes` (the agent: its supervisor);
+//! - [`CommandEvents`], per command, takes its logs and progress and answers `cancelled`,
+//!   `request-data` and `agent.decommission` (the agent: its executor, which asks the server
+//!   and decommissions once the command's result is out).
+//!
+//! A capability whose source is absent answers granted plugins with an error saying so.
 //! - [`LoadedPlugin::invoke`] runs one command in a fresh `Store`: no files, network,
 //!   environment or arguments; stdout and stderr become log lines; memory is capped; a
 //!   deadline ends it, and so does its fuel budget if it has one. A trap, a panic or a limit
@@ -16,7 +30,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use ferry_agent::host::{CommandEvents, HostConfig, Invocation, LogLevel, PluginHost};
+//! use ferry_host::{CommandEvents, HostConfig, Invocation, LogLevel, PluginHost};
 //!
 //! struct Print;
 //! impl CommandEvents for Print {
@@ -51,9 +65,11 @@ mod engine;
 mod error;
 mod interfaces;
 mod invoke;
-mod kv;
+pub mod kv;
+pub mod metrics;
 mod output;
 mod process;
+pub mod runtimes;
 mod sandbox;
 mod state;
 #[cfg(test)]
@@ -73,16 +89,16 @@ use self::cache::ComponentCache;
 use self::engine::Runtime;
 pub use self::error::{HostError, InvokeError};
 use self::interfaces::Interfaces;
-use self::kv::KvStore;
-pub use self::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use self::kv::{KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use self::metrics::MetricsSource;
+pub use self::runtimes::RuntimeSupervisor;
 use self::state::{Meter, State};
-use crate::metrics::MetricsHistory;
 
 /// The WIT package version this host serves.
 pub const WIT_VERSION: &str = "0.1.0";
 
-/// Limits and tuning of a [`PluginHost`].
-#[derive(Debug, Clone)]
+/// Limits and tuning of a [`PluginHost`], and the sources of its capability interfaces.
+#[derive(Clone)]
 pub struct HostConfig {
     /// The most linear memory one plugin instance may use, in bytes. A plugin that needs more
     /// crashes with a message naming this limit. Default: 256 MiB.
@@ -121,16 +137,33 @@ pub struct HostConfig {
     /// What the `ferry:plugin/metrics` interface reads, for plugins granted `metrics`. Default:
     /// none, and granted plugins get an error saying no metrics source is configured; the agent
     /// passes the history its sampling task keeps.
-    pub metrics: Option<MetricsHistory>,
-    /// Where the `ferry:plugin/kv` store lives (a redb database, `kv.redb`, with a namespace
-    /// per plugin name), for plugins granted `kv`; created on first use, readable by the
-    /// agent's user alone. Default: none, and granted plugins get an error saying no store is
-    /// configured; the agent uses `<data_dir>/kv`.
-    pub kv_dir: Option<PathBuf>,
+    pub metrics: Option<Arc<dyn MetricsSource>>,
+    /// Where the `ferry:plugin/kv` interface keeps its keys (a namespace per plugin name), for
+    /// plugins granted `kv`. Default: none, and granted plugins get an error saying no store is
+    /// configured; the agent passes a redb database in `<data_dir>/kv`.
+    pub kv: Option<Arc<dyn KvStore>>,
     /// What the `ferry:plugin/runtimes` interface manages, for plugins granted `runtimes`.
     /// Default: none, and granted plugins get an error saying no runtimes are configured; the
     /// agent passes its supervisor (`<data_dir>/runtimes`).
-    pub runtimes: Option<crate::runtimes::Runtimes>,
+    pub runtimes: Option<Arc<dyn RuntimeSupervisor>>,
+}
+
+impl fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("max_memory_bytes", &self.max_memory_bytes)
+            .field("max_instances", &self.max_instances)
+            .field("pooling", &self.pooling)
+            .field("epoch_tick", &self.epoch_tick)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("cache_dir", &self.cache_dir)
+            .field("metrics", &self.metrics.is_some())
+            .field("kv", &self.kv.is_some())
+            .field("runtimes", &self.runtimes.is_some())
+            .finish()
+    }
 }
 
 impl Default for HostConfig {
@@ -145,7 +178,7 @@ impl Default for HostConfig {
             max_message_bytes: 16 << 10,
             cache_dir: None,
             metrics: None,
-            kv_dir: None,
+            kv: None,
             runtimes: None,
         }
     }
@@ -163,7 +196,7 @@ pub struct LoadOptions {
     /// slower, and unmetered plugins do not pay for it.
     pub fuel: Option<u64>,
     /// What the plugin may touch outside its sandbox: its manifest's request intersected with
-    /// the agent's policy (`ferry_agent::policy`). Empty by default: no files, environment or
+    /// the policy of whoever runs the host (the agent's `ferry_agent::policy`). Empty by default: no files, environment or
     /// network.
     pub capabilities: ferry_manifest::Capabilities,
     /// A memory limit below the host's, for this plugin only.
@@ -197,8 +230,6 @@ struct Shared {
     /// Instances running now, in either engine, bounded by `config.max_instances`.
     running: AtomicU32,
     cache: Option<ComponentCache>,
-    /// The `kv` store, when [`HostConfig::kv_dir`] is set.
-    kv: Option<Arc<KvStore>>,
     /// The engine of unmetered plugins.
     plain: Arc<Runtime>,
     /// The engine of plugins with a fuel budget, created with the first of them.
@@ -220,7 +251,6 @@ impl PluginHost {
         Ok(Self {
             shared: Arc::new(Shared {
                 cache: config.cache_dir.clone().map(ComponentCache::new),
-                kv: config.kv_dir.clone().map(|dir| Arc::new(KvStore::new(dir))),
                 config,
                 running: AtomicU32::new(0),
                 plain,
@@ -331,7 +361,7 @@ impl PluginHost {
                     name,
                     &options.capabilities,
                     self.shared.config.metrics.clone(),
-                    self.shared.kv.clone(),
+                    self.shared.config.kv.clone(),
                     self.shared.config.runtimes.clone(),
                     sandbox.env(),
                 )),

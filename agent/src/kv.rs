@@ -1,4 +1,6 @@
-//! The per-plugin key-value store behind the `ferry:plugin/kv` interface.
+//! The per-plugin key-value store behind the `ferry:plugin/kv` interface: the agent's
+//! [`ferry_host::KvStore`], which the plugin host calls after checking the plugin's grant and
+//! the sizes of its keys and values.
 //!
 //! Storage: one redb database, `<kv_dir>/kv.redb`, with a table per plugin name
 //! (`plugin:<name>`), so that a plugin's calls can only ever name its own table. redb rather
@@ -18,22 +20,20 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, TableDefinition, TableError};
 
-/// The longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
-/// The largest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The database's file name in the kv directory.
 const FILE: &str = "kv.redb";
 
-/// The store of every plugin of one host.
-pub(crate) struct KvStore {
+/// The store of every plugin of one host: `<dir>/kv.redb`, created on first use, readable by
+/// the agent's user alone.
+pub struct RedbKvStore {
     dir: PathBuf,
     db: Mutex<Option<Arc<Database>>>,
 }
 
-impl KvStore {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        KvStore {
+impl RedbKvStore {
+    /// A store in `dir`; nothing is opened or created until the first call.
+    pub fn new(dir: PathBuf) -> Self {
+        RedbKvStore {
             dir,
             db: Mutex::new(None),
         }
@@ -61,9 +61,10 @@ impl KvStore {
         *db = Some(opened.clone());
         Ok(opened)
     }
+}
 
-    pub(crate) fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        check_key(key)?;
+impl ferry_host::KvStore for RedbKvStore {
+    fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         let name = table_name(plugin);
         let tx = self.db()?.begin_read().map_err(failed)?;
         let table = match tx.open_table(definition(&name)) {
@@ -74,14 +75,7 @@ impl KvStore {
         Ok(table.get(key).map_err(failed)?.map(|v| v.value().to_vec()))
     }
 
-    pub(crate) fn set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        check_key(key)?;
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(format!(
-                "the value for key {key:?} is {} bytes; values are at most {MAX_VALUE_BYTES} bytes (1 MiB)",
-                value.len()
-            ));
-        }
+    fn set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
         let name = table_name(plugin);
         let tx = self.db()?.begin_write().map_err(failed)?;
         {
@@ -91,8 +85,7 @@ impl KvStore {
         tx.commit().map_err(failed)
     }
 
-    pub(crate) fn delete(&self, plugin: &str, key: &str) -> Result<bool, String> {
-        check_key(key)?;
+    fn delete(&self, plugin: &str, key: &str) -> Result<bool, String> {
         let name = table_name(plugin);
         let tx = self.db()?.begin_write().map_err(failed)?;
         let existed = {
@@ -103,10 +96,7 @@ impl KvStore {
         Ok(existed)
     }
 
-    pub(crate) fn list_keys(&self, plugin: &str, prefix: &str) -> Result<Vec<String>, String> {
-        if prefix.len() > MAX_KEY_BYTES {
-            return Ok(Vec::new());
-        }
+    fn list_keys(&self, plugin: &str, prefix: &str) -> Result<Vec<String>, String> {
         let name = table_name(plugin);
         let tx = self.db()?.begin_read().map_err(failed)?;
         let table = match tx.open_table(definition(&name)) {
@@ -134,19 +124,6 @@ fn definition(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
 /// A plugin's table. Plugin names come from the agent's configuration, never from the plugin.
 fn table_name(plugin: &str) -> String {
     format!("plugin:{plugin}")
-}
-
-fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("a key must not be empty".into());
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "the key is {} bytes long; keys are at most {MAX_KEY_BYTES} bytes",
-            key.len()
-        ));
-    }
-    Ok(())
 }
 
 fn failed(e: impl std::fmt::Display) -> String {

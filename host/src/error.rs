@@ -1,5 +1,7 @@
 //! What can go wrong when loading a plugin, and how a command can end other than with a result.
 
+use ferry_protocol::message::Outcome;
+
 /// Why the plugin host could not start, or could not load a plugin.
 ///
 /// The messages name the plugin and say what to do about it.
@@ -89,4 +91,19 @@ pub enum InvokeError {
     /// could not instantiate (e.g. instance limit reached)
     #[error("not started: {0}")]
     Instantiate(String),
+}
+
+/// The outcome a plugin's error is reported as, by an agent and by `ferry plugin test` alike.
+impl From<InvokeError> for Outcome {
+    fn from(error: InvokeError) -> Outcome {
+        match error {
+            InvokeError::InvalidInput(m) => Outcome::InvalidInput(m),
+            InvokeError::Denied(m) => Outcome::Denied(m),
+            InvokeError::Failed(m) => Outcome::Failed(m),
+            InvokeError::Cancelled => Outcome::Cancelled,
+            InvokeError::TimedOut => Outcome::TimedOut,
+            InvokeError::Crashed(m) => Outcome::Crashed(m),
+            InvokeError::Instantiate(m) => Outcome::Rejected(m),
+        }
+    }
 }

@@ -1,0 +1,91 @@
+//! The agent's runtimes as the plugin host's [`RuntimeSupervisor`]: what the
+//! `ferry:plugin/runtimes` interface of a granted plugin manages.
+
+use std::time::Duration;
+
+use ferry_host::RuntimeSupervisor;
+use ferry_host::runtimes as host;
+use futures::future::BoxFuture;
+
+use super::{Info, RestartPolicy, Runtimes, Sample, Spec, Status};
+
+impl RuntimeSupervisor for Runtimes {
+    fn create(&self, name: &str, spec: host::Spec, start: bool) -> Result<host::Info, String> {
+        Runtimes::create(self, name, spec_from(spec), start).map(info_to)
+    }
+
+    fn start(&self, name: &str) -> Result<host::Info, String> {
+        Runtimes::start(self, name).map(info_to)
+    }
+
+    fn stop<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<host::Info, String>> {
+        Box::pin(async move { Runtimes::stop(self, name).await.map(info_to) })
+    }
+
+    fn restart<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<host::Info, String>> {
+        Box::pin(async move { Runtimes::restart(self, name).await.map(info_to) })
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(Runtimes::delete(self, name))
+    }
+
+    fn get(&self, name: &str) -> Result<host::Info, String> {
+        Runtimes::get(self, name).map(info_to)
+    }
+
+    fn list(&self) -> Vec<host::Info> {
+        Runtimes::list(self).into_iter().map(info_to).collect()
+    }
+
+    fn consumption(&self, name: &str, period: Duration) -> Result<Vec<host::Sample>, String> {
+        Ok(Runtimes::consumption(self, name, period)?
+            .into_iter()
+            .map(sample_to)
+            .collect())
+    }
+}
+
+fn spec_from(spec: host::Spec) -> Spec {
+    Spec {
+        command: spec.command,
+        args: spec.args,
+        env: spec.env,
+        cwd: spec.cwd,
+        restart: match spec.restart {
+            host::RestartPolicy::Never => RestartPolicy::Never,
+            host::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+            host::RestartPolicy::Always => RestartPolicy::Always,
+        },
+        port: spec.port,
+        component: spec.component,
+    }
+}
+
+fn info_to(info: Info) -> host::Info {
+    host::Info {
+        name: info.name,
+        status: match info.status {
+            Status::Running => host::Status::Running,
+            Status::Stopped => host::Status::Stopped,
+            Status::Exited => host::Status::Exited,
+            Status::Restarting => host::Status::Restarting,
+            Status::Failed => host::Status::Failed,
+        },
+        pid: info.pid,
+        restarts: info.restarts,
+        last_exit_code: info.last_exit_code,
+        port: info.spec.port,
+        created_ms: info.created_ms,
+        started_ms: info.started_ms,
+        detail: info.detail,
+    }
+}
+
+fn sample_to(s: Sample) -> host::Sample {
+    host::Sample {
+        timestamp_ms: s.timestamp_ms,
+        cpu_percent: s.cpu_percent,
+        memory_bytes: s.memory_bytes,
+    }
+}

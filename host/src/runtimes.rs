@@ -1,0 +1,111 @@
+//! What the `ferry:plugin/runtimes` interface manages: a [`RuntimeSupervisor`], supplied by
+//! whoever runs the host (the agent passes its supervisor, which keeps runtimes in
+//! `<data_dir>/runtimes` and outlives any one command). These are the host's view of a runtime:
+//! what a plugin may ask for and be told.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+/// What to do when a workload ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Leave it ended.
+    Never,
+    /// Start it again after a non-zero exit or a signal.
+    OnFailure,
+    /// Start it again whenever it ends.
+    Always,
+}
+
+/// A runtime's spec, as a plugin asked for it, its program already checked against the
+/// plugin's grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// The program, an absolute path.
+    pub command: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its whole environment.
+    pub env: Vec<(String, String)>,
+    /// Its working directory; `/` when none.
+    pub cwd: Option<PathBuf>,
+    /// What to do when it ends by itself.
+    pub restart: RestartPolicy,
+    /// The port it serves on, for others.
+    pub port: Option<u16>,
+    /// `command` is a `wasi:cli` component to run, not a program.
+    pub component: bool,
+}
+
+/// Where a runtime stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Its workload runs.
+    Running,
+    /// Stopped on request.
+    Stopped,
+    /// Ended by itself; the policy leaves it ended.
+    Exited,
+    /// Ended; about to start again.
+    Restarting,
+    /// Could not be started.
+    Failed,
+}
+
+/// A runtime as a plugin is told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Info {
+    /// Its name.
+    pub name: String,
+    /// Where it stands.
+    pub status: Status,
+    /// Its workload's pid while it runs.
+    pub pid: Option<u32>,
+    /// How many times it was started again.
+    pub restarts: u32,
+    /// The exit code of its last end, when it exited.
+    pub last_exit_code: Option<i32>,
+    /// The port it serves on.
+    pub port: Option<u16>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When its workload last started.
+    pub started_ms: Option<u64>,
+    /// Why it failed or how it last ended.
+    pub detail: String,
+}
+
+/// One measurement of a runtime's workload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// CPU as a share of the whole host, 0–100.
+    pub cpu_percent: f32,
+    /// Resident memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The supervisor behind `ferry:plugin/runtimes`
+/// ([`HostConfig::runtimes`](crate::HostConfig::runtimes)). Errors are the messages the plugin
+/// gets. The synchronous calls are made in the middle of wasm execution and must be quick.
+pub trait RuntimeSupervisor: Send + Sync {
+    /// Creates the runtime `name` from `spec`, and starts it when `start`.
+    fn create(&self, name: &str, spec: Spec, start: bool) -> Result<Info, String>;
+    /// Starts a stopped runtime.
+    fn start(&self, name: &str) -> Result<Info, String>;
+    /// Stops a runtime's workload.
+    fn stop<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Info, String>>;
+    /// Stops and starts a runtime's workload.
+    fn restart<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Info, String>>;
+    /// Stops a runtime and forgets it.
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// One runtime.
+    fn get(&self, name: &str) -> Result<Info, String>;
+    /// Every runtime.
+    fn list(&self) -> Vec<Info>;
+    /// The samples of `name`'s workload in the last `period`, oldest first.
+    fn consumption(&self, name: &str, period: Duration) -> Result<Vec<Sample>, String>;
+}

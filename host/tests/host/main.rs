@@ -1,0 +1,3 @@
+//! Integration tests of `ferry-host` as a crate of its own.
+
+mod layering;
