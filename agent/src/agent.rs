@@ -29,7 +29,7 @@ use ferry_manifest::{Capabilities, Limits, Manifest};
 use std::collections::HashMap;
 
 /// The WIT versions of `ferry:plugin` this agent's plugin host serves.
-pub const WIT_VERSIONS: &[&str] = &[crate::host::WIT_VERSION];
+pub const WIT_VERSIONS: &[&str] = ferry_protocol::WIT_VERSIONS;
 
 /// Where the agent's connection to its server stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,10 @@
 //! Rust bindings for the `ferry:plugin@0.1.0` world, generated from `wit/0.1.0`.
 
+/// The version these bindings are generated from (the `path` below): a test checks that it is
+/// exactly `ferry_protocol::WIT_VERSIONS`. A new version gets its own bindings beside these.
+#[cfg(test)]
+pub(crate) const BOUND: &[&str] = &["0.1.0"];
+
 wasmtime::component::bindgen!({
     path: "../wit/0.1.0",
     world: "plugin",

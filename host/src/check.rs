@@ -8,7 +8,9 @@ use wasmtime::component::types::{ComponentItem, Type};
 use super::{HostError, WIT_VERSION};
 
 /// The interface a plugin must export.
-const HANDLER_EXPORT: &str = "ferry:plugin/handler@0.1.0";
+fn handler_export() -> String {
+    format!("ferry:plugin/handler@{WIT_VERSION}")
+}
 /// The type `handle` must have, written as [`render`] writes types.
 const HANDLE_TYPE: &str = "func(record { id: string, topic: string, payload: list<u8>, content-type: string }) \
      -> result<list<u8>, variant { invalid-input(string), denied(string), failed(string), cancelled, timed-out }>";
@@ -53,7 +55,8 @@ pub(crate) fn handler_exported(
 ) -> Result<(), HostError> {
     let not_a_plugin = |reason| not_a_plugin(name, reason);
     let ty = component.component_type();
-    if ty.get_export(engine, HANDLER_EXPORT).is_none() {
+    let handler_export = handler_export();
+    if ty.get_export(engine, &handler_export).is_none() {
         let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
         return Err(not_a_plugin(
             match exports
@@ -65,7 +68,7 @@ pub(crate) fn handler_exported(
                  ferry:plugin@{WIT_VERSION} only"
                 ),
                 None => format!(
-                    "it does not export `{HANDLER_EXPORT}` (it exports {}); build it against the world \
+                    "it does not export `{handler_export}` (it exports {}); build it against the world \
                  ferry:plugin/plugin in wit/{WIT_VERSION}, e.g. with the ferry-plugin crate",
                     if exports.is_empty() {
                         "nothing".to_string()
@@ -93,24 +96,25 @@ pub(crate) fn handle_signature(
 ) -> Result<(), HostError> {
     let not_a_plugin = |reason| not_a_plugin(name, reason);
     let ty = component.component_type();
-    let Some(handler) = ty.get_export(engine, HANDLER_EXPORT) else {
+    let handler_export = handler_export();
+    let Some(handler) = ty.get_export(engine, &handler_export) else {
         return Err(not_a_plugin(format!(
-            "it does not export `{HANDLER_EXPORT}`"
+            "it does not export `{handler_export}`"
         )));
     };
     let ComponentItem::ComponentInstance(instance) = handler.ty else {
         return Err(not_a_plugin(format!(
-            "its export `{HANDLER_EXPORT}` is not an interface instance"
+            "its export `{handler_export}` is not an interface instance"
         )));
     };
     let Some(handle) = instance.get_export(engine, "handle") else {
         return Err(not_a_plugin(format!(
-            "its `{HANDLER_EXPORT}` has no function `handle`"
+            "its `{handler_export}` has no function `handle`"
         )));
     };
     let ComponentItem::ComponentFunc(func) = handle.ty else {
         return Err(not_a_plugin(format!(
-            "its `{HANDLER_EXPORT}#handle` is not a function"
+            "its `{handler_export}#handle` is not a function"
         )));
     };
     let params: Vec<String> = func.params().map(|(_, t)| render(&t)).collect();

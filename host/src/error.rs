@@ -43,7 +43,10 @@ pub enum HostError {
     },
 
     /// The component is valid but does not implement the ferry plugin world.
-    #[error("plugin '{name}' is not a ferry plugin for ferry:plugin@0.1.0: {reason}")]
+    #[error(
+        "plugin '{name}' is not a ferry plugin for ferry:plugin@{}: {reason}",
+        crate::WIT_VERSION
+    )]
     NotAPlugin {
         /// The plugin's name.
         name: String,

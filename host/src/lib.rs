@@ -94,8 +94,9 @@ pub use self::metrics::MetricsSource;
 pub use self::runtimes::RuntimeSupervisor;
 use self::state::{Meter, State};
 
-/// The WIT package version this host serves.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The WIT package version this host serves: the newest of the one list,
+/// [`ferry_protocol::WIT_VERSIONS`] (a test checks that `bindings` binds exactly that list).
+pub const WIT_VERSION: &str = ferry_protocol::WIT_LATEST;
 
 /// Limits and tuning of a [`PluginHost`], and the sources of its capability interfaces.
 #[derive(Clone)]

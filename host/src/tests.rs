@@ -672,3 +672,14 @@ async fn fuel_is_metered_only_where_configured() {
     // The same command costs the same fuel every time: each invocation starts afresh.
     assert_eq!(second.stats.fuel_consumed, Some(used));
 }
+
+#[test]
+fn the_bindings_bind_exactly_the_versions_ferry_serves() {
+    assert_eq!(
+        bindings::BOUND,
+        ferry_protocol::WIT_VERSIONS,
+        "ferry_protocol::WIT_VERSIONS and the host's bindings differ: a version in the list \
+         needs its own bindings module (bindgen! from wit/<version>/), and bindings need their \
+         version in the list"
+    );
+}

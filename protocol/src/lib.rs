@@ -25,9 +25,14 @@ pub mod close {
     pub const SHUTDOWN: u32 = 4;
 }
 
-/// The `ferry:plugin` WIT world versions this release of ferry defines, oldest first. Each
-/// released version stays, frozen, under `wit/<version>/`.
+/// The `ferry:plugin` WIT world versions this release of ferry defines, oldest first: the one
+/// list the agent advertises, the server gates assignments on, the host binds and `ferry
+/// plugin new` copies. Each released version stays, frozen, under `wit/<version>/`
+/// (`host/tests/host/wit.rs` holds each one's digest); new interfaces go into the next.
 pub const WIT_VERSIONS: &[&str] = &["0.1.0"];
+
+/// The newest of [`WIT_VERSIONS`]: what new plugins are built against.
+pub const WIT_LATEST: &str = WIT_VERSIONS[WIT_VERSIONS.len() - 1];
 
 pub mod codec;
 pub mod digest;

@@ -88,8 +88,10 @@ const SDK_MANIFEST: &str = include_str!("../../../plugins/sdk/Cargo.toml");
 /// Where the SDK's `workspace = true` values come from.
 const PLUGINS_WORKSPACE: &str = include_str!("../../../plugins/Cargo.toml");
 const PLUGINS_LOCK: &str = include_str!("../../../plugins/Cargo.lock");
-/// The WIT package, written under `wit/0.1.0/`. A test checks that this lists every file in
-/// `wit/0.1.0`.
+/// The WIT package new projects are built against, written under `wit/<WIT_FILES_VERSION>/`.
+/// Tests check that this lists every file of that folder and that it is the newest version
+/// ferry serves (`ferry_protocol::WIT_LATEST`); `include_str!` needs the path spelled out.
+const WIT_FILES_VERSION: &str = "0.1.0";
 const WIT_FILES: &[(&str, &str)] = &[("plugin.wit", include_str!("../../../wit/0.1.0/plugin.wit"))];
 /// ferry's own toolchain file: the project is pinned to the toolchain ferry is built with.
 const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
@@ -153,7 +155,7 @@ pub fn project(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
         .map(|(path, text)| (path.to_string(), fill(text)))
         .collect();
     for (path, text) in WIT_FILES {
-        files.push((format!("wit/0.1.0/{path}"), text.to_string()));
+        files.push((format!("wit/{WIT_FILES_VERSION}/{path}"), text.to_string()));
     }
     Ok(files)
 }
@@ -174,7 +176,7 @@ const C_INFO: LangInfo = LangInfo {
     tools: "clang, lld and wasi-libc. On Debian or Ubuntu:\n\n```sh\n\
             apt-get install clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc\n```",
     build: "`ferry plugin build` generates the C bindings for the plugin interface \
-            (`build/bindings/plugin.h` and `plugin.c`) from `wit/0.1.0`, compiles `src/*.c` with \
+            (`build/bindings/plugin.h` and `plugin.c`) from the project's `wit/` folder, compiles `src/*.c` with \
             them into a WASI preview-1 module (`build/core.wasm`), and turns that into a \
             component with the WASI preview-1 adapter. `build/bindings/plugin.h` declares \
             every function and type the plugin can use.",
@@ -208,7 +210,7 @@ const JS_INFO: LangInfo = LangInfo {
             JavaScript engine (StarlingMonkey) with the module into a component of about 12 MB. \
             An agent compiles it once (about 20 s) and keeps the compiled code in its cache, so \
             later loads take milliseconds. The module imports the agent's functions from \
-            `ferry:plugin/context@0.1.0` and the other interfaces, and exports `handler`.",
+            `ferry:plugin/context` and the other interfaces, and exports `handler`.",
     files: "| `src/plugin.js` | the plugin: `handler.handle(command)` |\n\
             | `package.json` | the build tool it needs |",
 };
@@ -445,7 +447,7 @@ pub fn rust_project(name: &str) -> Result<Vec<(String, String)>> {
         files.push((format!("vendor/ferry-plugin/{path}"), text.to_string()));
     }
     for (path, text) in WIT_FILES {
-        files.push((format!("wit/0.1.0/{path}"), text.to_string()));
+        files.push((format!("wit/{WIT_FILES_VERSION}/{path}"), text.to_string()));
     }
     Ok(files)
 }
@@ -647,7 +649,12 @@ mod tests {
         let embedded: BTreeSet<String> = SDK_SOURCES.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(embedded, sdk, "update SDK_SOURCES in cli/src/plugin/new.rs");
 
-        let wit = files_under(&repo().join("wit/0.1.0"));
+        assert_eq!(
+            WIT_FILES_VERSION,
+            ferry_protocol::WIT_LATEST,
+            "new projects are built against the newest WIT version: point WIT_FILES at it"
+        );
+        let wit = files_under(&repo().join("wit").join(WIT_FILES_VERSION));
         let embedded: BTreeSet<String> = WIT_FILES.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(embedded, wit, "update WIT_FILES in cli/src/plugin/new.rs");
 
@@ -734,7 +741,10 @@ mod tests {
                 .unwrap();
             assert!(cases.len() >= 5, "{lang:?}");
             assert!(get("cases.toml").contains("build/disk-report.wasm"));
-            assert_eq!(get("wit/0.1.0/plugin.wit"), WIT_FILES[0].1);
+            assert_eq!(
+                get(&format!("wit/{WIT_FILES_VERSION}/plugin.wit")),
+                WIT_FILES[0].1
+            );
             assert!(get("README.md").contains("ferry plugin build"), "{lang:?}");
             assert!(get(".gitignore").contains("/build"), "{lang:?}");
         }

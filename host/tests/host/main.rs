@@ -1,3 +1,4 @@
 //! Integration tests of `ferry-host` as a crate of its own.
 
 mod layering;
+mod wit;
