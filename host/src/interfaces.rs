@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::GrantSource;
 use super::bindings::ferry::plugin::{agent, kv, metrics, process, runtimes};
 use super::kv::{self as store, KvStore, MAX_KEY_BYTES};
 use super::metrics::{MetricsSource, Sample};
@@ -26,6 +27,7 @@ pub(crate) struct Interfaces {
     runtimes_granted: bool,
     runtimes: Option<Arc<dyn RuntimeSupervisor>>,
     decommission_granted: bool,
+    grants: GrantSource,
 }
 
 impl Interfaces {
@@ -37,6 +39,7 @@ impl Interfaces {
         runtimes: Option<Arc<dyn RuntimeSupervisor>>,
         // The granted environment, which the programs it starts get.
         env: &[(String, String)],
+        grants: GrantSource,
     ) -> Self {
         Interfaces {
             plugin: plugin.to_string(),
@@ -45,7 +48,7 @@ impl Interfaces {
             request_data_granted: capabilities.request_data,
             metrics,
             kv,
-            programs: Programs::new(plugin, &capabilities.programs, env).with_dirs(
+            programs: Programs::new(plugin, &capabilities.programs, env, grants).with_dirs(
                 capabilities
                     .filesystem
                     .iter()
@@ -55,6 +58,7 @@ impl Interfaces {
             runtimes_granted: capabilities.runtimes,
             runtimes,
             decommission_granted: capabilities.decommission,
+            grants,
         }
     }
 
@@ -69,10 +73,10 @@ impl Interfaces {
 
     fn not_granted(&self, capability: &str) -> String {
         let plugin = &self.plugin;
-        format!(
-            "{capability} is not granted to plugin '{plugin}': its manifest must set `{capability} = true` under \
-             [capabilities] and the agent's policy allow it (`{capability} = true` under [plugins.{plugin}.capabilities])"
-        )
+        let how = self
+            .grants
+            .how(plugin, &format!("{capability} = true"), capability);
+        format!("{capability} is not granted to plugin '{plugin}': {how}")
     }
 
     /// Fails unless the plugin may ask the server for data.

@@ -147,6 +147,36 @@ pub struct HostConfig {
     /// Default: none, and granted plugins get an error saying no runtimes are configured; the
     /// agent passes its supervisor (`<data_dir>/runtimes`).
     pub runtimes: Option<Arc<dyn RuntimeSupervisor>>,
+    /// Where plugins' grants come from, which is what a refusal tells its reader to change.
+    /// Default: a manifest and an agent's policy.
+    pub grants: GrantSource,
+}
+
+/// Where a plugin's grants come from: a refusal names the setting to change there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GrantSource {
+    /// An agent: the plugin's manifest asks, the agent's policy allows.
+    #[default]
+    ManifestAndPolicy,
+    /// `ferry plugin test`: its `--grant` flags stand in for both.
+    CommandLine,
+}
+
+impl GrantSource {
+    /// How to grant `setting` (as a manifest and a policy write it) to `plugin`; `flag` is the
+    /// `--grant` value that does it on the command line.
+    pub(crate) fn how(self, plugin: &str, setting: &str, flag: &str) -> String {
+        match self {
+            GrantSource::ManifestAndPolicy => format!(
+                "its manifest must set `{setting}` under [capabilities] and the agent's policy allow \
+                 it (`{setting}` under [plugins.{plugin}.capabilities])"
+            ),
+            GrantSource::CommandLine => format!(
+                "run it with `--grant {flag}` (on an agent: `{setting}` under [capabilities] in \
+                 its manifest, and under [plugins.{plugin}.capabilities] in the agent's policy)"
+            ),
+        }
+    }
 }
 
 impl fmt::Debug for HostConfig {
@@ -181,6 +211,7 @@ impl Default for HostConfig {
             metrics: None,
             kv: None,
             runtimes: None,
+            grants: GrantSource::default(),
         }
     }
 }
@@ -365,6 +396,7 @@ impl PluginHost {
                     self.shared.config.kv.clone(),
                     self.shared.config.runtimes.clone(),
                     sandbox.env(),
+                    self.shared.config.grants,
                 )),
                 sandbox,
                 stats,

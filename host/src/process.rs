@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::bindings::ferry::plugin::process::{Exit, StopReason};
-use super::{CommandEvents, LogLevel};
+use super::{CommandEvents, GrantSource, LogLevel};
 
 /// How often a running program's command is checked for a cancel.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
@@ -37,6 +37,7 @@ const CHUNK: usize = 8192;
 #[derive(Debug, Default)]
 pub(crate) struct Programs {
     plugin: String,
+    grants: GrantSource,
     granted: Vec<PathBuf>,
     env: Vec<(String, String)>,
     /// Directories granted to the plugin: where a program may be started (`run-with`'s cwd).
@@ -44,9 +45,15 @@ pub(crate) struct Programs {
 }
 
 impl Programs {
-    pub(crate) fn new(plugin: &str, granted: &[PathBuf], env: &[(String, String)]) -> Self {
+    pub(crate) fn new(
+        plugin: &str,
+        granted: &[PathBuf],
+        env: &[(String, String)],
+        grants: GrantSource,
+    ) -> Self {
         Programs {
             plugin: plugin.to_string(),
+            grants,
             granted: granted.to_vec(),
             env: env.to_vec(),
             dirs: Vec::new(),
@@ -91,10 +98,13 @@ impl Programs {
         } else {
             " (programs are absolute paths, matched exactly; there is no PATH search)"
         };
+        let how = self.grants.how(
+            plugin,
+            &format!("programs = [{program:?}]"),
+            &format!("program={program}"),
+        );
         Err(format!(
-            "starting the program {program:?} is not granted to plugin '{plugin}'{hint}: its manifest must list it in \
-             `programs` under [capabilities] and the agent's policy allow it (`programs = [{program:?}]` under \
-             [plugins.{plugin}.capabilities])"
+            "starting the program {program:?} is not granted to plugin '{plugin}'{hint}: {how}"
         ))
     }
 }
@@ -443,7 +453,12 @@ mod tests {
 
     #[test]
     fn only_the_exact_granted_paths_match() {
-        let programs = Programs::new("p", &[PathBuf::from("/bin/echo")], &[]);
+        let programs = Programs::new(
+            "p",
+            &[PathBuf::from("/bin/echo")],
+            &[],
+            crate::GrantSource::default(),
+        );
         assert!(programs.granted("/bin/echo").is_ok());
         assert!(programs.granted("/bin//echo").is_ok());
         for other in [

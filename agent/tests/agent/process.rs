@@ -146,7 +146,7 @@ async fn a_program_not_granted_is_refused_with_how_to_grant_it() {
         };
         assert!(
             message.contains(&format!("{program:?} is not granted to plugin 'probe'"))
-                && message.contains("`programs` under [capabilities]")
+                && message.contains(&format!("`programs = [{program:?}]` under [capabilities]"))
                 && message.contains("[plugins.probe.capabilities]"),
             "{program}: {message}"
         );

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use ferry_host::{
-    CommandEvents, HostConfig, Invocation, InvokeStats, LoadOptions, LoadedPlugin, LogLevel,
-    PluginHost,
+    CommandEvents, GrantSource, HostConfig, Invocation, InvokeStats, LoadOptions, LoadedPlugin,
+    LogLevel, PluginHost,
 };
 use ferry_manifest::Capabilities;
 use ferry_protocol::message::Outcome;
@@ -77,8 +77,10 @@ impl Local {
                 path.display()
             )
         })?;
+        // The plugin's name as it would have on an agent: the file's, without `.wasm` (what
+        // a policy's [plugins.NAME] would say), not the file name.
         let name = path
-            .file_name()
+            .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
         // One command runs at a time here, so the pool needs one slot, and reserves the
@@ -94,13 +96,16 @@ impl Local {
             cache_dir: compiled_cache_dir(),
             kv: Some(Arc::new(super::local::Kv::default())),
             metrics: Some(Arc::new(super::local::Metrics::new(scratch.path()))),
+            grants: GrantSource::CommandLine,
             ..HostConfig::default()
         })?;
         let options = LoadOptions {
             capabilities,
             ..LoadOptions::default()
         };
-        let plugin = host.load_with(&name, &bytes, options)?;
+        let plugin = host
+            .load_with(&name, &bytes, options)
+            .with_context(|| format!("cannot load {}", path.display()))?;
         Ok(Local {
             plugin,
             next_id: Default::default(),

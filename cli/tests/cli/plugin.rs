@@ -94,7 +94,7 @@ fn runs_one_command_and_prints_events_then_the_output() {
     // Pretty-printed, as a person reads it.
     assert!(run.stdout.contains("\n  \"hello\""), "{run}");
     for expected in [
-        "echo.wasm: topic echo, 17 bytes of application/json",
+        "echo: topic echo, 17 bytes of application/json",
         "info  echo: 17 bytes of application/json",
         "[  0%] received",
         "[100%] echoed",
@@ -166,7 +166,7 @@ fn a_failing_command_exits_non_zero_with_its_message() {
     assert!(run.stderr.contains("  failed in"), "{run}");
     assert!(
         run.stderr
-            .contains("faulty.wasm ended failed: faulty plugin failed on purpose"),
+            .contains("faulty ended failed: faulty plugin failed on purpose"),
         "{run}"
     );
     assert!(run.stdout.is_empty(), "{run}");
@@ -252,7 +252,7 @@ fn a_payload_that_is_not_json_is_refused_before_running() {
     .fails();
     assert!(run.stderr.contains("--payload is not valid JSON"), "{run}");
     assert!(run.stderr.contains("--content-type"), "{run}");
-    assert!(!run.stderr.contains("echo.wasm: topic"), "{run}");
+    assert!(!run.stderr.contains("echo: topic"), "{run}");
 }
 
 #[test]
@@ -265,14 +265,14 @@ fn bad_plugin_files_get_errors_that_name_the_problem() {
     std::fs::write(dir.path().join("empty.wasm"), "(component)").unwrap();
     for (file, expected) in [
         ("missing.wasm", "cannot read the plugin missing.wasm"),
-        ("notes.txt", "plugin 'notes.txt' is not WebAssembly"),
+        ("notes.txt", "plugin 'notes' is not WebAssembly"),
         (
             "core.wasm",
-            "plugin 'core.wasm' is a core wasm module, not a component",
+            "plugin 'core' is a core wasm module, not a component",
         ),
         (
             "empty.wasm",
-            "plugin 'empty.wasm' is not a ferry plugin for ferry:plugin@0.1.0: it does not export `ferry:plugin/handler@0.1.0`",
+            "plugin 'empty' is not a ferry plugin for ferry:plugin@0.1.0: it does not export `ferry:plugin/handler@0.1.0`",
         ),
     ] {
         let run = run(&["plugin", "test", file, "--topic", "t"], dir.path()).fails();
@@ -573,8 +573,11 @@ fn grants_and_data_stand_in_for_policy_and_server() {
     assert_eq!(read.stdout.trim(), "from a granted file", "{read}");
 
     let refused = probe(&["--data", "token=abc"], "probe.data", "token").fails();
+    // Named as a policy would name it, and granted the way this command grants.
     assert!(
-        refused.stderr.contains("request_data is not granted"),
+        refused.stderr.contains(
+            "request_data is not granted to plugin 'probe': run it with `--grant request_data`"
+        ) && refused.stderr.contains("[plugins.probe.capabilities]"),
         "{refused}"
     );
     let data = probe(
