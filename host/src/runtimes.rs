@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-/// What to do when a workload ends by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do when a workload ends by itself. Serializable, as the agent keeps each runtime's
+/// spec in its state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Leave it ended.
     Never,
@@ -21,7 +24,7 @@ pub enum RestartPolicy {
 
 /// A runtime's spec, as a plugin asked for it, its program already checked against the
 /// plugin's grant.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
     /// The program, an absolute path.
     pub command: PathBuf,
@@ -36,11 +39,13 @@ pub struct Spec {
     /// The port it serves on, for others.
     pub port: Option<u16>,
     /// `command` is a `wasi:cli` component to run, not a program.
+    #[serde(default)]
     pub component: bool,
 }
 
 /// Where a runtime stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// Its workload runs.
     Running,

@@ -7,11 +7,11 @@ use ferry_host::RuntimeSupervisor;
 use ferry_host::runtimes as host;
 use futures::future::BoxFuture;
 
-use super::{Info, RestartPolicy, Runtimes, Sample, Spec, Status};
+use super::{Info, Runtimes};
 
 impl RuntimeSupervisor for Runtimes {
     fn create(&self, name: &str, spec: host::Spec, start: bool) -> Result<host::Info, String> {
-        Runtimes::create(self, name, spec_from(spec), start).map(info_to)
+        Runtimes::create(self, name, spec, start).map(info_to)
     }
 
     fn start(&self, name: &str) -> Result<host::Info, String> {
@@ -39,39 +39,14 @@ impl RuntimeSupervisor for Runtimes {
     }
 
     fn consumption(&self, name: &str, period: Duration) -> Result<Vec<host::Sample>, String> {
-        Ok(Runtimes::consumption(self, name, period)?
-            .into_iter()
-            .map(sample_to)
-            .collect())
-    }
-}
-
-fn spec_from(spec: host::Spec) -> Spec {
-    Spec {
-        command: spec.command,
-        args: spec.args,
-        env: spec.env,
-        cwd: spec.cwd,
-        restart: match spec.restart {
-            host::RestartPolicy::Never => RestartPolicy::Never,
-            host::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
-            host::RestartPolicy::Always => RestartPolicy::Always,
-        },
-        port: spec.port,
-        component: spec.component,
+        Runtimes::consumption(self, name, period)
     }
 }
 
 fn info_to(info: Info) -> host::Info {
     host::Info {
         name: info.name,
-        status: match info.status {
-            Status::Running => host::Status::Running,
-            Status::Stopped => host::Status::Stopped,
-            Status::Exited => host::Status::Exited,
-            Status::Restarting => host::Status::Restarting,
-            Status::Failed => host::Status::Failed,
-        },
+        status: info.status,
         pid: info.pid,
         restarts: info.restarts,
         last_exit_code: info.last_exit_code,
@@ -79,13 +54,5 @@ fn info_to(info: Info) -> host::Info {
         created_ms: info.created_ms,
         started_ms: info.started_ms,
         detail: info.detail,
-    }
-}
-
-fn sample_to(s: Sample) -> host::Sample {
-    host::Sample {
-        timestamp_ms: s.timestamp_ms,
-        cpu_percent: s.cpu_percent,
-        memory_bytes: s.memory_bytes,
     }
 }

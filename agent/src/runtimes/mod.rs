@@ -40,53 +40,9 @@ const ADOPTED_POLL: Duration = Duration::from_millis(200);
 /// Runtime names: what a directory name may safely be.
 const MAX_NAME: usize = 64;
 
-/// What to do when a workload ends by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Leave it ended.
-    Never,
-    /// Start it again after a non-zero exit or a signal.
-    OnFailure,
-    /// Start it again whenever it ends.
-    Always,
-}
-
-/// A process runtime's spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Spec {
-    /// The program, an absolute path.
-    pub command: PathBuf,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// Its whole environment.
-    pub env: Vec<(String, String)>,
-    /// Its working directory; `/` when none.
-    pub cwd: Option<PathBuf>,
-    /// What to do when it ends by itself.
-    pub restart: RestartPolicy,
-    /// The port it serves on, for others.
-    pub port: Option<u16>,
-    /// `command` is a `wasi:cli` component the agent runs itself, not a program.
-    #[serde(default)]
-    pub component: bool,
-}
-
-/// Where a runtime stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Its workload runs.
-    Running,
-    /// Stopped on request.
-    Stopped,
-    /// Ended by itself; the policy leaves it ended.
-    Exited,
-    /// Ended; about to start again.
-    Restarting,
-    /// Could not be started.
-    Failed,
-}
+// The spec, restart policy, status and samples are the plugin host's view of a runtime,
+// kept as they are in the state file; `Info` adds what only the agent tracks.
+pub use ferry_host::runtimes::{RestartPolicy, Sample, Spec, Status};
 
 /// A runtime as the agent knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,17 +69,6 @@ pub struct Info {
     pub detail: String,
     /// Whether it should be running.
     pub wanted: bool,
-}
-
-/// One measurement of a runtime's workload.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// CPU as a share of the whole host, 0–100.
-    pub cpu_percent: f32,
-    /// Resident memory in bytes.
-    pub memory_bytes: u64,
 }
 
 struct Entry {
