@@ -225,12 +225,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
 
-    let agents: Vec<String> = created["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["agent"].as_str().map(str::to_string))
-        .collect();
+    let agents = agents_of(&created);
     let human = !args.json;
     if human {
         let target = created["target"].as_str().unwrap_or("?");
@@ -244,6 +239,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     watch(&client, &id, &agents, args.json).await
+}
+
+/// The agents a command was sent to, in its results' order.
+fn agents_of(command: &Value) -> Vec<String> {
+    command["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["agent"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Follows command `id` sent to `agents` to its end as `ferry run` shows it, then prints its
@@ -595,12 +600,7 @@ async fn follow_command(args: ShowCommandArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let id = segment(&args.id);
     let command = client.get(&format!("/v1/commands/{id}")).await?;
-    let agents: Vec<String> = command["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["agent"].as_str().map(str::to_string))
-        .collect();
+    let agents = agents_of(&command);
     if !args.json {
         eprintln!(
             "command {}: {} on {}",
