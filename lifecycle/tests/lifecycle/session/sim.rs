@@ -619,9 +619,8 @@ impl World {
         let agent_open = c.agent_end.phase() != Phase::Closed;
         let deaf = |heard: Instant, peer_open: bool| {
             let at = heard + IDLE_TIMEOUT;
-            let split = self
-                .partition
-                .is_some_and(|(from, until)| from <= heard.max(from) && at < until);
+            // A partition in force (set from the moment it begins) that outlasts the timeout.
+            let split = self.partition.is_some_and(|(_, until)| at < until);
             (c.cut.is_some() || split || !peer_open).then_some(at)
         };
         (
