@@ -9,30 +9,21 @@
 //! which only the run's machine decides (`ferry_lifecycle::Run`, driven by `dispatch`).
 
 mod api;
-mod audit;
-mod commands;
 mod config;
-mod db;
-mod dispatch;
-mod enroll;
-mod fetch;
-mod fleet;
-mod listener;
-mod overrides;
-mod persist;
-mod plugins;
-mod registry;
-mod report;
+mod domain;
 mod server;
-mod tokens;
+mod storage;
+mod transport;
 
-pub use commands::{CommandEntry, CommandEvent, CommandStatus, CommandView, RenderedPayload};
 pub use config::{ServerConfig, TlsPaths};
-pub use fleet::{AgentResult, FleetEntry, FleetRequest, FleetStatus, FleetView, Summary, Target};
-pub use plugins::{
+pub use domain::agents::{AgentInfo, AgentStatus, DuplicateSeen, HeartbeatView};
+pub use domain::commands::{
+    AgentResult, FleetEntry, FleetRequest, FleetStatus, FleetView, Summary, Target,
+};
+pub use domain::plugins::{
     AgentPlugin, AgentRollout, Assignment, PackageRecord, PluginDetails, PluginError,
     PluginRegistry, PluginSummary, PushOutcome, Selector,
 };
-pub use registry::{AgentInfo, AgentStatus, DuplicateSeen, HeartbeatView};
+pub use domain::runs::{CommandEntry, CommandEvent, CommandStatus, CommandView, RenderedPayload};
 pub use server::{CommandRequest, PLUGIN_KEY, PLUGIN_KEY_PUB, Server, StartError, SubmitError};
-pub use tokens::Scope;
+pub use storage::tokens::Scope;

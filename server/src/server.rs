@@ -17,17 +17,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::AuditLog;
-use crate::commands::{CommandEntry, CommandStore};
+use crate::api;
 use crate::config::ServerConfig;
-use crate::enroll::{Enrollment, JoinToken};
-use crate::fleet::{FleetEntry, FleetRequest, FleetStore, Target};
-use crate::overrides::Overrides;
-use crate::persist::{Persist, RunRecord};
-use crate::plugins::PluginRegistry;
-use crate::registry::{AgentInfo, NotConnected, Registry};
-use crate::tokens::{Scope, TokenStore};
-use crate::{api, db, fleet, listener};
+use crate::domain::agents::{AgentInfo, NotConnected, Registry};
+use crate::domain::commands as fleet;
+use crate::domain::commands::{FleetEntry, FleetRequest, FleetStore, Target};
+use crate::domain::plugins::PluginRegistry;
+use crate::domain::runs::{CommandEntry, CommandStore};
+use crate::storage::audit::AuditLog;
+use crate::storage::db;
+use crate::storage::overrides::Overrides;
+use crate::storage::persist::{Persist, RunRecord};
+use crate::storage::tokens::{Scope, TokenStore};
+use crate::transport::accept as listener;
+use crate::transport::enroll::{Enrollment, JoinToken};
 
 /// The server's plugin signing key, under `<data_dir>/pki/`.
 pub const PLUGIN_KEY: &str = "plugin-signing.key";
@@ -408,7 +411,7 @@ impl Server {
         self.state.enrollment.ca_fingerprint()
     }
 
-    /// Makes a join token (see [`crate::enroll`]); returns its record and the token, which is
+    /// Makes a join token (see [`crate::transport::enroll`]); returns its record and the token, which is
     /// shown nowhere else.
     pub fn create_join_token(
         &self,
@@ -455,7 +458,7 @@ impl Server {
             .expect("a command for one agent is sent before it is returned"))
     }
 
-    /// Sends a command to one or many agents (see [`crate::fleet`]). A command whose
+    /// Sends a command to one or many agents (see [`crate::domain::commands`]). A command whose
     /// idempotency key was used before is not sent again: the first one is returned.
     pub async fn submit_fleet(
         &self,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Api, Caller, JsonBody, QueryParams, body, error, noted, query};
-use crate::tokens::{Scope, TokenError};
+use crate::storage::tokens::{Scope, TokenError};
 
 pub(super) async fn whoami(Extension(Caller(token)): Extension<Caller>) -> Response {
     Json(token).into_response()

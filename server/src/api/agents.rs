@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
-use crate::overrides::{Revocation, check_label};
-use crate::plugins::Selector;
-use crate::registry::AgentInfo;
+use crate::domain::agents::AgentInfo;
+use crate::domain::plugins::Selector;
+use crate::storage::overrides::{Revocation, check_label};
 
 fn parse_id(id: &str) -> Result<AgentId, ApiError> {
     AgentId::new(id)

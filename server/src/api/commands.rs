@@ -17,8 +17,8 @@ use futures::Stream;
 use serde::Deserialize;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
-use crate::fleet::{self, FleetEntry, FleetRequest, ListFilter, StatusFilter, Target};
-use crate::plugins::Selector;
+use crate::domain::commands::{self, FleetEntry, FleetRequest, ListFilter, StatusFilter, Target};
+use crate::domain::plugins::Selector;
 use crate::server::SubmitError;
 
 /// The body of `POST /v1/commands`. Exactly one of `agent`, `agents` and `selector` says where;
@@ -135,7 +135,7 @@ pub(super) async fn create(
         Err(e) => return e.into_response(),
     };
     let note = format!("{} to {}", request.topic, request.target);
-    match fleet::start(&api.state, request).await {
+    match commands::start(&api.state, request).await {
         Ok((fleet, created)) => {
             let view = fleet.view(true);
             if !created {

@@ -1,7 +1,7 @@
 //! The operator API: HTTP/JSON, bound to loopback by default.
 //!
 //! Every route but `/v1/health` needs `Authorization: Bearer <token>` with a token whose scope
-//! covers the route's ([`crate::tokens`]): no token, or one the server does not know, is 401; a
+//! covers the route's ([`crate::storage::tokens`]): no token, or one the server does not know, is 401; a
 //! token whose scope is too small is 403. Errors are `{"error": {"code", "message"}}`.
 //!
 //! The routes are one table, [`routes`]: the router is built from it, the guard takes each
@@ -29,9 +29,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::audit::AuditEntry;
 use crate::server::ServerState;
-use crate::tokens::{ApiToken, Scope};
+use crate::storage::audit::AuditEntry;
+use crate::storage::tokens::{ApiToken, Scope};
 
 /// The OpenAPI document, served as is.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");

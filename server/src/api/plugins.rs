@@ -9,8 +9,8 @@ use serde::Deserialize;
 use std::time::Duration;
 
 use super::{Api, Caller, QueryParams, error, noted, query};
-use crate::plugins::{AgentRollout, PluginError, Selector};
-use crate::registry::AgentStatus;
+use crate::domain::agents::AgentStatus;
+use crate::domain::plugins::{AgentRollout, PluginError, Selector};
 
 fn plugin_error(e: PluginError) -> Response {
     let (status, code) = match &e {

@@ -12,9 +12,9 @@ use ferry_protocol::{
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::commands::{CommandEntry, CommandEvent, CommandStatus};
-use crate::persist::RunRecord;
+use crate::domain::runs::{CommandEntry, CommandEvent, CommandStatus};
 use crate::server::ServerState;
+use crate::storage::persist::RunRecord;
 
 /// How long past a command's own timeout the server waits for the agent's result before it
 /// gives up on it: the agent ends the plugin at the timeout and needs a moment to report.

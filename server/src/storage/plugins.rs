@@ -15,7 +15,7 @@ use ferry_protocol::package::Digest;
 use ferry_protocol::pki::write_file;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Change, PackageRecord, StoredHistory};
+use crate::domain::plugins::{Change, PackageRecord, StoredHistory};
 
 /// `name@version` → the package record, as JSON.
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_packages");
@@ -34,7 +34,7 @@ pub(crate) struct Loaded {
 }
 
 impl PluginStore {
-    /// `db` is the server's shared `state.redb` (see `crate::db`).
+    /// `db` is the server's shared `state.redb` (see `crate::storage::db`).
     pub(crate) fn open(data_dir: &Path, db: Arc<Database>) -> Result<PluginStore, String> {
         let blobs = data_dir.join("plugins");
         std::fs::create_dir_all(&blobs)

@@ -127,11 +127,11 @@ mod tests {
     fn entries_are_numbered_newest_first_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let log = AuditLog::open(crate::db::open(dir.path()).unwrap()).unwrap();
+            let log = AuditLog::open(crate::storage::db::open(dir.path()).unwrap()).unwrap();
             log.record(entry("a")).unwrap();
             log.record(entry("b")).unwrap();
         }
-        let log = AuditLog::open(crate::db::open(dir.path()).unwrap()).unwrap();
+        let log = AuditLog::open(crate::storage::db::open(dir.path()).unwrap()).unwrap();
         assert_eq!(log.record(entry("c")).unwrap().seq, 3);
         let all = log.recent(10, None).unwrap();
         let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();

@@ -21,8 +21,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::commands::{CommandStatus, CommandView, Origin};
-use crate::registry::AgentInfo;
+use crate::domain::agents::AgentInfo;
+use crate::domain::runs::{CommandStatus, CommandView, Origin};
 
 /// Operator command id → [`FleetRecord`] (CBOR).
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
@@ -438,7 +438,7 @@ fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::{CommandView, RenderedPayload};
+    use crate::domain::runs::{CommandView, RenderedPayload};
 
     fn command(id: &str, key: Option<&str>) -> FleetRecord {
         FleetRecord {
@@ -493,11 +493,11 @@ mod tests {
     async fn durable_writes_in_the_log_survive_losing_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let image = tempfile::tempdir().unwrap();
-        let db = crate::db::open(dir.path()).unwrap();
+        let db = crate::storage::db::open(dir.path()).unwrap();
         let persist = Persist::open(db, dir.path()).unwrap();
         std::fs::copy(
-            dir.path().join(crate::db::STATE_DB),
-            image.path().join(crate::db::STATE_DB),
+            dir.path().join(crate::storage::db::STATE_DB),
+            image.path().join(crate::storage::db::STATE_DB),
         )
         .unwrap();
         let created = persist
@@ -531,7 +531,7 @@ mod tests {
         }
         drop(persist);
 
-        let db = crate::db::open(image.path()).unwrap();
+        let db = crate::storage::db::open(image.path()).unwrap();
         let persist = Persist::open(db, image.path()).unwrap();
         let loaded = persist.load(100).unwrap();
         let commands: Vec<_> = loaded.commands.iter().map(|c| c.id.as_str()).collect();

@@ -280,7 +280,7 @@ mod tests {
     use super::*;
 
     fn db(dir: &std::path::Path) -> Arc<Database> {
-        crate::db::open(dir).unwrap()
+        crate::storage::db::open(dir).unwrap()
     }
 
     #[test]
@@ -309,7 +309,7 @@ mod tests {
             ));
             (ci, secret)
         };
-        let raw = std::fs::read(dir.path().join(crate::db::STATE_DB)).unwrap();
+        let raw = std::fs::read(dir.path().join(crate::storage::db::STATE_DB)).unwrap();
         assert!(
             !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the token itself is never stored"

@@ -28,7 +28,7 @@ pub(crate) async fn serve_agent_stream(
     let mut recv = FrameReader::new(recv, state.config.max_frame_bytes);
     let why = match tokio::time::timeout(timeout, recv.next()).await {
         Ok(Ok(Some(Message::Fetch(fetch)))) => {
-            return crate::fetch::serve(state, agent, send, fetch).await;
+            return crate::transport::fetch::serve(state, agent, send, fetch).await;
         }
         Ok(Ok(Some(Message::Result(result)))) => {
             return report(state, agent, connection, send, recv, result).await;

@@ -15,8 +15,8 @@ use ferry_protocol::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::report;
 use crate::server::ServerState;
+use crate::transport::streams;
 
 /// Accepts connections until the endpoint closes.
 ///
@@ -67,7 +67,7 @@ async fn serve_connection(
     };
     // A connection without a client certificate reaches enrollment and nothing else.
     if tls::alpn_of(&connection).as_deref() == Some(tls::ENROLL_ALPN) {
-        return crate::enroll::serve(connection, state).await;
+        return crate::transport::enroll::serve(connection, state).await;
     }
     let id = match agent_id_of(&connection) {
         Ok(id) => id,
@@ -168,7 +168,7 @@ impl Control<'_> {
                         ServerInput::ControlOpened
                     }
                     Ok((send, recv)) => {
-                        self.state.tasks.spawn(report::serve_agent_stream(self.state.clone(), id.clone(), connection.clone(), send, recv));
+                        self.state.tasks.spawn(streams::serve_agent_stream(self.state.clone(), id.clone(), connection.clone(), send, recv));
                         continue;
                     }
                     Err(e) => ServerInput::Lost(e.to_string()),
@@ -326,7 +326,7 @@ impl Control<'_> {
             ServerEffect::RecordLeave(reason) => {
                 // Recorded (durably) before the connection closes: the agent waits for the
                 // close, then deletes its keys.
-                let revocation = crate::overrides::Revocation {
+                let revocation = crate::storage::overrides::Revocation {
                     at: time::OffsetDateTime::now_utc(),
                     by: "the agent itself (decommissioned)".into(),
                     reason: Some(reason.clone()),

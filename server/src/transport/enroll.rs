@@ -271,7 +271,8 @@ impl Enrollment {
             ));
         }
         for (key, value) in &labels {
-            crate::overrides::check_label(key, Some(value)).map_err(JoinTokenError::Invalid)?;
+            crate::storage::overrides::check_label(key, Some(value))
+                .map_err(JoinTokenError::Invalid)?;
         }
         if self.ca.is_none() {
             return Err(JoinTokenError::Invalid(UNAVAILABLE.into()));
@@ -592,7 +593,7 @@ mod tests {
         let ca = CertificateAuthority::generate("test CA").unwrap();
         let ca_pem = ca.cert_pem().to_string();
         Enrollment::open(
-            crate::db::open(dir).unwrap(),
+            crate::storage::db::open(dir).unwrap(),
             Some(ca),
             ca_pem,
             None,
@@ -642,7 +643,7 @@ mod tests {
                 .unwrap();
             (record, token)
         };
-        let raw = std::fs::read(dir.path().join(crate::db::STATE_DB)).unwrap();
+        let raw = std::fs::read(dir.path().join(crate::storage::db::STATE_DB)).unwrap();
         assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
         let store = open(dir.path());
         let listed = store.list();

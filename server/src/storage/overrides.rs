@@ -168,13 +168,13 @@ mod tests {
     fn labels_merge_over_the_agents_own_and_persist() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let o = Overrides::open(crate::db::open(dir.path()).unwrap()).unwrap();
+            let o = Overrides::open(crate::storage::db::open(dir.path()).unwrap()).unwrap();
             o.update("a", |r| {
                 r.labels.insert("env".into(), "prod".into());
             })
             .unwrap();
         }
-        let o = Overrides::open(crate::db::open(dir.path()).unwrap()).unwrap();
+        let o = Overrides::open(crate::storage::db::open(dir.path()).unwrap()).unwrap();
         let own = BTreeMap::from([
             ("env".to_string(), "dev".to_string()),
             ("zone".to_string(), "b".to_string()),

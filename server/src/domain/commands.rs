@@ -38,10 +38,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
-use crate::persist::{Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord};
-use crate::plugins::Selector;
+use crate::domain::plugins::Selector;
+use crate::domain::runs::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
 use crate::server::{ServerState, SubmitError};
+use crate::storage::persist::{
+    Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord,
+};
 use ferry_protocol::ResultStats;
 
 /// Which agents a command is for.
@@ -762,7 +764,7 @@ pub(crate) async fn start(
             let recorded = state
                 .persist
                 .create_command(&fleet.record(), Some(&run), fleet.durable);
-            state.tasks.spawn(crate::dispatch::run(dispatch));
+            state.tasks.spawn(crate::transport::dispatch::run(dispatch));
             fleet.dispatched(0, entry.clone());
             Some((entry, recorded))
         }
@@ -826,7 +828,7 @@ fn send_to(
     deliver_by: Instant,
 ) -> Arc<CommandEntry> {
     let (entry, dispatch) = new_run(state, fleet, index, agent, deliver_by, false);
-    state.tasks.spawn(crate::dispatch::run(dispatch));
+    state.tasks.spawn(crate::transport::dispatch::run(dispatch));
     entry
 }
 
@@ -839,7 +841,7 @@ fn new_run(
     agent: &AgentId,
     deliver_by: Instant,
     recorded: bool,
-) -> (Arc<CommandEntry>, crate::dispatch::Dispatch) {
+) -> (Arc<CommandEntry>, crate::transport::dispatch::Dispatch) {
     let request = &fleet.request;
     let timeout = request
         .timeout
@@ -857,7 +859,7 @@ fn new_run(
         request.topic.clone(),
         origin,
     );
-    let dispatch = crate::dispatch::Dispatch {
+    let dispatch = crate::transport::dispatch::Dispatch {
         state: state.clone(),
         entry: entry.clone(),
         agent: agent.clone(),
@@ -1036,7 +1038,7 @@ fn reach(state: &ServerState, agent: &str, may_wait: bool) -> Result<AgentId, St
         }
         Ok(id) if !may_wait && state.registry.connection(&id).is_err() => Err(format!(
             "not sent: {}",
-            crate::registry::NotConnected(id.to_string())
+            crate::domain::agents::NotConnected(id.to_string())
         )),
         Ok(id) => Ok(id),
         Err(e) => Err(e.to_string()),
@@ -1168,9 +1170,8 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 continue;
             };
             // Sent before the restart (its record is written before the Command leaves).
-            state
-                .tasks
-                .spawn(crate::dispatch::run(crate::dispatch::Dispatch {
+            state.tasks.spawn(crate::transport::dispatch::run(
+                crate::transport::dispatch::Dispatch {
                     state: state.clone(),
                     entry: entry.clone(),
                     agent,
@@ -1182,7 +1183,8 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                     sent_at: Some(instant_of(view.created_at)),
                     recorded: true,
                     durable: true,
-                }));
+                },
+            ));
         }
         state.fleets.insert(fleet.clone());
         match record.finished_at {

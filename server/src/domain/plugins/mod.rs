@@ -8,7 +8,6 @@
 
 mod inspect;
 mod selector;
-mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::registry::{AgentInfo, AgentStatus};
+use crate::domain::agents::{AgentInfo, AgentStatus};
+use crate::storage::plugins::PluginStore;
 pub use selector::Selector;
-use store::PluginStore;
 
 /// A plugin registry operation failed; each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +268,12 @@ impl PluginRegistry {
         key: SigningKey,
         max_package_bytes: u64,
     ) -> Result<PluginRegistry, String> {
-        Self::open_in(data_dir, crate::db::open(data_dir)?, key, max_package_bytes)
+        Self::open_in(
+            data_dir,
+            crate::storage::db::open(data_dir)?,
+            key,
+            max_package_bytes,
+        )
     }
 
     /// Opens the registry with its packages under `data_dir` and its records in `db`.

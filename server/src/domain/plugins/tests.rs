@@ -4,7 +4,7 @@ use ferry_protocol::package::{Package, PublicKey, SigningKey};
 use ferry_protocol::{PluginState, PluginStatus};
 
 use super::*;
-use crate::registry::{AgentInfo, AgentStatus};
+use crate::domain::agents::{AgentInfo, AgentStatus};
 
 fn manifest(name: &str, version: &str, topics: &[&str]) -> String {
     let topics: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
