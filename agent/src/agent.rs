@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ferry_protocol::identity::agent_id_from_cert;
 use ferry_protocol::package::PublicKey;
-use ferry_protocol::tls::{self, Identity, TransportSettings};
+use ferry_protocol::tls::{self, Identity};
 use ferry_protocol::{AgentId, Hello, SUPPORTED};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -14,52 +14,24 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber as _;
 
+use crate::capabilities::kv::RedbKvStore;
+use crate::capabilities::metrics::{MetricsHistory, MetricsSampler};
+use crate::capabilities::runtimes::Runtimes;
+use crate::commands::executor::Executor;
+use crate::commands::journal::Journal;
+use crate::commands::routes::Routes;
 use crate::config::AgentConfig;
-use crate::connection::{self, Link};
-use crate::deploy::Deployer;
-use crate::executor::Executor;
 use crate::host::{HostConfig, HostError, LoadOptions, LoadedPlugin, PluginHost};
-use crate::journal::Journal;
-use crate::kv::RedbKvStore;
-use crate::metrics::{MetricsHistory, MetricsSampler};
-use crate::policy::{Grant, Policy, PolicyError};
-use crate::routes::Routes;
-use crate::runtimes::Runtimes;
+use crate::plugins::deploy::Deployer;
+use crate::plugins::load_options;
+use crate::plugins::policy::{Policy, PolicyError};
+use crate::session::connection::{self, Link};
+use crate::session::{ConnectionStatus, client_config};
 use ferry_manifest::{Capabilities, Limits, Manifest};
 use std::collections::HashMap;
 
 /// The WIT versions of `ferry:plugin` this agent's plugin host serves.
 pub const WIT_VERSIONS: &[&str] = ferry_protocol::WIT_VERSIONS;
-
-/// Where the agent's connection to its server stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionStatus {
-    /// Trying to connect (attempt number since the last session).
-    Connecting {
-        /// 1 for the first attempt.
-        attempt: u32,
-    },
-    /// Welcomed by the server.
-    Connected {
-        /// The server's session id.
-        session: String,
-    },
-    /// Waiting before the next attempt.
-    Disconnected {
-        /// Why the last attempt or session ended.
-        reason: String,
-        /// When the next attempt starts.
-        retry_in: Duration,
-    },
-    /// The agent stopped.
-    Stopped,
-    /// The agent was decommissioned: it told the server it is leaving for good, removed what
-    /// its configuration says, and stopped.
-    Removed {
-        /// Why, as the plugin that removed it said.
-        reason: String,
-    },
-}
 
 /// The agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +101,11 @@ impl Agent {
             source,
         })?;
         let client_config = client_config(&config, identity)?;
-        let renewal =
-            crate::renew::Renewal::load(id.clone(), config.cert.clone(), config.key.clone());
+        let renewal = crate::session::renew::Renewal::load(
+            id.clone(),
+            config.cert.clone(),
+            config.key.clone(),
+        );
 
         let cache_dir = config
             .cache_dir
@@ -151,7 +126,11 @@ impl Agent {
                 source: std::io::Error::other(reason),
             },
         )?;
-        crate::runtimes::spawn_sampler(runtimes.clone(), config.metrics_interval, stop.clone());
+        crate::capabilities::runtimes::spawn_sampler(
+            runtimes.clone(),
+            config.metrics_interval,
+            stop.clone(),
+        );
         let host = PluginHost::new(HostConfig {
             max_memory_bytes: config.plugin_memory_mib.saturating_mul(1024 * 1024),
             cache_dir: Some(cache_dir),
@@ -179,7 +158,7 @@ impl Agent {
             Journal::open(&config.data_dir).map_err(|e| AgentError::DataDir {
                 path: config
                     .data_dir
-                    .join(crate::journal::FILE)
+                    .join(crate::commands::journal::FILE)
                     .display()
                     .to_string(),
                 source: std::io::Error::other(e.to_string()),
@@ -328,20 +307,6 @@ impl Agent {
     }
 }
 
-/// The QUIC client configuration for `identity` and the configured CA.
-pub(crate) fn client_config(
-    config: &AgentConfig,
-    identity: Identity,
-) -> Result<quinn::ClientConfig, AgentError> {
-    let roots = tls::roots_from_pem_file(&config.ca)?;
-    let transport = TransportSettings {
-        keep_alive: config.keep_alive,
-        idle_timeout: config.idle_timeout,
-        max_incoming_bidi_streams: config.max_concurrent_commands,
-    };
-    Ok(tls::client_config(identity, roots, &transport)?)
-}
-
 fn load_plugins(
     host: &PluginHost,
     policy: &Policy,
@@ -431,17 +396,4 @@ fn load_plugins(
         }
     }
     Ok(topics)
-}
-
-pub(crate) fn load_options(grant: Grant) -> LoadOptions {
-    LoadOptions {
-        fuel: grant.limits.fuel,
-        capabilities: grant.capabilities,
-        max_memory_bytes: grant
-            .limits
-            .memory_mib
-            .map(|mib| (mib as usize).saturating_mul(1024 * 1024)),
-        timeout: grant.limits.timeout,
-        read_only: Vec::new(),
-    }
 }

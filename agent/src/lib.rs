@@ -5,24 +5,20 @@
 //! Start one with [`Agent::start`]; the `ferry` CLI's `ferry agent` and `ferry dev` do.
 
 mod agent;
-mod backoff;
+pub mod capabilities;
+mod commands;
 pub mod config;
-mod connection;
-mod deploy;
-pub mod enroll;
-mod executor;
 mod instance;
-mod journal;
-pub mod kv;
-pub mod metrics;
-pub mod policy;
-mod renew;
-mod routes;
-pub mod runtimes;
+mod plugins;
+mod session;
 
 /// The plugin host, a crate of its own (`ferry-host`): the agent runs it with its metrics,
 /// key-value store and runtimes plugged in.
 pub use ferry_host as host;
 
-pub use agent::{Agent, AgentError, ConnectionStatus, WIT_VERSIONS};
+pub use agent::{Agent, AgentError, WIT_VERSIONS};
+pub use capabilities::{kv, metrics, runtimes};
 pub use config::{AgentConfig, DecommissionConfig, PluginConfig};
+pub use plugins::policy;
+pub use session::ConnectionStatus;
+pub use session::enroll;

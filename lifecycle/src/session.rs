@@ -7,7 +7,7 @@
 //! (a decommissioning agent's `Leave` on its way to the record) → [`Phase::Closed`]. A session
 //! never goes back; the agent's next connection is a new [`AgentSession`].
 //!
-//! The drivers (`server/src/listener.rs`, `agent/src/connection.rs`) keep TLS, enrolment, the
+//! The drivers (`server/src/transport/accept.rs`, `agent/src/session/connection.rs`) keep TLS, enrolment, the
 //! registry's storage, plugin deployment, renewals and metrics; they feed each frame read from
 //! the control stream, each read or write failure, the registry's decision and the timers in,
 //! and carry out the effects. Every frame either end sends on the control stream goes through

@@ -25,5 +25,5 @@ pub use domain::plugins::{
     PluginRegistry, PluginSummary, PushOutcome, Selector,
 };
 pub use domain::runs::{CommandEntry, CommandEvent, CommandStatus, CommandView, RenderedPayload};
-pub use server::{CommandRequest, PLUGIN_KEY, PLUGIN_KEY_PUB, Server, StartError, SubmitError};
+pub use server::{CommandRequest, PLUGIN_KEY, PLUGIN_KEY_PUB, Server, StartError};
 pub use storage::tokens::Scope;

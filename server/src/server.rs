@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use ferry_protocol::AgentId;
 use ferry_protocol::package::SigningKey;
 use ferry_protocol::pki::{PkiDir, write_file};
 use ferry_protocol::tls::{self, Identity, TransportSettings};
-use parking_lot::RwLock;
 use rand::RngCore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,18 +18,24 @@ use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::config::ServerConfig;
-use crate::domain::agents::{AgentInfo, NotConnected, Registry};
+use crate::domain::ServerData;
+use crate::domain::agents::AgentInfo;
 use crate::domain::commands as fleet;
-use crate::domain::commands::{FleetEntry, FleetRequest, FleetStore, Target};
+use crate::domain::commands::{
+    Commands, FleetEntry, FleetRequest, FleetStore, Settings, SubmitError, Target,
+};
 use crate::domain::plugins::PluginRegistry;
 use crate::domain::runs::{CommandEntry, CommandStore};
 use crate::storage::audit::AuditLog;
 use crate::storage::db;
+use crate::storage::enrollment::{Enrollment, JoinToken};
 use crate::storage::overrides::Overrides;
-use crate::storage::persist::{Persist, RunRecord};
+use crate::storage::persist::Persist;
+use crate::storage::plugins::PluginStore;
 use crate::storage::tokens::{Scope, TokenStore};
 use crate::transport::accept as listener;
-use crate::transport::enroll::{Enrollment, JoinToken};
+use crate::transport::dispatch::Dispatcher;
+use crate::transport::{self, Agents};
 
 /// The server's plugin signing key, under `<data_dir>/pki/`.
 pub const PLUGIN_KEY: &str = "plugin-signing.key";
@@ -77,23 +82,6 @@ pub enum StartError {
     },
 }
 
-/// A command could not be submitted.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// The agent is not connected.
-    #[error(transparent)]
-    NotConnected(#[from] NotConnected),
-    /// The request is malformed.
-    #[error("{0}")]
-    Invalid(String),
-    /// A selector matched no agent.
-    #[error("{0}")]
-    NoTargets(String),
-    /// The command could not be recorded on disk, so it was not started.
-    #[error("the server could not record the command: {0}; check its data directory's disk")]
-    Storage(String),
-}
-
 /// What to run, where.
 #[derive(Debug, Clone)]
 pub struct CommandRequest {
@@ -117,73 +105,21 @@ pub struct CommandRequest {
     pub deliver_within: Option<Duration>,
 }
 
-/// Shared state of a running server.
-pub(crate) struct ServerState {
-    pub(crate) config: ServerConfig,
-    pub(crate) registry: Registry,
-    pub(crate) commands: CommandStore,
-    pub(crate) plugins: PluginRegistry,
-    /// Commands as operators sent them, each with a child command per agent.
-    pub(crate) fleets: FleetStore,
-    /// Operator API tokens.
-    pub(crate) tokens: TokenStore,
-    /// Every operator action.
-    pub(crate) audit: AuditLog,
-    /// Operators' labels and revocations of agents.
-    pub(crate) overrides: Overrides,
-    /// Join tokens, and certificates for agents that enroll.
-    pub(crate) enrollment: Enrollment,
-    /// Data an operator supplied for plugins to ask for by key.
-    pub(crate) data: RwLock<BTreeMap<String, Arc<[u8]>>>,
-    /// Commands, runs and agents on disk.
-    pub(crate) persist: Persist,
-    /// Cancelled when the server stops: the tasks that carry commands end where they are
-    /// (everything they must not lose is on disk), so a restart takes over from there.
-    pub(crate) stop: CancellationToken,
-    /// Every task the server's parts start (connections, command runs, fan-outs, report
-    /// streams, deferred writes): shutdown cancels `stop` and then waits for exactly these,
-    /// instead of waiting for the last holder of the state to let go.
-    pub(crate) tasks: TaskTracker,
-    sessions: AtomicU64,
-}
-
-impl ServerState {
-    /// Writes one agent's run of a command to disk (`durable`: before this returns, it is on
-    /// disk); false, with the error logged, if it could not be written.
-    pub(crate) async fn persist_run(&self, entry: &CommandEntry, durable: bool) -> bool {
-        let record = RunRecord {
-            origin: entry.origin().clone(),
-            view: entry.view(),
-        };
-        match self.persist.save_run(&record, durable).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(command = %record.view.id, error = %e, "cannot record a command's run");
-                false
-            }
-        }
-    }
-
-    pub(crate) fn next_session(&self) -> u64 {
-        self.sessions.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether agent `id` may connect: `Err` with the reason, to close its connection with,
-    /// when an operator revoked it.
-    pub(crate) fn admission(&self, id: &AgentId) -> Result<(), String> {
-        match self.overrides.revoked(id.as_str()) {
-            Some(revocation) => Err(format!(
-                "agent '{id}' was revoked by {} at {}; an operator can readmit it with `ferry agent unrevoke {id}`",
-                revocation.by, revocation.at
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
 /// A running ferry server.
 pub struct Server {
-    state: Arc<ServerState>,
+    registry: Arc<Agents>,
+    runs: Arc<CommandStore>,
+    commands: Arc<Commands>,
+    plugins: Arc<PluginRegistry>,
+    tokens: Arc<TokenStore>,
+    enrollment: Arc<Enrollment>,
+    data: ServerData,
+    /// Held to know when every part has let go of it: the database closes then, and a restart
+    /// in this process can open it.
+    db: Arc<redb::Database>,
+    /// Every task the parts start (connections, runs, fan-outs, report streams, deferred
+    /// writes): shutdown cancels `stop` and then waits for exactly these.
+    tracked: TaskTracker,
     endpoint: quinn::Endpoint,
     quic_addr: SocketAddr,
     api_addr: Option<SocketAddr>,
@@ -288,9 +224,11 @@ impl Server {
         let signing_key = SigningKey::load_or_create(&pki_dir.join(PLUGIN_KEY), &plugin_key_path)
             .map_err(|e| plugins_error(e.to_string()))?;
         let db = db::open(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
-        let plugins =
-            PluginRegistry::open_in(&data_dir, db.clone(), signing_key, config.max_plugin_bytes)
-                .map_err(plugins_error)?;
+        let plugins = PluginStore::open(&data_dir, db.clone())
+            .and_then(|store| {
+                PluginRegistry::open(Box::new(store), signing_key, config.max_plugin_bytes)
+            })
+            .map_err(plugins_error)?;
         let tokens =
             TokenStore::open(db.clone(), &api_token).map_err(|e| data_dir_error(&data_dir, e))?;
         let audit = AuditLog::open(db.clone()).map_err(|e| data_dir_error(&data_dir, e))?;
@@ -305,42 +243,76 @@ impl Server {
             config.agent_cert_ttl,
         )
         .map_err(|e| data_dir_error(&data_dir, e))?;
-        let persist = Persist::open(db, &data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
+        let persist =
+            Persist::open(db.clone(), &data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
         let mut loaded = persist
             .load(fleet::RETAINED_FLEETS)
             .map_err(|e| data_dir_error(&data_dir, e))?;
-        let state = Arc::new(ServerState {
-            config,
-            registry: Registry::default(),
-            commands: CommandStore::default(),
-            plugins,
-            fleets: FleetStore::default(),
-            tokens,
-            audit,
-            overrides,
-            enrollment,
-            data: RwLock::new(BTreeMap::new()),
-            persist,
-            stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+
+        // The composition root: every part gets the handles it needs, and only this function
+        // knows them all.
+        let stop = CancellationToken::new();
+        let tracked = TaskTracker::new();
+        let registry = Arc::new(Agents::default());
+        let runs = Arc::new(CommandStore::default());
+        let persist = Arc::new(persist);
+        let overrides = Arc::new(overrides);
+        let plugins = Arc::new(plugins);
+        let tokens = Arc::new(tokens);
+        let enrollment = Arc::new(enrollment);
+        let data = ServerData::default();
+        let dispatcher = Arc::new(Dispatcher {
+            agents: registry.clone(),
+            log: persist.clone(),
+            data: data.clone(),
+            result_wait: config.result_wait,
+            max_frame_bytes: config.max_frame_bytes,
+            tasks: tracked.clone(),
+            stop: stop.clone(),
+        });
+        let commands = Arc::new(Commands {
+            settings: Settings {
+                default_timeout: config.default_command_timeout,
+                restart_grace: config.restart_grace,
+                max_frame_bytes: config.max_frame_bytes,
+            },
+            store: FleetStore::default(),
+            runs: runs.clone(),
+            agents: registry.clone(),
+            overrides: overrides.clone(),
+            log: persist.clone(),
+            deliver: Arc::new(dispatcher),
+            tasks: tracked.clone(),
+            stop: stop.clone(),
+        });
+        registry.restore(std::mem::take(&mut loaded.agents));
+        fleet::restore(&commands, loaded);
+        let agent_side = Arc::new(transport::Shared {
+            config: config.clone(),
+            registry: registry.clone(),
+            runs: runs.clone(),
+            plugins: plugins.clone(),
+            enrollment: enrollment.clone(),
+            overrides: overrides.clone(),
+            log: persist.clone(),
+            tasks: tracked.clone(),
+            stop: stop.clone(),
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
         });
-        state.registry.restore(std::mem::take(&mut loaded.agents));
-        fleet::restore(&state, loaded);
-        let stop = state.stop.clone();
         let mut tasks = vec![tokio::spawn(listener::accept_loop(
             endpoint.clone(),
-            state.clone(),
+            agent_side,
         ))];
 
-        let sweeper_state = state.clone();
+        let sweeper_registry = registry.clone();
         let sweeper_stop = stop.clone();
+        let (interval, grace) = (config.heartbeat_interval, config.heartbeat_grace);
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(sweeper_state.config.heartbeat_interval.max(Duration::from_millis(50)));
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => sweeper_state.registry.sweep(sweeper_state.config.heartbeat_grace),
+                    _ = tick.tick() => sweeper_registry.sweep(grace),
                     _ = sweeper_stop.cancelled() => return,
                 }
             }
@@ -348,7 +320,19 @@ impl Server {
 
         let api_addr = match api_listener {
             Some((listener, bound)) => {
-                let router = api::router(state.clone());
+                let router = api::router(Arc::new(api::ApiState {
+                    config,
+                    registry: registry.clone(),
+                    commands: commands.clone(),
+                    plugins: plugins.clone(),
+                    tokens: tokens.clone(),
+                    audit: Arc::new(audit),
+                    overrides,
+                    enrollment: enrollment.clone(),
+                    data: data.clone(),
+                    tasks: tracked.clone(),
+                    stop: stop.clone(),
+                }));
                 let api_stop = stop.clone();
                 tasks.push(tokio::spawn(async move {
                     let serve = axum::serve(listener, router)
@@ -363,7 +347,15 @@ impl Server {
         };
         tracing::info!(%quic_addr, ?api_addr, "ferry server started");
         Ok(Server {
-            state,
+            registry,
+            runs,
+            commands,
+            plugins,
+            tokens,
+            enrollment,
+            data,
+            db,
+            tracked,
             endpoint,
             quic_addr,
             api_addr,
@@ -382,7 +374,7 @@ impl Server {
 
     /// The plugin registry: push, assign, roll back, list.
     pub fn plugins(&self) -> &PluginRegistry {
-        &self.state.plugins
+        &self.plugins
     }
 
     /// The UDP address agents connect to.
@@ -408,10 +400,10 @@ impl Server {
     /// The SHA-256 fingerprint of the CA certificate, hex: what `ferry agent --join
     /// --ca-fingerprint` takes.
     pub fn ca_fingerprint(&self) -> String {
-        self.state.enrollment.ca_fingerprint()
+        self.enrollment.ca_fingerprint()
     }
 
-    /// Makes a join token (see [`crate::transport::enroll`]); returns its record and the token, which is
+    /// Makes a join token (see [`crate::storage::enrollment`]); returns its record and the token, which is
     /// shown nowhere else.
     pub fn create_join_token(
         &self,
@@ -419,20 +411,19 @@ impl Server {
         ttl: Duration,
         uses: u32,
     ) -> Result<(JoinToken, String), String> {
-        self.state
-            .enrollment
+        self.enrollment
             .create(labels, ttl, uses, "server")
             .map_err(|e| e.to_string())
     }
 
     /// Every agent the server knows.
     pub fn agents(&self) -> Vec<AgentInfo> {
-        self.state.registry.list()
+        self.registry.list()
     }
 
     /// One agent.
     pub fn agent(&self, id: &AgentId) -> Option<AgentInfo> {
-        self.state.registry.get(id)
+        self.registry.get(id)
     }
 
     /// Sends a command to an agent; the returned entry follows it to its end. The command is
@@ -464,18 +455,17 @@ impl Server {
         &self,
         request: FleetRequest,
     ) -> Result<Arc<FleetEntry>, SubmitError> {
-        fleet::start(&self.state, request).await.map(|(f, _)| f)
+        fleet::start(&self.commands, request).await.map(|(f, _)| f)
     }
 
     /// A command by id, as [`Server::submit_fleet`] returned it.
     pub fn fleet_command(&self, id: &str) -> Option<Arc<FleetEntry>> {
-        self.state.fleets.get(id)
+        self.commands.store.get(id)
     }
 
     /// Makes an operator API token; returns the token, which is shown nowhere else.
     pub fn create_api_token(&self, name: &str, scope: Scope) -> Result<String, String> {
-        self.state
-            .tokens
+        self.tokens
             .create(name, scope, "server")
             .map(|(_, token)| token)
             .map_err(|e| e.to_string())
@@ -483,17 +473,17 @@ impl Server {
 
     /// Supplies data plugins may ask for by key (`request-data`), replacing any under `key`.
     pub fn set_data(&self, key: impl Into<String>, value: Vec<u8>) {
-        self.state.data.write().insert(key.into(), value.into());
+        self.data.write().insert(key.into(), value.into());
     }
 
     /// Withdraws data; true if there was any under `key`.
     pub fn remove_data(&self, key: &str) -> bool {
-        self.state.data.write().remove(key).is_some()
+        self.data.write().remove(key).is_some()
     }
 
     /// A command by id.
     pub fn command(&self, id: &str) -> Option<Arc<CommandEntry>> {
-        self.state.commands.get(id)
+        self.runs.get(id)
     }
 
     /// Stops the server: closes every agent connection and the operator API, waits (briefly) for
@@ -501,7 +491,15 @@ impl Server {
     /// free again, so a restart in the same process can bind it.
     pub async fn shutdown(self) {
         let Server {
-            state,
+            registry,
+            runs,
+            commands,
+            plugins,
+            tokens,
+            enrollment,
+            data,
+            db,
+            tracked,
             endpoint,
             quic_addr,
             stop,
@@ -509,7 +507,7 @@ impl Server {
             ..
         } = self;
         stop.cancel();
-        state.registry.close_all("server shutting down");
+        registry.close_all("server shutting down");
         endpoint.close(
             ferry_protocol::close::SHUTDOWN.into(),
             b"server shutting down",
@@ -522,27 +520,28 @@ impl Server {
         drop(endpoint);
         // The parts' tasks end at the stop signal (what they must not lose is on disk) or with
         // their connection, closed above: wait for exactly those.
-        state.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
+        tracked.close();
+        if tokio::time::timeout(Duration::from_secs(10), tracked.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                tasks = state.tasks.len(),
+                tasks = tracked.len(),
                 "some of the server's tasks are still running 10 s after shutdown"
             );
         }
-        // A blocking call an aborted API handler started may still hold the state for a
-        // moment; the database closes (and a restart in this process can open it) once it
-        // lets go.
+        drop((registry, runs, commands, plugins, tokens, enrollment, data));
+        // A blocking call an aborted API handler started may still hold a part for a moment;
+        // the database closes (and a restart in this process can open it) once the last
+        // part lets go of it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while Arc::strong_count(&state) > 1 && tokio::time::Instant::now() < deadline {
+        while Arc::strong_count(&db) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if Arc::strong_count(&state) > 1 {
-            tracing::warn!("the server's state is still held 2 s after its tasks ended");
+        if Arc::strong_count(&db) > 1 {
+            tracing::warn!("the server's database is still held 2 s after its tasks ended");
         }
-        drop(state);
+        drop(db);
         // quinn's endpoint driver owns the socket and ends by itself once the last handle is
         // gone; wait until it has, boundedly (a busy machine takes a while).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -557,26 +556,6 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-/// Checks what every agent's copy of a command would need.
-pub(crate) fn check_request(
-    state: &ServerState,
-    topic: &str,
-    payload_len: usize,
-) -> Result<(), SubmitError> {
-    if topic.trim().is_empty() {
-        return Err(SubmitError::Invalid(
-            "the topic is empty: name the topic to run".into(),
-        ));
-    }
-    if payload_len as u64 + 1024 > u64::from(state.config.max_frame_bytes) {
-        return Err(SubmitError::Invalid(format!(
-            "the payload has {payload_len} bytes; the limit is {} bytes (max_frame_bytes) minus 1 KiB for the envelope",
-            state.config.max_frame_bytes
-        )));
-    }
-    Ok(())
 }
 
 fn data_dir_error(path: &Path, e: impl std::fmt::Display) -> StartError {

@@ -9,6 +9,7 @@ mod fleet;
 mod fuzz;
 mod handshake;
 mod hostile;
+mod layering;
 mod plugins;
 mod reconnect;
 mod recovery;

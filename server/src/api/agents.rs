@@ -32,6 +32,9 @@ fn unknown_agent(id: &str) -> Response {
     )
 }
 
+/// Why a revoked agent's connection is closed, as the agent logs it.
+const REVOKED: &str = "this agent was revoked by an operator";
+
 /// An agent as the API shows it: what the registry knows, with `labels` the effective ones
 /// (the agent's own, `agent_labels`, with the operator's, `server_labels`, merged over them)
 /// and the revocation, if any. Built from the registry's JSON so that every field the registry
@@ -185,18 +188,7 @@ pub(super) async fn revoke(
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e);
     }
-    let disconnect = |api: &Api| {
-        if let Ok((_, connection)) = api.state.registry.connection(&id) {
-            connection.close(
-                close::REJECTED.into(),
-                b"this agent was revoked by an operator",
-            );
-            true
-        } else {
-            false
-        }
-    };
-    let was_connected = disconnect(&api);
+    let was_connected = api.state.registry.close(&id, close::REJECTED, REVOKED);
     // A handshake that passed its revocation check just before the revocation registers
     // within the handshake timeout; close such a connection too.
     // Weak: a server shutting down must not wait for this to let go of its database.
@@ -212,12 +204,8 @@ pub(super) async fn revoke(
         }
         if let Some(state) = later.upgrade()
             && state.overrides.revoked(later_id.as_str()).is_some()
-            && let Ok((_, connection)) = state.registry.connection(&later_id)
         {
-            connection.close(
-                close::REJECTED.into(),
-                b"this agent was revoked by an operator",
-            );
+            state.registry.close(&later_id, close::REJECTED, REVOKED);
         }
     });
     tracing::warn!(agent = %id, by = %revocation.by, was_connected, "agent revoked");

@@ -17,9 +17,9 @@ use futures::Stream;
 use serde::Deserialize;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
+use crate::domain::commands::SubmitError;
 use crate::domain::commands::{self, FleetEntry, FleetRequest, ListFilter, StatusFilter, Target};
 use crate::domain::plugins::Selector;
-use crate::server::SubmitError;
 
 /// The body of `POST /v1/commands`. Exactly one of `agent`, `agents` and `selector` says where;
 /// at most one of `payload` (any JSON), `payload_text` and `payload_base64` says what (none: an
@@ -135,7 +135,7 @@ pub(super) async fn create(
         Err(e) => return e.into_response(),
     };
     let note = format!("{} to {}", request.topic, request.target);
-    match commands::start(&api.state, request).await {
+    match commands::start(&api.state.commands, request).await {
         Ok((fleet, created)) => {
             let view = fleet.view(true);
             if !created {
@@ -184,7 +184,7 @@ pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>)
         agent: params.agent,
         limit: params.limit.unwrap_or(50).min(1000),
     };
-    Json(api.state.fleets.list(&filter)).into_response()
+    Json(api.state.commands.store.list(&filter)).into_response()
 }
 
 fn unknown_command(id: &str) -> Response {
@@ -198,14 +198,14 @@ fn unknown_command(id: &str) -> Response {
 }
 
 pub(super) async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.state.fleets.get(&id) {
+    match api.state.commands.store.get(&id) {
         Some(fleet) => Json(fleet.view(true)).into_response(),
         None => unknown_command(&id),
     }
 }
 
 pub(super) async fn cancel(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let Some(fleet) = api.state.fleets.get(&id) else {
+    let Some(fleet) = api.state.commands.store.get(&id) else {
         return unknown_command(&id);
     };
     if !fleet.request_cancel() {
@@ -223,7 +223,7 @@ pub(super) async fn cancel(State(api): State<Api>, Path(id): Path<String>) -> Re
 }
 
 pub(super) async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let Some(fleet) = api.state.fleets.get(&id) else {
+    let Some(fleet) = api.state.commands.store.get(&id) else {
         return unknown_command(&id);
     };
     Sse::new(event_stream(fleet))

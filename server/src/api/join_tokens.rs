@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::{Api, Caller, JsonBody, body, error, noted};
-use crate::transport::enroll::{JoinToken, JoinTokenError};
+use crate::storage::enrollment::{JoinToken, JoinTokenError};
 
 fn token_error(e: JoinTokenError) -> Response {
     let (status, code) = match &e {

@@ -28,17 +28,45 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use serde_json::json;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::server::ServerState;
-use crate::storage::audit::AuditEntry;
-use crate::storage::tokens::{ApiToken, Scope};
+use crate::config::ServerConfig;
+use crate::domain::ServerData;
+use crate::domain::commands::Commands;
+use crate::domain::plugins::PluginRegistry;
+use crate::storage::audit::{AuditEntry, AuditLog};
+use crate::storage::enrollment::Enrollment;
+use crate::storage::overrides::Overrides;
+use crate::storage::tokens::{ApiToken, Scope, TokenStore};
+use crate::transport::Agents;
 
 /// The OpenAPI document, served as is.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
+/// What the operator API's handlers need, as the composition root wires it.
+pub(crate) struct ApiState {
+    pub(crate) config: ServerConfig,
+    pub(crate) registry: Arc<Agents>,
+    /// Commands as operators sent them, with every agent's run.
+    pub(crate) commands: Arc<Commands>,
+    pub(crate) plugins: Arc<PluginRegistry>,
+    pub(crate) tokens: Arc<TokenStore>,
+    /// Every operator action.
+    pub(crate) audit: Arc<AuditLog>,
+    /// Operators' labels and revocations of agents.
+    pub(crate) overrides: Arc<Overrides>,
+    /// Join tokens.
+    pub(crate) enrollment: Arc<Enrollment>,
+    pub(crate) data: ServerData,
+    /// Where handlers start work that outlives a request; shutdown waits for it.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) stop: CancellationToken,
+}
+
 #[derive(Clone)]
 struct Api {
-    state: Arc<ServerState>,
+    state: Arc<ApiState>,
 }
 
 /// One route: what the router serves, the scope it needs and its name in the audit log (the
@@ -255,7 +283,7 @@ pub(crate) fn routes(plugin_limit: usize) -> Vec<Route> {
     ]
 }
 
-pub(crate) fn router(state: Arc<ServerState>) -> Router {
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
     // A payload may be as large as a frame allows, and base64 in JSON makes it a third larger.
     let body_limit = (state.config.max_frame_bytes as usize).saturating_mul(2);
     let plugin_limit = usize::try_from(state.config.max_plugin_bytes).unwrap_or(usize::MAX);

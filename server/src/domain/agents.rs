@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use ferry_protocol::{AgentId, Health, Heartbeat, Hello, HostMetrics, RuntimeState};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use super::ports::{Directory, Link};
 use time::OffsetDateTime;
 
 /// Whether an agent can take commands now.
@@ -123,18 +125,27 @@ fn gb(bytes: u64) -> f64 {
     (bytes as f64 / 1e9 * 1000.0).round() / 1000.0
 }
 
-struct Entry {
+struct Entry<C> {
     info: AgentInfo,
-    connection: Option<(u64, quinn::Connection)>,
+    connection: Option<(u64, C)>,
     last_heartbeat_at: Instant,
 }
 
-/// The agents known to this server.
-#[derive(Default)]
-pub struct Registry {
-    agents: Mutex<HashMap<AgentId, Entry>>,
+/// The agents known to this server, each with its connection (a `C`: the transport's, which
+/// the registry only tells apart, checks and closes).
+pub struct Registry<C> {
+    agents: Mutex<HashMap<AgentId, Entry<C>>>,
     /// Bumped whenever an agent connects, for commands waiting to reach one.
     connected: tokio::sync::watch::Sender<u64>,
+}
+
+impl<C> Default for Registry<C> {
+    fn default() -> Self {
+        Registry {
+            agents: Mutex::default(),
+            connected: tokio::sync::watch::Sender::default(),
+        }
+    }
 }
 
 /// The agent is not connected.
@@ -142,7 +153,7 @@ pub struct Registry {
 #[error("agent '{0}' is not connected; `ferry agents` lists the agents and their status")]
 pub struct NotConnected(pub String);
 
-impl Registry {
+impl<C: Link> Registry<C> {
     /// Records a newly accepted connection. A connection the same installation still had is
     /// returned so the caller can close it: the newest connection wins, because an agent that
     /// reconnects after a network change or a restart must not wait for its old connection's
@@ -155,9 +166,9 @@ impl Registry {
         id: &AgentId,
         hello: &Hello,
         session: u64,
-        connection: quinn::Connection,
+        connection: C,
         grace: Duration,
-    ) -> Result<Option<quinn::Connection>, Duplicate> {
+    ) -> Result<Option<C>, Duplicate> {
         let now = OffsetDateTime::now_utc();
         let mut agents = self.agents.lock();
         let mut duplicate = None;
@@ -166,19 +177,19 @@ impl Registry {
             if let (Some((_, held)), Some(holder), Some(newcomer)) =
                 (&entry.connection, &entry.info.instance, &hello.instance)
                 && holder != newcomer
-                && held.close_reason().is_none()
+                && !held.is_closed()
                 && entry.last_heartbeat_at.elapsed() <= grace
             {
                 let refused = entry.info.duplicate.as_ref().map_or(0, |d| d.refused) + 1;
                 entry.info.duplicate = Some(DuplicateSeen {
-                    remote_address: connection.remote_address().to_string(),
+                    remote_address: connection.remote_address(),
                     instance: newcomer.clone(),
                     at: now,
                     refused,
                 });
                 return Err(Duplicate {
                     id: id.to_string(),
-                    holder: held.remote_address().to_string(),
+                    holder: held.remote_address(),
                     holder_instance: holder.clone(),
                     grace,
                 });
@@ -192,7 +203,7 @@ impl Registry {
             topics: hello.topics.clone(),
             read_only_topics: hello.read_only.clone(),
             wit_versions: hello.wit_versions.clone(),
-            remote_address: Some(connection.remote_address().to_string()),
+            remote_address: Some(connection.remote_address()),
             connected_since: Some(now),
             last_heartbeat: None,
             metrics: None,
@@ -219,7 +230,7 @@ impl Registry {
         &self,
         id: &AgentId,
         until: tokio::time::Instant,
-    ) -> Option<(u64, quinn::Connection)> {
+    ) -> Option<(u64, C)> {
         let mut changes = self.connected.subscribe();
         loop {
             changes.mark_unchanged();
@@ -344,7 +355,7 @@ impl Registry {
     }
 
     /// The connection to reach agent `id` over, with its session number.
-    pub fn connection(&self, id: &AgentId) -> Result<(u64, quinn::Connection), NotConnected> {
+    pub fn connection(&self, id: &AgentId) -> Result<(u64, C), NotConnected> {
         self.agents
             .lock()
             .get(id)
@@ -369,13 +380,39 @@ impl Registry {
         self.agents.lock().get(id).map(|e| e.info.clone())
     }
 
+    /// Closes agent `id`'s connection, if it has one, with `code` (one of
+    /// `ferry_protocol::close`) and `reason`; true if it had one.
+    pub fn close(&self, id: &AgentId, code: u32, reason: &str) -> bool {
+        match self.connection(id) {
+            Ok((_, connection)) => {
+                connection.close(code, reason);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Closes every agent connection (server shutdown).
     pub fn close_all(&self, reason: &str) {
         for entry in self.agents.lock().values_mut() {
             if let Some((_, connection)) = entry.connection.take() {
-                connection.close(0u32.into(), reason.as_bytes());
+                connection.close(0, reason);
             }
             entry.info.status = AgentStatus::Offline;
         }
+    }
+}
+
+impl<C: Link> Directory for Registry<C> {
+    fn agents(&self) -> Vec<AgentInfo> {
+        self.list()
+    }
+
+    fn connected(&self, id: &AgentId) -> Result<(), NotConnected> {
+        self.connection(id).map(|_| ())
+    }
+
+    fn is_read_only(&self, id: &AgentId, topic: &str) -> bool {
+        Registry::is_read_only(self, id, topic)
     }
 }

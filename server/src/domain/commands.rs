@@ -1,6 +1,6 @@
 //! Commands as operators send them: one topic and payload for one agent, a list, the agents a
 //! label selector matches, or all of them. Each command fans out into one child
-//! [`CommandEntry`] per agent (each over its own stream, as `dispatch.rs` runs it).
+//! [`CommandEntry`] per agent (each over its own stream, as the transport delivers it: `ports::Deliver`).
 //!
 //! The server does the fan-out, honouring two limits, as fleet operators know them from SSM:
 //! - `max_concurrency`: at most this many agents run the command at once; the next agent is sent
@@ -38,13 +38,76 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::plugins::Selector;
-use crate::domain::runs::{CommandEntry, CommandEvent, CommandStatus, Origin, RenderedPayload};
-use crate::server::{ServerState, SubmitError};
-use crate::storage::persist::{
-    Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord,
-};
 use ferry_protocol::ResultStats;
+use tokio_util::task::TaskTracker;
+
+use super::agents::NotConnected;
+use super::plugins::Selector;
+use super::ports::{AgentOverrides, CommandLog, Deliver, Delivery, Directory};
+use super::records::{Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord};
+use super::runs::{
+    CommandEntry, CommandEvent, CommandStatus, CommandStore, Origin, RenderedPayload,
+};
+
+/// The operator's commands: the ones the server holds, and what starting, driving and
+/// restoring them needs of the rest of the server, as the composition root wires it.
+pub(crate) struct Commands {
+    pub(crate) settings: Settings,
+    /// Every command the server holds.
+    pub(crate) store: FleetStore,
+    /// Every agent's run of them.
+    pub(crate) runs: Arc<CommandStore>,
+    pub(crate) agents: Arc<dyn Directory>,
+    pub(crate) overrides: Arc<dyn AgentOverrides>,
+    pub(crate) log: Arc<dyn CommandLog>,
+    pub(crate) deliver: Arc<dyn Deliver>,
+    /// Where fan-outs and followers run; shutdown waits for them.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the server stops: fan-outs end where they are (it is on disk).
+    pub(crate) stop: CancellationToken,
+}
+
+/// The server's settings commands are made with.
+pub(crate) struct Settings {
+    /// A command's timeout when its request sets none.
+    pub(crate) default_timeout: Duration,
+    /// How long restored commands wait for their agents to reconnect after a restart.
+    pub(crate) restart_grace: Duration,
+    /// The largest frame the server sends; a payload must fit in one with its envelope.
+    pub(crate) max_frame_bytes: u32,
+}
+
+/// A command could not be submitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The agent is not connected.
+    #[error(transparent)]
+    NotConnected(#[from] NotConnected),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A selector matched no agent.
+    #[error("{0}")]
+    NoTargets(String),
+    /// The command could not be recorded on disk, so it was not started.
+    #[error("the server could not record the command: {0}; check its data directory's disk")]
+    Storage(String),
+}
+
+/// Checks what every agent's copy of a command would need.
+fn check_request(max_frame_bytes: u32, topic: &str, payload_len: usize) -> Result<(), SubmitError> {
+    if topic.trim().is_empty() {
+        return Err(SubmitError::Invalid(
+            "the topic is empty: name the topic to run".into(),
+        ));
+    }
+    if payload_len as u64 + 1024 > u64::from(max_frame_bytes) {
+        return Err(SubmitError::Invalid(format!(
+            "the payload has {payload_len} bytes; the limit is {max_frame_bytes} bytes (max_frame_bytes) minus 1 KiB for the envelope"
+        )));
+    }
+    Ok(())
+}
 
 /// Which agents a command is for.
 #[derive(Debug, Clone, PartialEq)]
@@ -617,7 +680,7 @@ fn rfc3339(at: OffsetDateTime) -> String {
 
 /// Which agents `target` means now, in sending order, with the single agent's connection
 /// checked when it names one agent.
-fn resolve(state: &ServerState, target: &Target) -> Result<Vec<String>, SubmitError> {
+fn resolve(cx: &Commands, target: &Target) -> Result<Vec<String>, SubmitError> {
     match target {
         Target::Agents(ids) => {
             let mut seen = std::collections::HashSet::new();
@@ -634,12 +697,12 @@ fn resolve(state: &ServerState, target: &Target) -> Result<Vec<String>, SubmitEr
             Ok(ids)
         }
         Target::Selector(selector) => {
-            let ids: Vec<String> = state
-                .registry
-                .list()
+            let ids: Vec<String> = cx
+                .agents
+                .agents()
                 .into_iter()
-                .filter(|a| state.overrides.revoked(&a.id).is_none())
-                .filter(|a| selector.matches(&state.overrides.effective_labels(&a.id, &a.labels)))
+                .filter(|a| !cx.overrides.is_revoked(&a.id))
+                .filter(|a| selector.matches(&cx.overrides.effective_labels(&a.id, &a.labels)))
                 .map(|a| a.id)
                 .collect();
             if ids.is_empty() {
@@ -659,7 +722,7 @@ fn resolve(state: &ServerState, target: &Target) -> Result<Vec<String>, SubmitEr
 /// idempotency key was used before is not started again: the first one is returned, with
 /// `false`.
 pub(crate) async fn start(
-    state: &Arc<ServerState>,
+    cx: &Arc<Commands>,
     request: FleetRequest,
 ) -> Result<(Arc<FleetEntry>, bool), SubmitError> {
     if request.max_concurrency == Some(0) {
@@ -685,25 +748,25 @@ pub(crate) async fn start(
                     "idempotency_key must have 1 to 256 bytes".into(),
                 ));
             }
-            let turn = state.fleets.keyed.lock().await;
-            if let Some(existing) = state
-                .persist
-                .command_for_key(key)
-                .and_then(|id| state.fleets.get(&id))
-            {
+            let turn = cx.store.keyed.lock().await;
+            if let Some(existing) = cx.log.command_for_key(key).and_then(|id| cx.store.get(&id)) {
                 return Ok((existing, false));
             }
             Some(turn)
         }
         None => None,
     };
-    crate::server::check_request(state, &request.topic, request.payload.len())?;
-    let agents = resolve(state, &request.target)?;
+    check_request(
+        cx.settings.max_frame_bytes,
+        &request.topic,
+        request.payload.len(),
+    )?;
+    let agents = resolve(cx, &request.target)?;
     let single = match (&request.target, agents.as_slice()) {
         (Target::Agents(_), [one]) => {
             let id = AgentId::new(one.clone()).map_err(|e| SubmitError::Invalid(e.to_string()))?;
             if request.deliver_within.is_none() {
-                state.registry.connection(&id)?;
+                cx.agents.connected(&id)?;
             }
             Some(id)
         }
@@ -713,7 +776,7 @@ pub(crate) async fn start(
     // agent runs it without its journal, so a record that outlived a crash would not make it
     // run any less often.
     let durable = !single.as_ref().is_some_and(|agent| {
-        request.idempotency_key.is_none() && state.registry.is_read_only(agent, &request.topic)
+        request.idempotency_key.is_none() && cx.agents.is_read_only(agent, &request.topic)
     });
     let id = uuid::Uuid::new_v4().to_string();
     let fleet = Arc::new(FleetEntry {
@@ -756,15 +819,15 @@ pub(crate) async fn start(
     let deliver_by = Instant::now() + fleet.request.deliver_within.unwrap_or_default();
     let overlapped = match (&single, fleet.request.idempotency_key.is_some()) {
         (Some(agent), false) => {
-            let (entry, dispatch) = new_run(state, &fleet, 0, agent, deliver_by, true);
+            let (entry, delivery) = new_run(cx, &fleet, 0, agent, deliver_by, true);
             let run = RunRecord {
                 origin: entry.origin().clone(),
                 view: entry.view(),
             };
-            let recorded = state
-                .persist
+            let recorded = cx
+                .log
                 .create_command(&fleet.record(), Some(&run), fleet.durable);
-            state.tasks.spawn(crate::transport::dispatch::run(dispatch));
+            cx.deliver.deliver(delivery);
             fleet.dispatched(0, entry.clone());
             Some((entry, recorded))
         }
@@ -775,7 +838,7 @@ pub(crate) async fn start(
         // crash, and the write queue keeps it ahead of the run's end.
         Some((_, recorded)) if !fleet.durable => {
             let id = fleet.id.clone();
-            state.tasks.spawn(async move {
+            cx.tasks.spawn(async move {
                 if let Err(e) = recorded.await {
                     tracing::warn!(command = %id, error = %e, "cannot record a read-only topic's command");
                 }
@@ -790,14 +853,10 @@ pub(crate) async fn start(
             }
         }
         None => {
-            match state
-                .persist
-                .create_command(&fleet.record(), None, true)
-                .await
-            {
+            match cx.log.create_command(&fleet.record(), None, true).await {
                 Ok(Created::New) => {}
                 Ok(Created::Existing(holder)) => {
-                    return state.fleets.get(&holder).map(|f| (f, false)).ok_or_else(|| {
+                    return cx.store.get(&holder).map(|f| (f, false)).ok_or_else(|| {
                         SubmitError::Storage(format!(
                             "the idempotency key belongs to command {holder}, which this server no longer holds in memory; use another key"
                         ))
@@ -808,44 +867,42 @@ pub(crate) async fn start(
             // One named agent is sent its copy before the command is returned, so that
             // `Server::submit` can hand out the agent's run at once.
             if let Some(agent) = single {
-                let entry = send_to(state, &fleet, 0, &agent, deliver_by);
+                let entry = send_to(cx, &fleet, 0, &agent, deliver_by);
                 fleet.dispatched(0, entry);
             }
         }
     }
-    state.fleets.insert(fleet.clone());
-    state.tasks.spawn(drive(state.clone(), fleet.clone()));
+    cx.store.insert(fleet.clone());
+    cx.tasks.spawn(drive(cx.clone(), fleet.clone()));
     Ok((fleet, true))
 }
 
-/// Creates agent `agent`'s run of `fleet` (slot `index`) and starts its dispatch, which records
+/// Creates agent `agent`'s run of `fleet` (slot `index`) and starts its delivery, which records
 /// the run and waits for the agent within the command's delivery window.
 fn send_to(
-    state: &Arc<ServerState>,
+    cx: &Arc<Commands>,
     fleet: &FleetEntry,
     index: usize,
     agent: &AgentId,
     deliver_by: Instant,
 ) -> Arc<CommandEntry> {
-    let (entry, dispatch) = new_run(state, fleet, index, agent, deliver_by, false);
-    state.tasks.spawn(crate::transport::dispatch::run(dispatch));
+    let (entry, delivery) = new_run(cx, fleet, index, agent, deliver_by, false);
+    cx.deliver.deliver(delivery);
     entry
 }
 
-/// Agent `agent`'s run of `fleet` (slot `index`), and its dispatch, not started yet;
-/// `recorded`: the caller writes the run's record itself (queued before the dispatch starts).
+/// Agent `agent`'s run of `fleet` (slot `index`), and its delivery, not started yet;
+/// `recorded`: the caller writes the run's record itself (queued before the delivery starts).
 fn new_run(
-    state: &Arc<ServerState>,
+    cx: &Arc<Commands>,
     fleet: &FleetEntry,
     index: usize,
     agent: &AgentId,
     deliver_by: Instant,
     recorded: bool,
-) -> (Arc<CommandEntry>, crate::transport::dispatch::Dispatch) {
+) -> (Arc<CommandEntry>, Delivery) {
     let request = &fleet.request;
-    let timeout = request
-        .timeout
-        .unwrap_or(state.config.default_command_timeout);
+    let timeout = request.timeout.unwrap_or(cx.settings.default_timeout);
     let timeout_ms = Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
     let run_id = uuid::Uuid::new_v4().to_string();
     let origin = Origin {
@@ -853,14 +910,13 @@ fn new_run(
         index: index as u32,
         timeout_ms,
     };
-    let entry = state.commands.create(
+    let entry = cx.runs.create(
         run_id.clone(),
         agent.to_string(),
         request.topic.clone(),
         origin,
     );
-    let dispatch = crate::transport::dispatch::Dispatch {
-        state: state.clone(),
+    let delivery = Delivery {
         entry: entry.clone(),
         agent: agent.clone(),
         command: command_for(request, run_id, timeout_ms),
@@ -870,7 +926,7 @@ fn new_run(
         recorded,
         durable: fleet.durable,
     };
-    (entry, dispatch)
+    (entry, delivery)
 }
 
 fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> Command {
@@ -887,16 +943,16 @@ fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> C
 /// Drives the command's [`Fanout`] until it has ended: agents already decided (restored after
 /// a server restart) are skipped, runs already sent (the one agent's, or restored runs still
 /// going) are followed, the others are sent it as the machine says.
-async fn drive(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
-    let stop = state.stop.clone();
+async fn drive(cx: Arc<Commands>, fleet: Arc<FleetEntry>) {
+    let stop = cx.stop.clone();
     tokio::select! {
-        _ = run_fanout(state, fleet) => {}
+        _ = run_fanout(cx, fleet) => {}
         // Where it was is on disk: the restarted server carries on from there.
         _ = stop.cancelled() => {}
     }
 }
 
-async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
+async fn run_fanout(cx: Arc<Commands>, fleet: Arc<FleetEntry>) {
     let now = || Instant::now().into_std();
     let limits = fanout::Limits {
         max_concurrency: fleet.max_concurrency,
@@ -920,8 +976,7 @@ async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
     fleet.set_peak(machine.peak());
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     for (index, entry, from) in going {
-        state
-            .tasks
+        cx.tasks
             .spawn(follow(fleet.clone(), index, entry, from, ended_tx.clone()));
     }
     let mut cancel_told = false;
@@ -937,18 +992,13 @@ async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
                     may_wait,
                 } => {
                     let agent = fleet.inner.lock().slots[slot].agent.clone();
-                    let input = match reach(&state, &agent, may_wait) {
+                    let input = match reach(&cx, &agent, may_wait) {
                         Ok(id) => {
                             let entry =
-                                send_to(&state, &fleet, slot, &id, Instant::from_std(deliver_by));
+                                send_to(&cx, &fleet, slot, &id, Instant::from_std(deliver_by));
                             fleet.dispatched(slot, entry.clone());
-                            state.tasks.spawn(follow(
-                                fleet.clone(),
-                                slot,
-                                entry,
-                                0,
-                                ended_tx.clone(),
-                            ));
+                            cx.tasks
+                                .spawn(follow(fleet.clone(), slot, entry, 0, ended_tx.clone()));
                             Input::Started(slot)
                         }
                         Err(why) => Input::Unreachable(slot, why),
@@ -975,7 +1025,7 @@ async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
                             (i as u32, not_sent)
                         })
                         .collect();
-                    let written = state.persist.save_not_sent(&fleet.id, records).await;
+                    let written = cx.log.save_not_sent(&fleet.id, records).await;
                     if let Err(e) = &written {
                         tracing::error!(command = %fleet.id, error = %e, "cannot record the agents a command is not sent to; trying again");
                     }
@@ -992,7 +1042,7 @@ async fn run_fanout(state: Arc<ServerState>, fleet: Arc<FleetEntry>) {
                 Effect::RecordEnd(verdict) => {
                     ended_at = OffsetDateTime::now_utc();
                     let record = fleet.record_as(Some(ended_at), verdict == Verdict::Cancelled);
-                    let written = state.persist.save_command(&record, fleet.durable).await;
+                    let written = cx.log.save_command(&record, fleet.durable).await;
                     if let Err(e) = &written {
                         tracing::error!(command = %fleet.id, error = %e, "cannot record that the command ended; trying again");
                     }
@@ -1031,15 +1081,14 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// Agent `agent`, if it may be sent the command now: a valid id, not revoked, and connected
 /// unless it `may_wait` for it; else why it is not sent.
-fn reach(state: &ServerState, agent: &str, may_wait: bool) -> Result<AgentId, String> {
+fn reach(cx: &Commands, agent: &str, may_wait: bool) -> Result<AgentId, String> {
     match AgentId::new(agent.to_string()) {
-        Ok(id) if state.overrides.revoked(agent).is_some() => {
+        Ok(id) if cx.overrides.is_revoked(agent) => {
             Err(format!("not sent: agent '{id}' is revoked"))
         }
-        Ok(id) if !may_wait && state.registry.connection(&id).is_err() => Err(format!(
-            "not sent: {}",
-            crate::domain::agents::NotConnected(id.to_string())
-        )),
+        Ok(id) if !may_wait && cx.agents.connected(&id).is_err() => {
+            Err(format!("not sent: {}", NotConnected(id.to_string())))
+        }
         Ok(id) => Ok(id),
         Err(e) => Err(e.to_string()),
     }
@@ -1077,7 +1126,7 @@ async fn follow(
 /// the others where they were: runs sent before the restart are sent again under the same id
 /// (the agent's journal answers without running them twice), agents not sent it yet are sent
 /// it within the command's limits.
-pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
+pub(crate) fn restore(cx: &Arc<Commands>, loaded: Loaded) {
     let mut runs: HashMap<String, Vec<RunRecord>> = HashMap::new();
     for run in loaded.runs {
         runs.entry(run.origin.fleet.clone()).or_default().push(run);
@@ -1146,7 +1195,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
             }),
             changed: watch::Sender::new(0),
             cancel: CancellationToken::new(),
-            reconnect_grace_until: Some(Instant::now() + state.config.restart_grace),
+            reconnect_grace_until: Some(Instant::now() + cx.settings.restart_grace),
             durable: true,
         });
         if record.cancelled {
@@ -1160,7 +1209,7 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 continue;
             }
             let timeout_ms = run.origin.timeout_ms;
-            let entry = state.commands.restore(run.origin, run.view);
+            let entry = cx.runs.restore(run.origin, run.view);
             fleet.restore_run(index, entry.clone());
             let view = entry.view();
             if view.status.is_final() {
@@ -1170,30 +1219,27 @@ pub(crate) fn restore(state: &Arc<ServerState>, loaded: Loaded) {
                 continue;
             };
             // Sent before the restart (its record is written before the Command leaves).
-            state.tasks.spawn(crate::transport::dispatch::run(
-                crate::transport::dispatch::Dispatch {
-                    state: state.clone(),
-                    entry: entry.clone(),
-                    agent,
-                    command: command_for(&fleet.request, view.id, timeout_ms),
-                    data: fleet.request.data.clone(),
-                    deliver_by: Instant::now() + fleet.request.deliver_within.unwrap_or_default(),
-                    // Its deadlines run from when it was first sent, not from the restart: a result
-                    // the agent kept while the server was down is still taken within `result_wait`.
-                    sent_at: Some(instant_of(view.created_at)),
-                    recorded: true,
-                    durable: true,
-                },
-            ));
+            cx.deliver.deliver(Delivery {
+                entry: entry.clone(),
+                agent,
+                command: command_for(&fleet.request, view.id, timeout_ms),
+                data: fleet.request.data.clone(),
+                deliver_by: Instant::now() + fleet.request.deliver_within.unwrap_or_default(),
+                // Its deadlines run from when it was first sent, not from the restart: a result
+                // the agent kept while the server was down is still taken within `result_wait`.
+                sent_at: Some(instant_of(view.created_at)),
+                recorded: true,
+                durable: true,
+            });
         }
-        state.fleets.insert(fleet.clone());
+        cx.store.insert(fleet.clone());
         match record.finished_at {
             Some(at) => {
                 fleet.finish_restored(at);
                 ended += 1;
             }
             None => {
-                state.tasks.spawn(drive(state.clone(), fleet));
+                cx.tasks.spawn(drive(cx.clone(), fleet));
                 resumed += 1;
             }
         }

@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod db;
+pub(crate) mod enrollment;
 pub(crate) mod overrides;
 pub(crate) mod persist;
 pub(crate) mod plugins;

@@ -117,6 +117,18 @@ impl Overrides {
             .and_then(|o| o.revoked.clone())
     }
 
+    /// Whether agent `id` may connect: `Err` with the reason, to close its connection with,
+    /// when an operator revoked it.
+    pub(crate) fn admission(&self, id: &ferry_protocol::AgentId) -> Result<(), String> {
+        match self.revoked(id.as_str()) {
+            Some(revocation) => Err(format!(
+                "agent '{id}' was revoked by {} at {}; an operator can readmit it with `ferry agent unrevoke {id}`",
+                revocation.by, revocation.at
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The agent's own labels with the operator's merged over them.
     pub(crate) fn effective_labels(
         &self,
@@ -157,6 +169,20 @@ impl Overrides {
             by_agent.insert(agent.to_string(), record.clone());
         }
         Ok(record)
+    }
+}
+
+impl crate::domain::ports::AgentOverrides for Overrides {
+    fn is_revoked(&self, agent: &str) -> bool {
+        self.revoked(agent).is_some()
+    }
+
+    fn effective_labels(
+        &self,
+        agent: &str,
+        own: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        Overrides::effective_labels(self, agent, own)
     }
 }
 

@@ -11,7 +11,6 @@
 //! start after an unclean stop.
 //! Progress and log lines are not written: they are kept in memory for the event streams.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,10 +18,10 @@ use ferry_store::wal::WalOptions;
 use ferry_store::{StoreError, Writer, decode, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use crate::domain::agents::AgentInfo;
-use crate::domain::runs::{CommandStatus, CommandView, Origin};
+use crate::domain::ports::{CommandLog, StorageError, Written};
+use crate::domain::records::{Created, FleetRecord, Loaded, NotSent, RunRecord};
 
 /// Operator command id → [`FleetRecord`] (CBOR).
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
@@ -36,81 +35,6 @@ const KEYS: TableDefinition<&str, &str> = TableDefinition::new("command_idempote
 const SLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_slots");
 /// Agent id → [`AgentInfo`] as last seen (CBOR).
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
-
-/// An operator command as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct FleetRecord {
-    pub(crate) id: String,
-    pub(crate) topic: String,
-    /// `Agents` ids or a selector's text.
-    pub(crate) target: TargetRecord,
-    #[serde(with = "serde_bytes")]
-    pub(crate) payload: Vec<u8>,
-    pub(crate) content_type: String,
-    pub(crate) timeout_ms: Option<u64>,
-    pub(crate) idempotency_key: Option<String>,
-    pub(crate) data: BTreeMap<String, serde_bytes::ByteBuf>,
-    pub(crate) max_concurrency: Option<u32>,
-    pub(crate) max_errors: Option<u32>,
-    pub(crate) deliver_within_ms: Option<u64>,
-    pub(crate) created_by: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) created_at: OffsetDateTime,
-    /// Each agent in sending order, and why it was not sent, if it was not.
-    pub(crate) slots: Vec<SlotRecord>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) finished_at: Option<OffsetDateTime>,
-    pub(crate) cancelled: bool,
-    pub(crate) peak: u32,
-}
-
-/// A command's target as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum TargetRecord {
-    Agents(Vec<String>),
-    Selector(String),
-}
-
-/// An agent's place in an operator command as stored; its run, once sent, is a [`RunRecord`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SlotRecord {
-    pub(crate) agent: String,
-    pub(crate) not_sent: Option<NotSent>,
-}
-
-/// Why an agent was never sent a command, and when that was decided.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct NotSent {
-    pub(crate) status: CommandStatus,
-    pub(crate) why: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) at: OffsetDateTime,
-}
-
-/// One agent's run as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct RunRecord {
-    pub(crate) origin: Origin,
-    pub(crate) view: CommandView,
-}
-
-/// What [`Persist::create_command`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Created {
-    /// The command is recorded.
-    New,
-    /// Its idempotency key belongs to this earlier command; nothing was written.
-    Existing(String),
-}
-
-/// Everything read back at start.
-#[derive(Default)]
-pub(crate) struct Loaded {
-    /// Oldest first.
-    pub(crate) commands: Vec<FleetRecord>,
-    pub(crate) runs: Vec<RunRecord>,
-    pub(crate) agents: Vec<AgentInfo>,
-}
 
 /// The write-ahead log's directory under the data directory.
 pub const LOG: &str = "commands.wal";
@@ -237,31 +161,29 @@ impl Persist {
 
     /// Writes an operator command again (its progress, its end); `key`: its idempotency key,
     /// recorded with it.
-    pub(crate) async fn save_command(
+    pub(crate) fn save_command(
         &self,
         record: &FleetRecord,
         durable: bool,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = record.id.clone();
         let key = record.idempotency_key.clone();
         let bytes = encode(record);
-        self.writer
-            .write_logged("a command", move |tx| {
-                let mut rows = vec![Row::Command(id.clone(), bytes.into())];
-                if let Some(key) = key {
-                    rows.push(Row::Key(key, id));
-                }
-                Ok(((), logged(tx, rows, durable)?))
-            })
-            .await
+        self.writer.write_logged("a command", move |tx| {
+            let mut rows = vec![Row::Command(id.clone(), bytes.into())];
+            if let Some(key) = key {
+                rows.push(Row::Key(key, id));
+            }
+            Ok(((), logged(tx, rows, durable)?))
+        })
     }
 
     /// Writes, durably, that the agents at these slots of command `command` are not sent it.
-    pub(crate) async fn save_not_sent(
+    pub(crate) fn save_not_sent(
         &self,
         command: &str,
         slots: Vec<(u32, NotSent)>,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let rows: Vec<Row> = slots
             .iter()
             .map(|(index, not_sent)| {
@@ -272,7 +194,6 @@ impl Persist {
             .write_logged("agents a command is not sent to", move |tx| {
                 Ok(((), logged(tx, rows, true)?))
             })
-            .await
     }
 
     /// Writes one agent's run; queued when called.
@@ -290,16 +211,17 @@ impl Persist {
     }
 
     /// Writes what the server knows of an agent, for `ferry agents` after a restart.
-    pub(crate) async fn save_agent(&self, info: &AgentInfo) -> Result<(), StoreError> {
+    pub(crate) fn save_agent(
+        &self,
+        info: &AgentInfo,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = info.id.clone();
         let bytes = encode(info);
-        self.writer
-            .write("an agent", false, move |tx| {
-                tx.open_table(AGENTS)?
-                    .insert(id.as_str(), bytes.as_slice())?;
-                Ok(())
-            })
-            .await
+        self.writer.write("an agent", false, move |tx| {
+            tx.open_table(AGENTS)?
+                .insert(id.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
     }
 
     /// The operator command an idempotency key was first used for.
@@ -435,10 +357,53 @@ fn open(
     }
 }
 
+/// A write's future as the domain's port gives it: boxed, with the backend's error as text.
+fn port<T: Send + 'static>(
+    write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Written<T> {
+    Box::pin(async move { write.await.map_err(|e| StorageError(e.to_string())) })
+}
+
+impl CommandLog for Persist {
+    fn create_command(
+        &self,
+        record: &FleetRecord,
+        run: Option<&RunRecord>,
+        durable: bool,
+    ) -> Written<Created> {
+        port(Persist::create_command(self, record, run, durable))
+    }
+
+    fn save_command(&self, record: &FleetRecord, durable: bool) -> Written<()> {
+        port(Persist::save_command(self, record, durable))
+    }
+
+    fn save_not_sent(&self, command: &str, slots: Vec<(u32, NotSent)>) -> Written<()> {
+        port(Persist::save_not_sent(self, command, slots))
+    }
+
+    fn save_run(&self, record: &RunRecord, durable: bool) -> Written<()> {
+        port(Persist::save_run(self, record, durable))
+    }
+
+    fn save_agent(&self, info: &AgentInfo) -> Written<()> {
+        port(Persist::save_agent(self, info))
+    }
+
+    fn command_for_key(&self, key: &str) -> Option<String> {
+        Persist::command_for_key(self, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use time::OffsetDateTime;
+
     use super::*;
-    use crate::domain::runs::{CommandView, RenderedPayload};
+    use crate::domain::records::{SlotRecord, TargetRecord};
+    use crate::domain::runs::{CommandStatus, CommandView, Origin, RenderedPayload};
 
     fn command(id: &str, key: Option<&str>) -> FleetRecord {
         FleetRecord {

@@ -16,6 +16,7 @@ use ferry_protocol::pki::write_file;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::domain::plugins::{Change, PackageRecord, StoredHistory};
+use crate::domain::ports::{PluginStorage, StoredPlugins};
 
 /// `name@version` → the package record, as JSON.
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_packages");
@@ -25,12 +26,6 @@ const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_a
 pub(crate) struct PluginStore {
     blobs: PathBuf,
     db: Arc<Database>,
-}
-
-/// Everything the store holds, as read at start.
-pub(crate) struct Loaded {
-    pub(crate) packages: Vec<PackageRecord>,
-    pub(crate) histories: Vec<(String, StoredHistory)>,
 }
 
 impl PluginStore {
@@ -47,7 +42,23 @@ impl PluginStore {
         Ok(PluginStore { blobs, db })
     }
 
-    pub(crate) fn load(&self) -> Result<Loaded, String> {
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), String> {
+        let tx = self.db.begin_write().map_err(failed)?;
+        tx.open_table(table)
+            .map_err(failed)?
+            .insert(key, value)
+            .map_err(failed)?;
+        tx.commit().map_err(failed)
+    }
+}
+
+impl PluginStorage for PluginStore {
+    fn load(&self) -> Result<StoredPlugins, String> {
         let tx = self.db.begin_read().map_err(failed)?;
         let mut packages = Vec::new();
         for entry in tx
@@ -74,18 +85,18 @@ impl PluginStore {
             })?;
             histories.push((key.value().to_string(), history));
         }
-        Ok(Loaded {
+        Ok(StoredPlugins {
             packages,
             histories,
         })
     }
 
-    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(format!("{digest}.pkg"))
     }
 
     /// Writes a package's bytes unless a file of that digest is already there.
-    pub(crate) fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), String> {
+    fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), String> {
         let path = self.blob_path(digest);
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
             return Ok(());
@@ -93,25 +104,20 @@ impl PluginStore {
         write_file(&path, bytes, false).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn put_package(&self, record: &PackageRecord) -> Result<(), String> {
+    fn put_package(&self, record: &PackageRecord) -> Result<(), String> {
         let key = format!("{}@{}", record.name, record.version);
         let value = serde_json::to_vec(record).expect("a record serializes");
         self.put(PACKAGES, &key, &value)
     }
 
-    pub(crate) fn put_history(&self, name: &str, history: &[Change]) -> Result<(), String> {
+    fn put_history(&self, name: &str, history: &[Change]) -> Result<(), String> {
         let value = serde_json::to_vec(history).expect("a history serializes");
         self.put(ASSIGNMENTS, name, &value)
     }
 
     /// Removes a version's record, and the plugin's history with it when `whole`; in one
     /// transaction, so a crash leaves either all of it or none.
-    pub(crate) fn delete(
-        &self,
-        name: &str,
-        versions: &[String],
-        whole: bool,
-    ) -> Result<(), String> {
+    fn delete(&self, name: &str, versions: &[String], whole: bool) -> Result<(), String> {
         let tx = self.db.begin_write().map_err(failed)?;
         {
             let mut packages = tx.open_table(PACKAGES).map_err(failed)?;
@@ -131,26 +137,12 @@ impl PluginStore {
     }
 
     /// Removes a package file no record refers to any more (already gone is fine).
-    pub(crate) fn delete_blob(&self, digest: &Digest) -> Result<(), String> {
+    fn delete_blob(&self, digest: &Digest) -> Result<(), String> {
         match std::fs::remove_file(self.blob_path(digest)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.to_string()),
         }
-    }
-
-    fn put(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &[u8],
-    ) -> Result<(), String> {
-        let tx = self.db.begin_write().map_err(failed)?;
-        tx.open_table(table)
-            .map_err(failed)?
-            .insert(key, value)
-            .map_err(failed)?;
-        tx.commit().map_err(failed)
     }
 }
 

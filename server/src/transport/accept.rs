@@ -15,7 +15,7 @@ use ferry_protocol::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::server::ServerState;
+use super::Shared;
 use crate::transport::streams;
 
 /// Accepts connections until the endpoint closes.
@@ -24,7 +24,7 @@ use crate::transport::streams;
 /// permit until it is past Hello (or gone). Beyond that, `Incoming::refuse` answers at the QUIC
 /// level, before any TLS work, so a flood of slow or idle handshakes costs the server a packet
 /// each and cannot keep the slots filled longer than `handshake_timeout`.
-pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerState>) {
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<Shared>) {
     let pending = Arc::new(Semaphore::new(state.config.max_pending_handshakes as usize));
     let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
@@ -50,7 +50,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerStat
 
 async fn serve_connection(
     incoming: quinn::Incoming,
-    state: Arc<ServerState>,
+    state: Arc<Shared>,
     handshake_permit: OwnedSemaphorePermit,
 ) -> Result<(), String> {
     // One deadline for the whole handshake, so that a peer cannot take the timeout once for
@@ -67,7 +67,7 @@ async fn serve_connection(
     };
     // A connection without a client certificate reaches enrollment and nothing else.
     if tls::alpn_of(&connection).as_deref() == Some(tls::ENROLL_ALPN) {
-        return crate::transport::enroll::serve(connection, state).await;
+        return super::enroll::serve(connection, state).await;
     }
     let id = match agent_id_of(&connection) {
         Ok(id) => id,
@@ -81,7 +81,7 @@ async fn serve_connection(
             return Err(e.to_string());
         }
     };
-    if let Err(why) = state.admission(&id) {
+    if let Err(why) = state.overrides.admission(&id) {
         connection.close(
             close::REJECTED.into(),
             b"this agent was revoked by an operator",
@@ -119,7 +119,7 @@ async fn serve_connection(
 /// timers into its inputs, and carries out its effects with the registry, the plugin view,
 /// the enrollment authority and the overrides.
 struct Control<'a> {
-    state: &'a Arc<ServerState>,
+    state: &'a Arc<Shared>,
     id: &'a AgentId,
     connection: &'a quinn::Connection,
     session: ServerSession,
@@ -286,7 +286,7 @@ impl Control<'_> {
                 let labels = self.hello.as_ref().map(|h| &h.labels);
                 tracing::info!(agent = %id, remote = %self.connection.remote_address(), labels = ?labels, "agent connected");
                 if let Some(info) = self.state.registry.get(id)
-                    && let Err(e) = self.state.persist.save_agent(&info).await
+                    && let Err(e) = self.state.log.save_agent(&info).await
                 {
                     tracing::warn!(agent = %id, error = %e, "cannot record the agent; it will be listed again once it connects after a restart");
                 }
@@ -359,7 +359,9 @@ impl Control<'_> {
         let state = self.state.clone();
         let id = self.id.clone();
         let answer = tokio::task::spawn_blocking(move || {
-            state.enrollment.renew(&state, &id, &peer_cert, &renew)
+            state
+                .enrollment
+                .renew(&state.overrides, &id, &peer_cert, &renew)
         })
         .await
         .map_err(|e| format!("renewal failed: {e}"))?;

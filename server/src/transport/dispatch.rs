@@ -7,14 +7,19 @@ use std::collections::BTreeMap;
 
 use ferry_lifecycle::{Effect, Input, Limits, Run, Start};
 use ferry_protocol::{
-    AgentId, Command, DataRequest, DataResponse, FrameError, FrameReader, Message, write_frame,
+    Command, DataRequest, DataResponse, FrameError, FrameReader, Message, write_frame,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::domain::runs::{CommandEntry, CommandEvent, CommandStatus};
-use crate::server::ServerState;
-use crate::storage::persist::RunRecord;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Agents;
+use crate::domain::ServerData;
+use crate::domain::ports::{CommandLog, Deliver, Delivery};
+use crate::domain::records::RunRecord;
+use crate::domain::runs::{CommandEvent, CommandStatus};
 
 /// How long past a command's own timeout the server waits for the agent's result before it
 /// gives up on it: the agent ends the plugin at the timeout and needs a moment to report.
@@ -22,9 +27,9 @@ pub const RESULT_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a command's `DataRequest`s are answered from: the data the command carried, then the
 /// data an operator supplied to the server.
-pub(crate) struct DataSources {
-    pub(crate) command: BTreeMap<String, Vec<u8>>,
-    pub(crate) server: Arc<ServerState>,
+struct DataSources {
+    command: BTreeMap<String, Vec<u8>>,
+    server: ServerData,
 }
 
 /// How many DataRequests one command may make; past it, requests are refused, so a plugin in a
@@ -43,7 +48,7 @@ impl DataSources {
             )
         } else if let Some(value) = self.command.get(&request.key) {
             (Some(value.clone()), None)
-        } else if let Some(value) = self.server.data.read().get(&request.key) {
+        } else if let Some(value) = self.server.read().get(&request.key) {
             (Some(value.to_vec()), None)
         } else {
             (
@@ -62,33 +67,33 @@ impl DataSources {
     }
 }
 
-/// One agent's run of a command, from the wait for its agent to the recorded end.
-pub(crate) struct Dispatch {
-    pub(crate) state: Arc<ServerState>,
-    pub(crate) entry: Arc<CommandEntry>,
-    pub(crate) agent: AgentId,
-    pub(crate) command: Command,
-    pub(crate) data: BTreeMap<String, Vec<u8>>,
-    /// Until when it may wait for the agent to connect before it was ever sent.
-    pub(crate) deliver_by: Instant,
-    /// When it was first sent, if it was sent before the server restarted: the same id goes
-    /// out again, and the agent's journal answers it without running it twice.
-    pub(crate) sent_at: Option<Instant>,
-    /// Its record is written already (or queued, before this dispatch started).
-    pub(crate) recorded: bool,
-    /// Its end is written durably: false only for a read-only topic's command.
-    pub(crate) durable: bool,
+/// The transport's side of commands: starts each agent's run on its own task, with the
+/// handles a run needs (and not the whole server).
+pub(crate) struct Dispatcher {
+    pub(crate) agents: Arc<Agents>,
+    pub(crate) log: Arc<dyn CommandLog>,
+    pub(crate) data: ServerData,
+    pub(crate) result_wait: Duration,
+    pub(crate) max_frame_bytes: u32,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Deliver for Arc<Dispatcher> {
+    fn deliver(&self, delivery: Delivery) {
+        self.tasks.spawn(run(self.clone(), delivery));
+    }
 }
 
 /// Runs one agent's copy of a command until it has ended: a thin driver of
 /// [`ferry_lifecycle::Run`], which decides everything (when to send, what a frame means, when
 /// a result may be acknowledged, how the run ends); this task only turns the registry, the
 /// stream, the disk, report streams and timers into its inputs and carries out its effects.
-pub(crate) async fn run(d: Dispatch) {
-    let stop = d.state.stop.clone();
+async fn run(dispatcher: Arc<Dispatcher>, d: Delivery) {
+    let stop = dispatcher.stop.clone();
     let entry = d.entry.clone();
     tokio::select! {
-        _ = drive(d) => {}
+        _ = drive(&dispatcher, d) => {}
         // Everything a restart needs is on disk: the restarted server sends it again.
         _ = stop.cancelled() => {}
     }
@@ -101,10 +106,16 @@ struct Stream {
     recv: FrameReader<quinn::RecvStream>,
 }
 
-async fn drive(d: Dispatch) {
-    let state = &d.state;
+async fn drive(state: &Dispatcher, d: Delivery) {
     let entry = &d.entry;
-    if !d.recorded && !state.persist_run(entry, true).await {
+    let record = || RunRecord {
+        origin: entry.origin().clone(),
+        view: entry.view(),
+    };
+    if !d.recorded
+        && let Err(e) = state.log.save_run(&record(), true).await
+    {
+        tracing::error!(command = %d.command.id, error = %e, "cannot record a command's run");
         entry.finish_unrecorded(
             CommandStatus::Undelivered,
             "not sent: the server could not record the command on disk; see the server's log"
@@ -115,7 +126,7 @@ async fn drive(d: Dispatch) {
     let limits = Limits {
         timeout: Duration::from_millis(d.command.timeout_ms.unwrap_or(0)),
         result_grace: RESULT_GRACE,
-        result_wait: state.config.result_wait,
+        result_wait: state.result_wait,
     };
     let start = match d.sent_at {
         Some(sent_at) => Start::Resumed {
@@ -130,9 +141,9 @@ async fn drive(d: Dispatch) {
     let mut waiting_reports: Vec<(String, oneshot::Sender<bool>)> = Vec::new();
     let sources = DataSources {
         command: d.data.clone(),
-        server: state.clone(),
+        server: state.data.clone(),
     };
-    let max_frame = state.config.max_frame_bytes;
+    let max_frame = state.max_frame_bytes;
     let mut connection: Option<quinn::Connection> = None;
     let mut stream: Option<Stream> = None;
     let mut finished: Option<CommandEvent> = None;
@@ -181,11 +192,7 @@ async fn drive(d: Dispatch) {
                         // Not waited for: it is not durable, and the writer's queue keeps it
                         // ahead of the run's end. Waiting would hold the Result behind whatever
                         // durable commit is on the writer thread (another command's end).
-                        let record = RunRecord {
-                            origin: entry.origin().clone(),
-                            view: entry.view(),
-                        };
-                        let written = state.persist.save_run(&record, false);
+                        let written = state.log.save_run(&record(), false);
                         let id = d.command.id.clone();
                         state.tasks.spawn(async move {
                             if let Err(e) = written.await {
@@ -202,7 +209,7 @@ async fn drive(d: Dispatch) {
                         origin: entry.origin().clone(),
                         view,
                     };
-                    let written = state.persist.save_run(&record, d.durable);
+                    let written = state.log.save_run(&record, d.durable);
                     let written = if d.durable {
                         written.await
                     } else {
@@ -246,7 +253,7 @@ async fn drive(d: Dispatch) {
         let deadline = run.poll_timeout().map(Instant::from_std);
         let wants_connection = run.wants_connection(now());
         tokio::select! {
-            found = d.state.registry.wait_connection(&d.agent, deadline.unwrap_or_else(far_future)), if wants_connection => {
+            found = state.agents.wait_connection(&d.agent, deadline.unwrap_or_else(far_future)), if wants_connection => {
                 match found {
                     Some((_, found)) => {
                         connection = Some(found);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ferry_protocol::{AgentId, Fetch, FetchReply, Message, PackageChunk, close, write_frame};
 use tokio::io::AsyncReadExt;
 
-use crate::server::ServerState;
+use super::Shared;
 
 /// Bytes per chunk: large enough that framing costs nothing, small enough to interleave with
 /// other streams.
@@ -18,7 +18,7 @@ const CHUNK: usize = 256 * 1024;
 
 /// Serves one fetch stream, whose `Fetch` the caller has read.
 pub(crate) async fn serve(
-    state: Arc<ServerState>,
+    state: Arc<Shared>,
     agent: AgentId,
     mut send: quinn::SendStream,
     Fetch { digest }: Fetch,

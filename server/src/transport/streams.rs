@@ -11,14 +11,14 @@ use ferry_protocol::{
     AgentId, CommandResult, FrameReader, Message, Peer, ResultAck, StreamKind, close, write_frame,
 };
 
-use crate::server::ServerState;
+use super::Shared;
 
 /// Serves one stream the agent opened, by its first frame. A stream that does not start with
 /// one whole `Fetch` or `Result` within the handshake timeout is a protocol breach (an agent
 /// sends it as soon as it opens the stream) and closes the agent's connection: otherwise an
 /// agent could hold its stream slots with silent or garbage streams for ever.
 pub(crate) async fn serve_agent_stream(
-    state: Arc<ServerState>,
+    state: Arc<Shared>,
     agent: AgentId,
     connection: quinn::Connection,
     send: quinn::SendStream,
@@ -51,7 +51,7 @@ fn breach(agent: &AgentId, connection: &quinn::Connection, why: &str) {
 }
 
 async fn report(
-    state: Arc<ServerState>,
+    state: Arc<Shared>,
     agent: AgentId,
     connection: quinn::Connection,
     mut send: quinn::SendStream,
@@ -88,7 +88,7 @@ async fn report(
             },
         };
         let id = result.id.clone();
-        match state.commands.get(&id) {
+        match state.runs.get(&id) {
             Some(entry) if entry.view().agent == agent.as_str() => {
                 // Acknowledged only once the run's driver says it is on disk; otherwise the
                 // stream is reset and the agent keeps the result for its next report stream.

@@ -4,13 +4,13 @@
 //! Assignments are declarative: each plugin name has at most one current assignment (a version
 //! and a [`Selector`]), and every connected agent is sent the complete set that applies to it
 //! (`PluginAssign`) after its Welcome and whenever the set changes; see
-//! `listener.rs`. Rolling back pops the current assignment and restores the previous one.
+//! `transport/accept.rs`. Rolling back pops the current assignment and restores the previous one.
 
 mod inspect;
 mod selector;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ferry_manifest::Manifest;
 use ferry_protocol::package::{Digest, Package, SigningKey};
@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::ports::PluginStorage;
 use crate::domain::agents::{AgentInfo, AgentStatus};
-use crate::storage::plugins::PluginStore;
 pub use selector::Selector;
 
 /// A plugin registry operation failed; each variant maps to one HTTP status.
@@ -249,7 +249,7 @@ struct Inner {
 
 /// The server's plugin registry.
 pub struct PluginRegistry {
-    store: PluginStore,
+    store: Box<dyn PluginStorage>,
     key: SigningKey,
     inner: Mutex<Inner>,
     /// Bumped on every assignment change; each agent's control loop watches it.
@@ -260,30 +260,12 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// Opens the registry under `data_dir` with the server's signing key, opening the
-    /// server's database itself (for tests; a server shares its one database).
-    #[cfg(test)]
+    /// The registry over what `store` holds, signing pushes with the server's `key`.
     pub(crate) fn open(
-        data_dir: &Path,
+        store: Box<dyn PluginStorage>,
         key: SigningKey,
         max_package_bytes: u64,
     ) -> Result<PluginRegistry, String> {
-        Self::open_in(
-            data_dir,
-            crate::storage::db::open(data_dir)?,
-            key,
-            max_package_bytes,
-        )
-    }
-
-    /// Opens the registry with its packages under `data_dir` and its records in `db`.
-    pub(crate) fn open_in(
-        data_dir: &Path,
-        db: std::sync::Arc<redb::Database>,
-        key: SigningKey,
-        max_package_bytes: u64,
-    ) -> Result<PluginRegistry, String> {
-        let store = PluginStore::open(data_dir, db)?;
         let loaded = store.load()?;
         let mut inner = Inner::default();
         for record in loaded.packages {

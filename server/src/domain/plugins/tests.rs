@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use ferry_protocol::package::{Package, PublicKey, SigningKey};
 use ferry_protocol::{PluginState, PluginStatus};
@@ -48,7 +49,12 @@ fn agent(id: &str, labels: &[(&str, &str)], wit: &[&str]) -> AgentInfo {
 fn open(dir: &Path) -> (PluginRegistry, PublicKey) {
     let key = SigningKey::load_or_create(&dir.join("k"), &dir.join("k.pub")).unwrap();
     let public = key.public_key();
-    (PluginRegistry::open(dir, key, 64 << 20).unwrap(), public)
+    let db = crate::storage::db::open(dir).unwrap();
+    let store = crate::storage::plugins::PluginStore::open(dir, db).unwrap();
+    (
+        PluginRegistry::open(Box::new(store), key, 64 << 20).unwrap(),
+        public,
+    )
 }
 
 #[test]

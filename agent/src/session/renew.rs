@@ -15,7 +15,7 @@ use ferry_protocol::{AgentId, EnrollRefused, Message, Renew, Renewed};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::session::backoff::Backoff;
 
 /// How long to wait for the server's answer before asking again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);

@@ -16,9 +16,9 @@ use ferry_protocol::{
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::commands::journal::{Journal, Seen};
+use crate::commands::routes::{Route, Routes};
 use crate::host::{self, CommandEvents, Invoked, LoadedPlugin};
-use crate::journal::{Journal, Seen};
-use crate::routes::{Route, Routes};
 
 /// Progress and log events buffered per command before further ones are counted and dropped,
 /// so a plugin that logs in a tight loop cannot exhaust the agent's memory.
@@ -49,8 +49,9 @@ pub(crate) struct Executor {
 }
 
 /// A journal write on its way to disk.
-type JournalWrite =
-    std::pin::Pin<Box<dyn Future<Output = Result<(), crate::journal::JournalError>> + Send>>;
+type JournalWrite = std::pin::Pin<
+    Box<dyn Future<Output = Result<(), crate::commands::journal::JournalError>> + Send>,
+>;
 
 /// Data requests waiting for the server's answer, by request number.
 type PendingData = Arc<parking_lot::Mutex<HashMap<u32, oneshot::Sender<DataResponse>>>>;

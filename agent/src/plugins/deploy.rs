@@ -29,10 +29,10 @@ use ferry_protocol::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::load_options;
+use crate::commands::routes::Routes;
 use crate::host::{LoadedPlugin, PluginHost};
-use crate::policy::Policy;
-use crate::routes::Routes;
+use crate::plugins::load_options;
+use crate::plugins::policy::Policy;
 
 /// How long the server may take to answer a fetch, and then to send each chunk.
 const FETCH_STALL: Duration = Duration::from_secs(30);
@@ -55,7 +55,7 @@ pub(crate) struct Deployer {
     routes: Arc<Routes>,
     /// Loading a new version of a quarantined plugin lifts its quarantine. Weak: the journal
     /// closes its file when the agent stops, whatever the deployer's tasks still hold.
-    journal: std::sync::Weak<crate::journal::Journal>,
+    journal: std::sync::Weak<crate::commands::journal::Journal>,
     host: PluginHost,
     policy: Arc<Policy>,
     /// The pinned server key, or why there is none.
@@ -70,7 +70,7 @@ impl Deployer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         routes: Arc<Routes>,
-        journal: std::sync::Weak<crate::journal::Journal>,
+        journal: std::sync::Weak<crate::commands::journal::Journal>,
         host: PluginHost,
         policy: Arc<Policy>,
         key: Result<PublicKey, String>,

@@ -20,14 +20,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::ConnectionStatus;
-use crate::backoff::Backoff;
+use crate::capabilities::metrics::MetricsSampler;
+use crate::capabilities::runtimes::{Runtimes, Status as RuntimeStatus};
+use crate::commands::executor::Executor;
 use crate::config::AgentConfig;
-use crate::deploy::{Deployer, Session as PluginSession};
-use crate::executor::Executor;
-use crate::metrics::MetricsSampler;
-use crate::renew::Renewal;
-use crate::runtimes::{Runtimes, Status as RuntimeStatus};
+use crate::plugins::deploy::{Deployer, Session as PluginSession};
+use crate::session::ConnectionStatus;
+use crate::session::backoff::Backoff;
+use crate::session::renew::Renewal;
 
 /// What the loop needs, built once at start.
 pub(crate) struct Link {
@@ -469,8 +469,7 @@ impl Link {
         }
         let rebuilt =
             ferry_protocol::tls::Identity::from_pem_files(&self.config.cert, &self.config.key)
-                .map_err(crate::AgentError::from)
-                .and_then(|identity| crate::agent::client_config(&self.config, identity));
+                .and_then(|identity| super::client_config(&self.config, identity));
         match rebuilt {
             Ok(config) => *self.client_config.lock() = config,
             Err(e) => tracing::error!("the renewed certificate cannot be used: {e}"),
