@@ -1,12 +1,15 @@
 //! The plugin host: runs each command in a fresh, sandboxed instance of a wasm component
-//! plugin for the world `ferry:plugin/plugin@0.1.0` (`wit/0.1.0`).
+//! plugin for the world `ferry:plugin/plugin`, in any version of it this release serves
+//! (`ferry_protocol::WIT_VERSIONS`, each frozen in `wit/<version>/` and served through bindings
+//! of its own).
 //!
 //! - [`PluginHost::new`] sets up a wasmtime engine (pooling allocator, epoch interruption), and
 //!   a second one with fuel metering once a plugin with a fuel budget is loaded.
 //! - [`PluginHost::load`] (or [`load_with`](PluginHost::load_with), for a fuel budget) compiles
 //!   a component, or takes it from the on-disk cache ([`HostConfig::cache_dir`]), checks that it
-//!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin` imports (`context`, and
-//!   `metrics`, `kv` and `process`, which answer only plugins granted them), and pre-instantiates it.
+//!   is a ferry plugin and which version of the world it was built for, links it against WASI 0.2
+//!   and that version's `ferry:plugin` imports (`context`, and `metrics`, `kv`, `process`,
+//!   `runtimes` and `agent`, which answer only plugins granted them), and pre-instantiates it.
 //!
 //! The host is the sandbox and knows nothing of the fleet: no server, no transport, no agent.
 //! What a granted plugin reaches beyond its sandbox comes from whoever runs the host, through
@@ -92,10 +95,11 @@ use self::interfaces::Interfaces;
 pub use self::kv::{KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use self::metrics::MetricsSource;
 pub use self::runtimes::RuntimeSupervisor;
-use self::state::{Meter, State};
+use self::state::Meter;
 
-/// The WIT package version this host serves: the newest of the one list,
-/// [`ferry_protocol::WIT_VERSIONS`] (a test checks that `bindings` binds exactly that list).
+/// The newest WIT package version this host serves, the one new plugins are built against:
+/// the newest of the one list, [`ferry_protocol::WIT_VERSIONS`], every version of which the
+/// host serves through bindings of its own (a test checks that they are exactly that list).
 pub const WIT_VERSION: &str = ferry_protocol::WIT_LATEST;
 
 /// Limits and tuning of a [`PluginHost`], and the sources of its capability interfaces.
@@ -301,10 +305,12 @@ impl PluginHost {
         self.shared.plain.pooling
     }
 
-    /// Compiles `component`, checks that it is a `ferry:plugin@0.1.0` plugin, links it and
-    /// pre-instantiates it. `name` is used in messages and logs.
+    /// Compiles `component`, checks that it is a plugin for a `ferry:plugin` version this host
+    /// serves (by the `ferry:plugin/handler@<version>` it exports), links it and
+    /// pre-instantiates it against that version's bindings. `name` is used in messages and logs.
     ///
-    /// A component that is not a ferry plugin gets an error naming what is missing.
+    /// A component that is not a ferry plugin gets an error naming what is missing; one built
+    /// for a version this host does not serve, [`HostError::UnservedVersion`].
     pub fn load(&self, name: &str, component: &[u8]) -> Result<LoadedPlugin, HostError> {
         self.load_with(name, component, LoadOptions::default())
     }
@@ -343,17 +349,18 @@ impl PluginHost {
                 reason: invoke::chain(&e),
             })?,
         };
-        check::handler_exported(&runtime.engine, name, &compiled)?;
+        let version = check::handler_version(&runtime.engine, name, &compiled)?;
         let pre = runtime.linker.instantiate_pre(&compiled).map_err(|e| HostError::Link {
             name: name.to_string(),
             reason: format!(
                 "{}; this agent provides WASI 0.2 (cli, clocks, filesystem, io, random, sockets; all denied \
-                 unless granted) and ferry:plugin/{{context, metrics, kv, process}}@{WIT_VERSION}",
-                invoke::chain(&e)
+                 unless granted) and ferry:plugin/{{context, metrics, kv, process, runtimes, agent}}@{}",
+                invoke::chain(&e),
+                version.number()
             ),
         })?;
-        check::handle_signature(&runtime.engine, name, &compiled)?;
-        let pre = PluginPre::new(pre).map_err(|e| HostError::NotAPlugin {
+        check::handle_signature(&runtime.engine, name, &compiled, version)?;
+        let pre = version.pre(pre).map_err(|e| HostError::NotAPlugin {
             name: name.to_string(),
             reason: invoke::chain(&e),
         })?;
@@ -372,6 +379,7 @@ impl PluginHost {
             bytes = component.len(),
             from_cache,
             fuel = options.fuel,
+            wit = pre.version().number(),
             elapsed = ?stats.duration,
             "plugin loaded"
         );
@@ -440,7 +448,7 @@ pub struct LoadedPlugin {
 
 struct LoadedInner {
     name: String,
-    pre: PluginPre<State>,
+    pre: PluginPre,
     /// The engine it was compiled for (metered or not); kept alive with the plugin.
     runtime: Arc<Runtime>,
     /// Its fuel budget per command, when metered.

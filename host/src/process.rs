@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::bindings::ferry::plugin::process::{Exit, StopReason};
 use super::{CommandEvents, GrantSource, LogLevel};
 
 /// How often a running program's command is checked for a cancel.
@@ -107,6 +106,28 @@ impl Programs {
             "starting the program {program:?} is not granted to plugin '{plugin}'{hint}: {how}"
         ))
     }
+}
+
+/// Why the host stopped a program before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Its timeout, or the command's deadline, passed.
+    Timeout,
+    /// The command was cancelled.
+    Cancelled,
+}
+
+/// How a program ended, in the host's terms; each WIT version's bindings adapt it.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) stopped: Option<StopReason>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stdout_truncated: bool,
+    pub(crate) stderr_tail: Vec<String>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stderr_truncated: bool,
 }
 
 /// What a run needs from the invocation.

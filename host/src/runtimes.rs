@@ -43,6 +43,18 @@ pub struct Spec {
     pub component: bool,
 }
 
+/// A runtime as a plugin asks for it, in any WIT version, before its program is checked
+/// against the plugin's grant.
+pub(crate) struct Request {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) port: Option<u16>,
+    pub(crate) component: bool,
+}
+
 /// Where a runtime stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
