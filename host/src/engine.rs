@@ -8,9 +8,9 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings;
 use super::state::State;
 use super::{HostConfig, HostError, cache};
+use super::{bindings, capabilities};
 
 /// Wasm pages are 64 KiB; memory sizes given to the pooling allocator are whole pages.
 const WASM_PAGE: usize = 64 * 1024;
@@ -64,13 +64,15 @@ impl Runtime {
                 super::invoke::chain(&e)
             ))
         })?;
-        bindings::add_to_linker(&mut linker).map_err(|e| {
-            HostError::Engine(format!(
-                "cannot add the ferry:plugin imports ({}) to the linker: {}",
-                bindings::served(),
-                super::invoke::chain(&e)
-            ))
-        })?;
+        bindings::add_to_linker(&mut linker)
+            .and_then(|()| capabilities::add_to_linker(&mut linker))
+            .map_err(|e| {
+                HostError::Engine(format!(
+                    "cannot add the ferry:plugin imports ({}) to the linker: {}",
+                    bindings::served(),
+                    super::invoke::chain(&e)
+                ))
+            })?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
         let tag = cache::engine_tag(&engine);
         Ok(Self {

@@ -57,8 +57,8 @@ pub(crate) async fn run(
         config.max_output_bytes,
     );
     let wasi = plugin
-        .sandbox
-        .wasi_ctx(name, &events, stdout.clone(), stderr.clone());
+        .granted
+        .wasi_ctx(&events, stdout.clone(), stderr.clone());
     let state = State::new(
         events.clone(),
         wasi,
@@ -66,7 +66,7 @@ pub(crate) async fn run(
         deadline,
         config.max_message_bytes,
         config.max_output_bytes,
-        plugin.interfaces.clone(),
+        plugin.granted.clone(),
     );
     let mut store = Store::new(&plugin.runtime.engine, state);
     store.limiter(|s| &mut s.limiter);

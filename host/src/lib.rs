@@ -23,7 +23,11 @@
 //!   `request-data` and `agent.decommission` (the agent: its executor, which asks the server
 //!   and decommissions once the command's result is out).
 //!
-//! A capability whose source is absent answers granted plugins with an error saying so.
+//! A capability whose source is absent answers granted plugins with an error saying so; one
+//! not granted, with how to grant it. Inside the host each capability of
+//! `ferry_manifest::CAPABILITIES` is a part of its own (its grant, its source, its check and
+//! its link to the interface it gates), which the WIT versions' bindings adapt to.
+//!
 //! - [`LoadedPlugin::invoke`] runs one command in a fresh `Store`: no files, network,
 //!   environment or arguments; stdout and stderr become log lines; memory is capped; a
 //!   deadline ends it, and so does its fuel budget if it has one. A trap, a panic or a limit
@@ -63,17 +67,12 @@
 
 mod bindings;
 mod cache;
+mod capabilities;
 mod check;
 mod engine;
 mod error;
-mod interfaces;
 mod invoke;
-pub mod kv;
-pub mod metrics;
 mod output;
-mod process;
-pub mod runtimes;
-mod sandbox;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -89,12 +88,13 @@ use wasmtime::component::Component;
 
 use self::bindings::PluginPre;
 use self::cache::ComponentCache;
+use self::capabilities::Granted;
+pub use self::capabilities::kv::{KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use self::capabilities::metrics::MetricsSource;
+pub use self::capabilities::runtimes::RuntimeSupervisor;
+pub use self::capabilities::{kv, metrics, runtimes};
 use self::engine::Runtime;
 pub use self::error::{HostError, InvokeError};
-use self::interfaces::Interfaces;
-pub use self::kv::{KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-pub use self::metrics::MetricsSource;
-pub use self::runtimes::RuntimeSupervisor;
 use self::state::Meter;
 
 /// The newest WIT package version this host serves, the one new plugins are built against:
@@ -354,8 +354,9 @@ impl PluginHost {
             name: name.to_string(),
             reason: format!(
                 "{}; this agent provides WASI 0.2 (cli, clocks, filesystem, io, random, sockets; all denied \
-                 unless granted) and ferry:plugin/{{context, metrics, kv, process, runtimes, agent}}@{}",
+                 unless granted) and ferry:plugin/{{{}}}@{}",
                 invoke::chain(&e),
+                capabilities::interfaces(),
                 version.number()
             ),
         })?;
@@ -383,7 +384,7 @@ impl PluginHost {
             elapsed = ?stats.duration,
             "plugin loaded"
         );
-        let sandbox = sandbox::Sandbox::new(options.capabilities.clone());
+        let granted = Granted::new(name, &options.capabilities, &self.shared.config);
         Ok(LoadedPlugin {
             inner: Arc::new(LoadedInner {
                 name: name.to_string(),
@@ -397,16 +398,7 @@ impl PluginHost {
                     }),
                 timeout: options.timeout,
                 read_only: options.read_only.into_iter().collect(),
-                interfaces: Arc::new(Interfaces::new(
-                    name,
-                    &options.capabilities,
-                    self.shared.config.metrics.clone(),
-                    self.shared.config.kv.clone(),
-                    self.shared.config.runtimes.clone(),
-                    sandbox.env(),
-                    self.shared.config.grants,
-                )),
-                sandbox,
+                granted: Arc::new(granted),
                 stats,
                 host: self.shared.clone(),
             }),
@@ -459,10 +451,8 @@ struct LoadedInner {
     timeout: Option<Duration>,
     /// The topics its manifest declares read-only.
     read_only: std::collections::BTreeSet<String>,
-    /// What it may reach outside its sandbox.
-    sandbox: sandbox::Sandbox,
-    /// What its `metrics`, `kv` and `process` imports may reach.
-    interfaces: Arc<Interfaces>,
+    /// What it may reach outside its sandbox, capability by capability.
+    granted: Arc<Granted>,
     stats: LoadStats,
     host: Arc<Shared>,
 }

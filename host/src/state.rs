@@ -1,7 +1,7 @@
-//! What one invocation's `Store` holds: the sandboxed WASI context, the limits, and the
-//! command's events, which the `ferry:plugin/context` imports reach, and the plugin's host
-//! interfaces (`metrics`, `kv`, `process`; see `interfaces.rs`), in the host's own types:
-//! each WIT version's bindings (`bindings/`) adapt to them.
+//! What one invocation's `Store` holds: the sandboxed WASI context, the limits, the command's
+//! events, which the `ferry:plugin/context` imports reach, and the plugin's grant of each
+//! capability (`capabilities/`), in the host's own types: each WIT version's bindings
+//! (`bindings/`) adapt to them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::interfaces::Interfaces;
-use super::process;
+use super::capabilities::{Granted, process};
 use super::{CommandEvents, LogLevel};
 
 /// The data of one invocation's store.
@@ -29,20 +28,20 @@ pub(crate) struct State {
     /// Set when the host interrupted the plugin for passing its deadline, so that the trap
     /// this causes is reported as a timeout rather than a crash.
     pub(crate) timed_out: bool,
-    /// What the `metrics`, `kv` and `process` imports may reach, per the plugin's grant.
-    pub(crate) interfaces: Arc<Interfaces>,
+    /// What the plugin may reach outside its sandbox, capability by capability.
+    pub(crate) granted: Arc<Granted>,
 }
 
 impl State {
     pub(crate) fn new(
         events: Arc<dyn CommandEvents>,
-        // Built from the plugin's grant by `sandbox.rs`: deny by default.
+        // Built from the plugin's grant by `capabilities/`: deny by default.
         wasi: WasiCtx,
         limiter: Limiter,
         deadline: Option<Instant>,
         max_message_bytes: usize,
         max_output_bytes: usize,
-        interfaces: Arc<Interfaces>,
+        granted: Arc<Granted>,
     ) -> Self {
         Self {
             wasi,
@@ -53,7 +52,7 @@ impl State {
             max_output_bytes,
             deadline,
             timed_out: false,
-            interfaces,
+            granted,
         }
     }
 
@@ -80,8 +79,8 @@ impl State {
             deadline: self.deadline,
             max_output_bytes: self.max_output_bytes,
         };
-        let interfaces = self.interfaces.clone();
-        async move { process::run(&interfaces.programs, cx, request).await }
+        let granted = self.granted.clone();
+        async move { process::run(&granted.programs, cx, request).await }
     }
 
     fn bounded(&self, mut message: String) -> String {

@@ -78,10 +78,27 @@ pub(crate) fn served() -> String {
         .join(", ")
 }
 
-/// Adds every served version's `ferry:plugin` imports to `linker`.
-pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
-    since_v0_1_0::add_to_linker(linker)?;
+/// A `ferry:plugin` interface, which each version's bindings link: `Context` (with `types`)
+/// is every plugin's, the others are the capabilities' (their `add_to_linker` hooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interface {
+    Context,
+    Process,
+    Metrics,
+    Kv,
+    Runtimes,
+    Agent,
+}
+
+/// Adds `interface`, of every served version that has it, to `linker`.
+pub(crate) fn link(linker: &mut Linker<State>, interface: Interface) -> wasmtime::Result<()> {
+    since_v0_1_0::link(linker, interface)?;
     Ok(())
+}
+
+/// Adds what every plugin gets, of every served version: `types` and `context`.
+pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    link(linker, Interface::Context)
 }
 
 /// One command as a plugin of any version gets it.

@@ -7,9 +7,10 @@ use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
 use self::ferry::plugin::{agent, context, kv, metrics, process, runtimes, types};
-use crate::metrics::Sample;
-use crate::process as programs;
-use crate::runtimes as supervised;
+use super::Interface;
+use crate::capabilities::metrics::Sample;
+use crate::capabilities::process as programs;
+use crate::capabilities::runtimes as supervised;
 use crate::state::State;
 use crate::{InvokeError, LogLevel};
 
@@ -36,9 +37,22 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// Adds this version's imports to `linker`.
-pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
-    Plugin::add_to_linker::<State, HasSelf<State>>(linker, |state| state)
+/// Adds this version's `interface` to `linker`.
+pub(crate) fn link(linker: &mut Linker<State>, interface: Interface) -> wasmtime::Result<()> {
+    fn state(state: &mut State) -> &mut State {
+        state
+    }
+    match interface {
+        Interface::Context => {
+            types::add_to_linker::<State, HasSelf<State>>(linker, state)?;
+            context::add_to_linker::<State, HasSelf<State>>(linker, state)
+        }
+        Interface::Process => process::add_to_linker::<State, HasSelf<State>>(linker, state),
+        Interface::Metrics => metrics::add_to_linker::<State, HasSelf<State>>(linker, state),
+        Interface::Kv => kv::add_to_linker::<State, HasSelf<State>>(linker, state),
+        Interface::Runtimes => runtimes::add_to_linker::<State, HasSelf<State>>(linker, state),
+        Interface::Agent => agent::add_to_linker::<State, HasSelf<State>>(linker, state),
+    }
 }
 
 /// Calls the plugin's `handle` with `cmd`.
@@ -89,7 +103,7 @@ impl context::Host for State {
     }
 
     async fn request_data(&mut self, key: String) -> Result<Vec<u8>, String> {
-        self.interfaces.request_data()?;
+        self.granted.request_data.check()?;
         self.events.request_data(key).await
     }
 }
@@ -109,34 +123,33 @@ fn sample(s: Sample) -> metrics::Sample {
 
 impl metrics::Host for State {
     fn now(&mut self) -> Result<metrics::Sample, String> {
-        Ok(sample(self.interfaces.metrics()?.now()))
+        self.granted.metrics.now().map(sample)
     }
 
     fn history(&mut self, period_seconds: u32) -> Result<Vec<metrics::Sample>, String> {
-        let history = self.interfaces.metrics()?;
-        Ok(history
-            .history(Duration::from_secs(period_seconds.into()))
-            .into_iter()
-            .map(sample)
-            .collect())
+        let history = self
+            .granted
+            .metrics
+            .history(Duration::from_secs(period_seconds.into()))?;
+        Ok(history.into_iter().map(sample).collect())
     }
 }
 
 impl kv::Host for State {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.interfaces.kv_get(&key)
+        self.granted.kv.get(&key)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.interfaces.kv_set(&key, &value)
+        self.granted.kv.set(&key, &value)
     }
 
     fn delete(&mut self, key: String) -> Result<bool, String> {
-        self.interfaces.kv_delete(&key)
+        self.granted.kv.delete(&key)
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
-        self.interfaces.kv_list_keys(&prefix)
+        self.granted.kv.list_keys(&prefix)
     }
 }
 
@@ -240,42 +253,59 @@ impl runtimes::Host for State {
                 component: true,
             },
         };
-        self.interfaces
-            .create_runtime(&name, request, start)
+        let granted = &self.granted;
+        granted
+            .runtimes
+            .create(&name, request, start, &granted.programs)
             .map(runtime_info)
     }
 
     fn start(&mut self, name: String) -> Result<runtimes::Info, String> {
-        self.interfaces.runtimes()?.start(&name).map(runtime_info)
+        self.granted
+            .runtimes
+            .supervisor()?
+            .start(&name)
+            .map(runtime_info)
     }
 
     async fn stop(&mut self, name: String) -> Result<runtimes::Info, String> {
-        let interfaces = self.interfaces.clone();
-        interfaces.runtimes()?.stop(&name).await.map(runtime_info)
+        let granted = self.granted.clone();
+        granted
+            .runtimes
+            .supervisor()?
+            .stop(&name)
+            .await
+            .map(runtime_info)
     }
 
     async fn restart(&mut self, name: String) -> Result<runtimes::Info, String> {
-        let interfaces = self.interfaces.clone();
-        interfaces
-            .runtimes()?
+        let granted = self.granted.clone();
+        granted
+            .runtimes
+            .supervisor()?
             .restart(&name)
             .await
             .map(runtime_info)
     }
 
     async fn delete(&mut self, name: String) -> Result<(), String> {
-        let interfaces = self.interfaces.clone();
-        interfaces.runtimes()?.delete(&name).await
+        let granted = self.granted.clone();
+        granted.runtimes.supervisor()?.delete(&name).await
     }
 
     fn get(&mut self, name: String) -> Result<runtimes::Info, String> {
-        self.interfaces.runtimes()?.get(&name).map(runtime_info)
+        self.granted
+            .runtimes
+            .supervisor()?
+            .get(&name)
+            .map(runtime_info)
     }
 
     fn all(&mut self) -> Result<Vec<runtimes::Info>, String> {
         Ok(self
-            .interfaces
-            .runtimes()?
+            .granted
+            .runtimes
+            .supervisor()?
             .list()
             .into_iter()
             .map(runtime_info)
@@ -288,8 +318,9 @@ impl runtimes::Host for State {
         period_seconds: u32,
     ) -> Result<Vec<runtimes::Sample>, String> {
         let samples = self
-            .interfaces
-            .runtimes()?
+            .granted
+            .runtimes
+            .supervisor()?
             .consumption(&name, Duration::from_secs(u64::from(period_seconds)))?;
         Ok(samples
             .into_iter()
@@ -304,7 +335,7 @@ impl runtimes::Host for State {
 
 impl agent::Host for State {
     fn decommission(&mut self, reason: String) -> Result<(), String> {
-        self.interfaces.decommission()?;
+        self.granted.decommission.check()?;
         self.events.decommission(reason)
     }
 }
