@@ -54,17 +54,24 @@ impl Granted {
             plugin: plugin.to_string(),
             grants: config.grants,
         });
+        // Destructured so that a new capability does not compile until it has a part here.
+        let Capabilities {
+            filesystem,
+            env,
+            network,
+            programs,
+            metrics: _,
+            kv: _,
+            request_data: _,
+            runtimes: _,
+            decommission: _,
+        } = capabilities;
         let switch = |id| Switch::new(id, capabilities, &grantee);
-        let filesystem = filesystem::Filesystem::new(&capabilities.filesystem);
-        let env = env::Env::new(&capabilities.env);
+        let filesystem = filesystem::Filesystem::new(filesystem);
+        let env = env::Env::new(env);
         Granted {
-            programs: process::Programs::new(
-                &grantee,
-                &capabilities.programs,
-                env.vars(),
-                filesystem.dirs(),
-            ),
-            network: network::Network::new(&grantee, &capabilities.network),
+            programs: process::Programs::new(&grantee, programs, env.vars(), filesystem.dirs()),
+            network: network::Network::new(&grantee, network),
             metrics: metrics::Metrics::new(switch(CapabilityId::Metrics), config.metrics.clone()),
             kv: kv::Kv::new(switch(CapabilityId::Kv), &grantee, config.kv.clone()),
             request_data: request_data::RequestData::new(switch(CapabilityId::RequestData)),
