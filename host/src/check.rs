@@ -5,15 +5,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentItem, Type};
 
-use super::{HostError, WIT_VERSION};
-
-/// The interface a plugin must export.
-fn handler_export() -> String {
-    format!("ferry:plugin/handler@{WIT_VERSION}")
-}
-/// The type `handle` must have, written as [`render`] writes types.
-const HANDLE_TYPE: &str = "func(record { id: string, topic: string, payload: list<u8>, content-type: string }) \
-     -> result<list<u8>, variant { invalid-input(string), denied(string), failed(string), cancelled, timed-out }>";
+use super::HostError;
+use super::bindings::{self, HANDLER, Version, latest};
 
 /// Refuses what is plainly not a component before the compiler gives a less direct message
 /// (with the `wat` feature it would even try to parse the bytes as text).
@@ -47,43 +40,72 @@ fn not_a_plugin(name: &str, reason: String) -> HostError {
     }
 }
 
-/// Checks that the component exports the handler interface at all.
-pub(crate) fn handler_exported(
+/// The served version whose handler the component exports: the bindings it is served through.
+/// A handler of a version this host does not serve is refused naming it, and a component
+/// without any is not a plugin.
+pub(crate) fn handler_version(
     engine: &Engine,
     name: &str,
     component: &Component,
-) -> Result<(), HostError> {
-    let not_a_plugin = |reason| not_a_plugin(name, reason);
+) -> Result<Version, HostError> {
     let ty = component.component_type();
-    let handler_export = handler_export();
-    if ty.get_export(engine, &handler_export).is_none() {
-        let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
-        return Err(not_a_plugin(
-            match exports
-                .iter()
-                .find(|n| n.starts_with("ferry:plugin/handler@"))
-            {
-                Some(other) => format!(
-                    "it exports `{other}`, built for another version of the WIT package; this agent serves \
-                 ferry:plugin@{WIT_VERSION} only"
-                ),
-                None => format!(
-                    "it does not export `{handler_export}` (it exports {}); build it against the world \
-                 ferry:plugin/plugin in wit/{WIT_VERSION}, e.g. with the ferry-plugin crate",
-                    if exports.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        exports
-                            .iter()
-                            .map(|e| format!("`{e}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                ),
-            },
-        ));
+    let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+    let wanted: Vec<&str> = exports
+        .iter()
+        .filter_map(|n| n.strip_prefix(HANDLER))
+        .collect();
+    if let Some(version) = wanted.iter().find_map(|w| Version::of(w)) {
+        return Ok(version);
     }
-    Ok(())
+    if let Some(wanted) = wanted.first() {
+        return Err(HostError::UnservedVersion {
+            name: name.to_string(),
+            wanted: wanted.to_string(),
+            served: bindings::served(),
+            what_to_do: what_to_do(wanted),
+        });
+    }
+    let served: Vec<String> = Version::ALL
+        .iter()
+        .map(|v| format!("`{}`", v.handler_export()))
+        .collect();
+    Err(not_a_plugin(
+        name,
+        format!(
+            "it does not export {} (it exports {}); build it against the world \
+             ferry:plugin/plugin in wit/{}, e.g. with the ferry-plugin crate",
+            served.join(" or "),
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            latest::VERSION
+        ),
+    ))
+}
+
+/// What to do about a plugin built for `wanted`, which this host does not serve: a newer
+/// version needs a newer agent, an older one that is no longer served a rebuild.
+fn what_to_do(wanted: &str) -> String {
+    let rebuild = format!(
+        "rebuild the plugin against a version this agent serves (a project from this \
+         release's `ferry plugin new` uses wit/{})",
+        latest::VERSION
+    );
+    match (numbers(wanted), numbers(latest::VERSION)) {
+        (Some(wanted), Some(latest)) if wanted < latest => rebuild,
+        _ => format!("upgrade the agent to a ferry release that serves it, or {rebuild}"),
+    }
+}
+
+/// `X.Y.Z` as numbers, to compare versions.
+fn numbers(version: &str) -> Option<Vec<u64>> {
+    version.split('.').map(|n| n.parse().ok()).collect()
 }
 
 /// Checks that the handler's `handle` has the type the world gives it. Linking does not check
@@ -93,10 +115,11 @@ pub(crate) fn handle_signature(
     engine: &Engine,
     name: &str,
     component: &Component,
+    version: Version,
 ) -> Result<(), HostError> {
     let not_a_plugin = |reason| not_a_plugin(name, reason);
     let ty = component.component_type();
-    let handler_export = handler_export();
+    let handler_export = version.handler_export();
     let Some(handler) = ty.get_export(engine, &handler_export) else {
         return Err(not_a_plugin(format!(
             "it does not export `{handler_export}`"
@@ -123,9 +146,11 @@ pub(crate) fn handle_signature(
     if !results.is_empty() {
         actual.push_str(&format!(" -> {}", results.join(", ")));
     }
-    if actual != HANDLE_TYPE {
+    let expected = version.handle_type();
+    if actual != expected {
         return Err(not_a_plugin(format!(
-            "its `handle` has the type `{actual}`, but ferry:plugin@{WIT_VERSION} requires `{HANDLE_TYPE}`"
+            "its `handle` has the type `{actual}`, but ferry:plugin@{} requires `{expected}`",
+            version.number()
         )));
     }
     Ok(())

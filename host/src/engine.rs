@@ -5,12 +5,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Plugin;
 use super::state::State;
-use super::{HostConfig, HostError, WIT_VERSION, cache};
+use super::{HostConfig, HostError, cache};
+use super::{bindings, capabilities};
 
 /// Wasm pages are 64 KiB; memory sizes given to the pooling allocator are whole pages.
 const WASM_PAGE: usize = 64 * 1024;
@@ -53,8 +53,8 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    /// Creates an engine (with fuel metering when `metered`), its linker (WASI 0.2 and
-    /// `ferry:plugin/{context, metrics, kv, process}`) and its epoch thread.
+    /// Creates an engine (with fuel metering when `metered`), its linker (WASI 0.2 and every
+    /// served version's `ferry:plugin` imports) and its epoch thread.
     pub(crate) fn new(config: &HostConfig, metered: bool) -> Result<Self, HostError> {
         let Built { engine, pooling } = build(config, metered)?;
         let mut linker = Linker::<State>::new(&engine);
@@ -64,14 +64,15 @@ impl Runtime {
                 super::invoke::chain(&e)
             ))
         })?;
-        Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(
-            |e| {
+        bindings::add_to_linker(&mut linker)
+            .and_then(|()| capabilities::add_to_linker(&mut linker))
+            .map_err(|e| {
                 HostError::Engine(format!(
-                    "cannot add the ferry:plugin@{WIT_VERSION} imports to the linker: {}",
+                    "cannot add the ferry:plugin imports ({}) to the linker: {}",
+                    bindings::served(),
                     super::invoke::chain(&e)
                 ))
-            },
-        )?;
+            })?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
         let tag = cache::engine_tag(&engine);
         Ok(Self {

@@ -45,13 +45,30 @@ pub enum HostError {
     /// The component is valid but does not implement the ferry plugin world.
     #[error(
         "plugin '{name}' is not a ferry plugin for ferry:plugin@{}: {reason}",
-        crate::WIT_VERSION
+        crate::bindings::served()
     )]
     NotAPlugin {
         /// The plugin's name.
         name: String,
         /// What is missing, and what to build against.
         reason: String,
+    },
+
+    /// The component is a plugin for a version of the `ferry:plugin` world this host does not
+    /// serve (a newer one, or one no longer served).
+    #[error(
+        "plugin '{name}' was built for ferry:plugin@{wanted} (it exports `ferry:plugin/handler@{wanted}`), \
+         which this agent does not serve: it serves ferry:plugin@{served}; {what_to_do}"
+    )]
+    UnservedVersion {
+        /// The plugin's name.
+        name: String,
+        /// The version it was built for.
+        wanted: String,
+        /// The versions this host serves, oldest first, separated by commas.
+        served: String,
+        /// Upgrade the agent, or rebuild the plugin, as the versions call for.
+        what_to_do: String,
     },
 
     /// The component imports something this agent does not provide.

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 
-use super::bindings::PluginPre;
-use super::bindings::ferry::plugin::types::{Command, Error as WitError};
+use super::bindings::{Command, PluginPre};
 use super::output::Captured;
 use super::state::{Limiter, Meter, State};
 use super::{CommandEvents, Invocation, InvokeError, LoadedInner, LogLevel};
@@ -58,8 +57,8 @@ pub(crate) async fn run(
         config.max_output_bytes,
     );
     let wasi = plugin
-        .sandbox
-        .wasi_ctx(name, &events, stdout.clone(), stderr.clone());
+        .granted
+        .wasi_ctx(&events, stdout.clone(), stderr.clone());
     let state = State::new(
         events.clone(),
         wasi,
@@ -67,7 +66,7 @@ pub(crate) async fn run(
         deadline,
         config.max_message_bytes,
         config.max_output_bytes,
-        plugin.interfaces.clone(),
+        plugin.granted.clone(),
     );
     let mut store = Store::new(&plugin.runtime.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -105,7 +104,7 @@ pub(crate) async fn run(
     // one that waits in a host call (a sleep, a poll), where no epoch check runs. Dropping
     // the call future drops the instance mid-call, which wasmtime supports.
     let ended = tokio::select! {
-        returned = call(&plugin.pre, &mut store, &cmd) => Ended::Returned(returned),
+        returned = call(&plugin.pre, &mut store, cmd) => Ended::Returned(returned),
         () = until(deadline) => Ended::Deadline,
         () = cancel_ignored(&*events, config.cancel_grace) => Ended::CancelIgnored,
     };
@@ -117,13 +116,7 @@ pub(crate) async fn run(
 
     match ended {
         Ended::Returned(Ok(Ok(payload))) => Ok(payload),
-        Ended::Returned(Ok(Err(e))) => Err(match e {
-            WitError::InvalidInput(m) => InvokeError::InvalidInput(m),
-            WitError::Denied(m) => InvokeError::Denied(m),
-            WitError::Failed(m) => InvokeError::Failed(m),
-            WitError::Cancelled => InvokeError::Cancelled,
-            WitError::TimedOut => InvokeError::TimedOut,
-        }),
+        Ended::Returned(Ok(Err(e))) => Err(e),
         Ended::Returned(Err(failure)) if failure.out_of_fuel() => {
             let budget = plugin.fuel.unwrap_or_default();
             let crash = format!(
@@ -177,7 +170,7 @@ pub(crate) async fn run(
 }
 
 enum Ended {
-    Returned(Result<Result<Vec<u8>, WitError>, Failure>),
+    Returned(Result<Result<Vec<u8>, InvokeError>, Failure>),
     Deadline,
     CancelIgnored,
 }
@@ -195,19 +188,15 @@ impl Failure {
 }
 
 async fn call(
-    pre: &PluginPre<State>,
+    pre: &PluginPre,
     store: &mut Store<State>,
-    cmd: &Command,
-) -> Result<Result<Vec<u8>, WitError>, Failure> {
+    cmd: Command,
+) -> Result<Result<Vec<u8>, InvokeError>, Failure> {
     let plugin = pre
-        .instantiate_async(&mut *store)
+        .instantiate(&mut *store)
         .await
         .map_err(Failure::Instantiate)?;
-    plugin
-        .ferry_plugin_handler()
-        .call_handle(&mut *store, cmd)
-        .await
-        .map_err(Failure::Call)
+    plugin.handle(&mut *store, cmd).await.map_err(Failure::Call)
 }
 
 async fn until(deadline: Option<Instant>) {

@@ -1,12 +1,15 @@
 //! The plugin host: runs each command in a fresh, sandboxed instance of a wasm component
-//! plugin for the world `ferry:plugin/plugin@0.1.0` (`wit/0.1.0`).
+//! plugin for the world `ferry:plugin/plugin`, in any version of it this release serves
+//! (`ferry_protocol::WIT_VERSIONS`, each frozen in `wit/<version>/` and served through bindings
+//! of its own).
 //!
 //! - [`PluginHost::new`] sets up a wasmtime engine (pooling allocator, epoch interruption), and
 //!   a second one with fuel metering once a plugin with a fuel budget is loaded.
 //! - [`PluginHost::load`] (or [`load_with`](PluginHost::load_with), for a fuel budget) compiles
 //!   a component, or takes it from the on-disk cache ([`HostConfig::cache_dir`]), checks that it
-//!   is a ferry plugin, links it against WASI 0.2 and the `ferry:plugin` imports (`context`, and
-//!   `metrics`, `kv` and `process`, which answer only plugins granted them), and pre-instantiates it.
+//!   is a ferry plugin and which version of the world it was built for, links it against WASI 0.2
+//!   and that version's `ferry:plugin` imports (`context`, and `metrics`, `kv`, `process`,
+//!   `runtimes` and `agent`, which answer only plugins granted them), and pre-instantiates it.
 //!
 //! The host is the sandbox and knows nothing of the fleet: no server, no transport, no agent.
 //! What a granted plugin reaches beyond its sandbox comes from whoever runs the host, through
@@ -20,7 +23,11 @@
 //!   `request-data` and `agent.decommission` (the agent: its executor, which asks the server
 //!   and decommissions once the command's result is out).
 //!
-//! A capability whose source is absent answers granted plugins with an error saying so.
+//! A capability whose source is absent answers granted plugins with an error saying so; one
+//! not granted, with how to grant it. Inside the host each capability of
+//! `ferry_manifest::CAPABILITIES` is a part of its own (its grant, its source, its check and
+//! its link to the interface it gates), which the WIT versions' bindings adapt to.
+//!
 //! - [`LoadedPlugin::invoke`] runs one command in a fresh `Store`: no files, network,
 //!   environment or arguments; stdout and stderr become log lines; memory is capped; a
 //!   deadline ends it, and so does its fuel budget if it has one. A trap, a panic or a limit
@@ -60,17 +67,12 @@
 
 mod bindings;
 mod cache;
+mod capabilities;
 mod check;
 mod engine;
 mod error;
-mod interfaces;
 mod invoke;
-pub mod kv;
-pub mod metrics;
 mod output;
-mod process;
-pub mod runtimes;
-mod sandbox;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -86,16 +88,18 @@ use wasmtime::component::Component;
 
 use self::bindings::PluginPre;
 use self::cache::ComponentCache;
+use self::capabilities::Granted;
+pub use self::capabilities::kv::{KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use self::capabilities::metrics::MetricsSource;
+pub use self::capabilities::runtimes::RuntimeSupervisor;
+pub use self::capabilities::{kv, metrics, runtimes};
 use self::engine::Runtime;
 pub use self::error::{HostError, InvokeError};
-use self::interfaces::Interfaces;
-pub use self::kv::{KvStore, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-pub use self::metrics::MetricsSource;
-pub use self::runtimes::RuntimeSupervisor;
-use self::state::{Meter, State};
+use self::state::Meter;
 
-/// The WIT package version this host serves: the newest of the one list,
-/// [`ferry_protocol::WIT_VERSIONS`] (a test checks that `bindings` binds exactly that list).
+/// The newest WIT package version this host serves, the one new plugins are built against:
+/// the newest of the one list, [`ferry_protocol::WIT_VERSIONS`], every version of which the
+/// host serves through bindings of its own (a test checks that they are exactly that list).
 pub const WIT_VERSION: &str = ferry_protocol::WIT_LATEST;
 
 /// Limits and tuning of a [`PluginHost`], and the sources of its capability interfaces.
@@ -301,10 +305,12 @@ impl PluginHost {
         self.shared.plain.pooling
     }
 
-    /// Compiles `component`, checks that it is a `ferry:plugin@0.1.0` plugin, links it and
-    /// pre-instantiates it. `name` is used in messages and logs.
+    /// Compiles `component`, checks that it is a plugin for a `ferry:plugin` version this host
+    /// serves (by the `ferry:plugin/handler@<version>` it exports), links it and
+    /// pre-instantiates it against that version's bindings. `name` is used in messages and logs.
     ///
-    /// A component that is not a ferry plugin gets an error naming what is missing.
+    /// A component that is not a ferry plugin gets an error naming what is missing; one built
+    /// for a version this host does not serve, [`HostError::UnservedVersion`].
     pub fn load(&self, name: &str, component: &[u8]) -> Result<LoadedPlugin, HostError> {
         self.load_with(name, component, LoadOptions::default())
     }
@@ -343,17 +349,19 @@ impl PluginHost {
                 reason: invoke::chain(&e),
             })?,
         };
-        check::handler_exported(&runtime.engine, name, &compiled)?;
+        let version = check::handler_version(&runtime.engine, name, &compiled)?;
         let pre = runtime.linker.instantiate_pre(&compiled).map_err(|e| HostError::Link {
             name: name.to_string(),
             reason: format!(
                 "{}; this agent provides WASI 0.2 (cli, clocks, filesystem, io, random, sockets; all denied \
-                 unless granted) and ferry:plugin/{{context, metrics, kv, process}}@{WIT_VERSION}",
-                invoke::chain(&e)
+                 unless granted) and ferry:plugin/{{{}}}@{}",
+                invoke::chain(&e),
+                capabilities::interfaces(),
+                version.number()
             ),
         })?;
-        check::handle_signature(&runtime.engine, name, &compiled)?;
-        let pre = PluginPre::new(pre).map_err(|e| HostError::NotAPlugin {
+        check::handle_signature(&runtime.engine, name, &compiled, version)?;
+        let pre = version.pre(pre).map_err(|e| HostError::NotAPlugin {
             name: name.to_string(),
             reason: invoke::chain(&e),
         })?;
@@ -372,10 +380,11 @@ impl PluginHost {
             bytes = component.len(),
             from_cache,
             fuel = options.fuel,
+            wit = pre.version().number(),
             elapsed = ?stats.duration,
             "plugin loaded"
         );
-        let sandbox = sandbox::Sandbox::new(options.capabilities.clone());
+        let granted = Granted::new(name, &options.capabilities, &self.shared.config);
         Ok(LoadedPlugin {
             inner: Arc::new(LoadedInner {
                 name: name.to_string(),
@@ -389,16 +398,7 @@ impl PluginHost {
                     }),
                 timeout: options.timeout,
                 read_only: options.read_only.into_iter().collect(),
-                interfaces: Arc::new(Interfaces::new(
-                    name,
-                    &options.capabilities,
-                    self.shared.config.metrics.clone(),
-                    self.shared.config.kv.clone(),
-                    self.shared.config.runtimes.clone(),
-                    sandbox.env(),
-                    self.shared.config.grants,
-                )),
-                sandbox,
+                granted: Arc::new(granted),
                 stats,
                 host: self.shared.clone(),
             }),
@@ -440,7 +440,7 @@ pub struct LoadedPlugin {
 
 struct LoadedInner {
     name: String,
-    pre: PluginPre<State>,
+    pre: PluginPre,
     /// The engine it was compiled for (metered or not); kept alive with the plugin.
     runtime: Arc<Runtime>,
     /// Its fuel budget per command, when metered.
@@ -451,10 +451,8 @@ struct LoadedInner {
     timeout: Option<Duration>,
     /// The topics its manifest declares read-only.
     read_only: std::collections::BTreeSet<String>,
-    /// What it may reach outside its sandbox.
-    sandbox: sandbox::Sandbox,
-    /// What its `metrics`, `kv` and `process` imports may reach.
-    interfaces: Arc<Interfaces>,
+    /// What it may reach outside its sandbox, capability by capability.
+    granted: Arc<Granted>,
     stats: LoadStats,
     host: Arc<Shared>,
 }

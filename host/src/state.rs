@@ -1,6 +1,7 @@
-//! What one invocation's `Store` holds: the sandboxed WASI context, the limits, and the
-//! command's events, which the `ferry:plugin/context` imports reach, and the plugin's host
-//! interfaces (`metrics`, `kv`, `process`; see `interfaces.rs`).
+//! What one invocation's `Store` holds: the sandboxed WASI context, the limits, the command's
+//! events, which the `ferry:plugin/context` imports reach, and the plugin's grant of each
+//! capability (`capabilities/`), in the host's own types: each WIT version's bindings
+//! (`bindings/`) adapt to them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::ferry::plugin::{context, types};
-use super::interfaces::Interfaces;
+use super::capabilities::{Granted, process};
 use super::{CommandEvents, LogLevel};
 
 /// The data of one invocation's store.
@@ -28,20 +28,20 @@ pub(crate) struct State {
     /// Set when the host interrupted the plugin for passing its deadline, so that the trap
     /// this causes is reported as a timeout rather than a crash.
     pub(crate) timed_out: bool,
-    /// What the `metrics`, `kv` and `process` imports may reach, per the plugin's grant.
-    pub(crate) interfaces: Arc<Interfaces>,
+    /// What the plugin may reach outside its sandbox, capability by capability.
+    pub(crate) granted: Arc<Granted>,
 }
 
 impl State {
     pub(crate) fn new(
         events: Arc<dyn CommandEvents>,
-        // Built from the plugin's grant by `sandbox.rs`: deny by default.
+        // Built from the plugin's grant by `capabilities/`: deny by default.
         wasi: WasiCtx,
         limiter: Limiter,
         deadline: Option<Instant>,
         max_message_bytes: usize,
         max_output_bytes: usize,
-        interfaces: Arc<Interfaces>,
+        granted: Arc<Granted>,
     ) -> Self {
         Self {
             wasi,
@@ -52,8 +52,35 @@ impl State {
             max_output_bytes,
             deadline,
             timed_out: false,
-            interfaces,
+            granted,
         }
+    }
+
+    /// A log line from the plugin (`context.log`), bounded.
+    pub(crate) fn emit_log(&self, level: LogLevel, message: String) {
+        let message = self.bounded(message);
+        self.events.log(level, message);
+    }
+
+    /// The plugin's progress (`context.progress`), bounded.
+    pub(crate) fn emit_progress(&self, percent: u8, message: String) {
+        let message = self.bounded(message);
+        self.events.progress(percent.min(100), message);
+    }
+
+    /// Runs a program the plugin asked for (`process.run`, `run-with`), if granted. The
+    /// future holds nothing of the store's: a store is not `Sync`.
+    pub(crate) fn run_program(
+        &self,
+        request: process::Request,
+    ) -> impl Future<Output = Result<process::Exit, String>> + Send + 'static {
+        let cx = process::Context {
+            events: self.events.clone(),
+            deadline: self.deadline,
+            max_output_bytes: self.max_output_bytes,
+        };
+        let granted = self.granted.clone();
+        async move { process::run(&granted.programs, cx, request).await }
     }
 
     fn bounded(&self, mut message: String) -> String {
@@ -77,36 +104,6 @@ impl WasiView for State {
         }
     }
 }
-
-impl context::Host for State {
-    fn log(&mut self, level: context::Level, message: String) {
-        let level = match level {
-            context::Level::Trace => LogLevel::Trace,
-            context::Level::Debug => LogLevel::Debug,
-            context::Level::Info => LogLevel::Info,
-            context::Level::Warn => LogLevel::Warn,
-            context::Level::Error => LogLevel::Error,
-        };
-        let message = self.bounded(message);
-        self.events.log(level, message);
-    }
-
-    fn progress(&mut self, percent: u8, message: String) {
-        let message = self.bounded(message);
-        self.events.progress(percent.min(100), message);
-    }
-
-    fn cancelled(&mut self) -> bool {
-        self.events.cancelled()
-    }
-
-    async fn request_data(&mut self, key: String) -> Result<Vec<u8>, String> {
-        self.interfaces.request_data()?;
-        self.events.request_data(key).await
-    }
-}
-
-impl types::Host for State {}
 
 /// Memory use of one invocation, readable after its store is gone (a timed-out store is
 /// dropped with the future that ran it).

@@ -676,10 +676,18 @@ async fn fuel_is_metered_only_where_configured() {
 #[test]
 fn the_bindings_bind_exactly_the_versions_ferry_serves() {
     assert_eq!(
-        bindings::BOUND,
+        bindings::Version::ALL
+            .iter()
+            .map(|v| v.number())
+            .collect::<Vec<_>>(),
         ferry_protocol::WIT_VERSIONS,
         "ferry_protocol::WIT_VERSIONS and the host's bindings differ: a version in the list \
          needs its own bindings module (bindgen! from wit/<version>/), and bindings need their \
          version in the list"
+    );
+    assert_eq!(
+        bindings::latest::VERSION,
+        ferry_protocol::WIT_LATEST,
+        "`bindings::latest` names the newest version's module"
     );
 }

@@ -2,7 +2,8 @@
 //! capabilities it asks for and the limits it wants.
 //!
 //! A manifest only *asks*. What a plugin gets is the intersection of its manifest and the
-//! agent's local policy (see `ferry_agent::policy`), which uses the same [`Capabilities`] shape.
+//! agent's local policy (see `ferry_agent::policy`), which uses the same [`Capabilities`] shape
+//! ([`Capabilities::grant`]). Each capability is described once, in [`CAPABILITIES`].
 //!
 //! ```toml
 //! [plugin]
@@ -27,6 +28,7 @@
 
 mod capabilities;
 mod error;
+mod table;
 
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use capabilities::{Access, Capabilities, FsEntry, NetRule};
 pub use error::ManifestError;
+pub use table::{CAPABILITIES, Capability, CapabilityId, Gate, Kind, Refused};
 
 /// A plugin's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -153,3 +153,108 @@ fn read_only_topics_are_a_subset_of_the_topics_and_round_trip() {
     assert_eq!(m.plugin.read_only, vec!["get".to_string()]);
     assert_eq!(Manifest::from_toml(&m.to_toml()).unwrap(), m);
 }
+
+/// A [`Capabilities`] with every field set: a new field does not compile here until it is set,
+/// and the test below then wants it in the table.
+fn every_capability() -> Capabilities {
+    Capabilities {
+        filesystem: vec![FsEntry {
+            path: "/srv".into(),
+            access: Access::ReadOnly,
+        }],
+        env: vec!["TZ".into()],
+        network: vec!["a.example:443".parse().unwrap()],
+        programs: vec!["/bin/df".into()],
+        metrics: true,
+        kv: true,
+        request_data: true,
+        runtimes: true,
+        decommission: true,
+    }
+}
+
+#[test]
+fn every_field_of_capabilities_is_in_the_table_with_its_kind() {
+    let value = toml::Value::try_from(every_capability()).unwrap();
+    let fields: Vec<(&str, Kind)> = value
+        .as_table()
+        .unwrap()
+        .iter()
+        .map(|(key, value)| {
+            let kind = if value.is_bool() {
+                Kind::Switch
+            } else {
+                Kind::List
+            };
+            (key.as_str(), kind)
+        })
+        .collect();
+    let mut table: Vec<(&str, Kind)> = CAPABILITIES.iter().map(|c| (c.key, c.kind)).collect();
+    let mut sorted = fields.clone();
+    sorted.sort_by_key(|(k, _)| *k);
+    table.sort_by_key(|(k, _)| *k);
+    assert_eq!(
+        sorted, table,
+        "ferry_manifest::CAPABILITIES and the fields of Capabilities differ"
+    );
+    for capability in CAPABILITIES {
+        assert_eq!(capability.id.capability().key, capability.key);
+        let example = format!("{} = {}", capability.key, capability.example);
+        let parsed: Capabilities = toml::from_str(&example)
+            .unwrap_or_else(|e| panic!("the example of {} does not parse: {e}", capability.key));
+        parsed.validate("example").unwrap();
+        assert!(!parsed.is_empty(), "{example}");
+    }
+}
+
+#[test]
+fn a_grant_is_the_request_covered_by_an_allowance_in_the_tables_order() {
+    let asked = every_capability();
+    let (granted, refused) = asked.grant(&[]);
+    assert!(granted.is_empty());
+    let order: Vec<CapabilityId> = refused.iter().map(|r| r.id).collect();
+    let table: Vec<CapabilityId> = CAPABILITIES.iter().map(|c| c.id).collect();
+    assert_eq!(order, table);
+
+    let (granted, refused) = asked.grant(&[&every_capability()]);
+    assert_eq!(granted, asked);
+    assert!(refused.is_empty(), "{refused:?}");
+
+    let mut both = Capabilities::default();
+    both.extend(&every_capability());
+    assert_eq!(both, every_capability());
+}
+
+/// The capability table of docs/PLUGINS.md, as [`CAPABILITIES`] has it.
+fn docs_table() -> String {
+    let mut table = String::from(
+        "| key | value, e.g. | grants | through | `ferry plugin test` |\n|---|---|---|---|---|\n",
+    );
+    for c in CAPABILITIES {
+        table.push_str(&format!(
+            "| `{}` | `{}` | {} | `{}` | `--grant {}` |\n",
+            c.key, c.example, c.doc, c.gate, c.flag
+        ));
+    }
+    table
+}
+
+#[test]
+fn the_docs_list_exactly_the_capabilities() {
+    let docs = include_str!("../../docs/PLUGINS.md");
+    let expected = docs_table();
+    let header = expected.lines().next().unwrap();
+    let start = docs
+        .find(header)
+        .unwrap_or_else(|| panic!("docs/PLUGINS.md has no capability table; add:\n\n{expected}"));
+    let found: String = docs[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        found, expected,
+        "the capability table in docs/PLUGINS.md differs from ferry_manifest::CAPABILITIES; it \
+         should read:\n\n{expected}"
+    );
+}

@@ -19,7 +19,7 @@
 //! timeout = "2m"
 //! ```
 
-use ferry_manifest::{Capabilities, FsEntry, Limits, Manifest, ManifestError};
+use ferry_manifest::{Capabilities, Limits, Manifest, ManifestError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -131,16 +131,7 @@ impl Policy {
     pub fn allowance(&self, name: &str) -> Capabilities {
         let mut all = self.all.capabilities.clone();
         if let Some(entry) = self.plugins.get(name) {
-            let c = &entry.capabilities;
-            all.filesystem.extend(c.filesystem.iter().cloned());
-            all.env.extend(c.env.iter().cloned());
-            all.network.extend(c.network.iter().cloned());
-            all.programs.extend(c.programs.iter().cloned());
-            all.metrics |= c.metrics;
-            all.kv |= c.kv;
-            all.request_data |= c.request_data;
-            all.runtimes |= c.runtimes;
-            all.decommission |= c.decommission;
+            all.extend(&entry.capabilities);
         }
         all
     }
@@ -160,113 +151,23 @@ impl Policy {
         let own = self.plugins.get(name);
         let entries: Vec<&PolicyEntry> = std::iter::once(&self.all).chain(own).collect();
         let mut grant = Grant::default();
-        // `how` completes "to grant it, … under [plugins.<name>.capabilities] in <file>".
-        let mut refuse = |capability: String, how: String| {
-            let message = format!(
-                "plugin '{name}' asks for {capability}, which this agent's policy does not allow; to grant it, {how} under [plugins.{name}.capabilities] in {}",
-                self.where_()
-            );
-            grant.refusals.push(Refusal {
-                capability,
-                message,
-            });
-        };
-
-        for entry in &asked.filesystem {
-            let allowed = entries
-                .iter()
-                .flat_map(|e| &e.capabilities.filesystem)
-                .any(|p| covers(p, entry));
-            if allowed {
-                grant.capabilities.filesystem.push(entry.clone());
-            } else {
-                refuse(
-                    format!("{} access to {}", entry.access, entry.path.display()),
-                    format!(
-                        "add `{{ path = {:?}, access = \"{}\" }}` to `filesystem`",
-                        entry.path.display().to_string(),
-                        entry.access
-                    ),
-                );
-            }
-        }
-        for var in &asked.env {
-            if entries.iter().any(|e| e.capabilities.env.contains(var)) {
-                grant.capabilities.env.push(var.clone());
-            } else {
-                refuse(
-                    format!("the environment variable {var}"),
-                    format!("add `{var:?}` to `env`"),
-                );
-            }
-        }
-        for rule in &asked.network {
-            if entries
-                .iter()
-                .flat_map(|e| &e.capabilities.network)
-                .any(|p| p.covers(rule))
-            {
-                grant.capabilities.network.push(rule.clone());
-            } else {
-                refuse(
-                    format!("network access to {rule}"),
-                    format!("add `\"{rule}\"` to `network`"),
-                );
-            }
-        }
-        for program in &asked.programs {
-            if entries
-                .iter()
-                .any(|e| e.capabilities.programs.contains(program))
-            {
-                grant.capabilities.programs.push(program.clone());
-            } else {
-                refuse(
-                    format!("starting the program {}", program.display()),
-                    format!("add `{:?}` to `programs`", program.display().to_string()),
-                );
-            }
-        }
-        let flags: [Interface; 5] = [
-            (
-                "metrics",
-                asked.metrics,
-                |c| c.metrics,
-                |c| c.metrics = true,
-            ),
-            ("kv", asked.kv, |c| c.kv, |c| c.kv = true),
-            (
-                "request_data",
-                asked.request_data,
-                |c| c.request_data,
-                |c| c.request_data = true,
-            ),
-            (
-                "runtimes",
-                asked.runtimes,
-                |c| c.runtimes,
-                |c| c.runtimes = true,
-            ),
-            (
-                "decommission",
-                asked.decommission,
-                |c| c.decommission,
-                |c| c.decommission = true,
-            ),
-        ];
-        for (field, wanted, allowed, set) in flags {
-            if !wanted {
-                continue;
-            }
-            if entries.iter().any(|e| allowed(&e.capabilities)) {
-                set(&mut grant.capabilities);
-            } else {
-                refuse(
-                    format!("the `{field}` interface"),
-                    format!("set `{field} = true`"),
-                );
-            }
-        }
+        // The intersection, capability by capability, is the capability table's
+        // (`ferry_manifest::CAPABILITIES`); where to grant what it refuses is the policy's.
+        let allowed: Vec<&Capabilities> = entries.iter().map(|e| &e.capabilities).collect();
+        let (capabilities, refused) = asked.grant(&allowed);
+        grant.capabilities = capabilities;
+        grant.refusals = refused
+            .into_iter()
+            .map(|refused| Refusal {
+                message: format!(
+                    "plugin '{name}' asks for {}, which this agent's policy does not allow; to grant it, {} under [plugins.{name}.capabilities] in {}",
+                    refused.what,
+                    refused.how,
+                    self.where_()
+                ),
+                capability: refused.what,
+            })
+            .collect();
 
         grant.limits = Limits {
             memory_mib: smallest(
@@ -288,22 +189,6 @@ impl Policy {
             None => "the agent's policy file (none is configured: set `policy = \"/etc/ferry/policy.toml\"` in the agent's config)".into(),
         }
     }
-}
-
-/// An on/off interface: its field name, whether it is asked for, whether an entry allows it,
-/// and how to grant it.
-type Interface = (
-    &'static str,
-    bool,
-    fn(&Capabilities) -> bool,
-    fn(&mut Capabilities),
-);
-
-/// Does policy entry `allowed` cover the request `asked`: the same directory or one above it,
-/// with at least the access asked for? Paths are compared component by component, so
-/// `/srv/data` does not cover `/srv/database`.
-fn covers(allowed: &FsEntry, asked: &FsEntry) -> bool {
-    asked.path.starts_with(&allowed.path) && allowed.access >= asked.access
 }
 
 /// The smallest of what was asked (if anything) and every cap; a cap alone applies too.

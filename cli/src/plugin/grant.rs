@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use ferry_manifest::{Access, Capabilities, FsEntry};
+use ferry_manifest::{Access, CAPABILITIES, Capabilities, FsEntry, Kind};
 
-/// Parses one `--grant`: `fs=PATH` (read-only), `fs=PATH:rw`, `env=NAME`, `net=HOST:PORT`,
-/// `program=PATH`, `metrics`, `kv`, `request_data`, `runtimes` or `decommission`.
+/// Parses one `--grant`, as `ferry_manifest::CAPABILITIES` writes each capability's: `fs=PATH`
+/// (read-only), `fs=PATH:rw`, `env=NAME`, `net=HOST:PORT`, `program=PATH`, or a switch's key
+/// (`metrics`, `kv`…; `-` for `_` too).
 pub fn parse_grant(text: &str) -> Result<Capabilities, String> {
     let mut caps = Capabilities::default();
     match text.split_once('=') {
@@ -24,34 +25,37 @@ pub fn parse_grant(text: &str) -> Result<Capabilities, String> {
         Some(("env", name)) => caps.env.push(name.to_string()),
         Some(("net", rule)) => caps.network.push(rule.parse()?),
         Some(("program", path)) => caps.programs.push(PathBuf::from(path)),
-        None if text == "metrics" => caps.metrics = true,
-        None if text == "kv" => caps.kv = true,
-        None if text == "request_data" || text == "request-data" => caps.request_data = true,
-        None if text == "runtimes" => caps.runtimes = true,
-        None if text == "decommission" => caps.decommission = true,
-        _ => {
-            return Err(format!(
-                "'{text}' is not a grant: use fs=PATH[:rw], env=NAME, net=HOST:PORT, program=PATH, metrics, kv, request_data, runtimes or decommission"
-            ));
-        }
+        None => match CAPABILITIES
+            .iter()
+            .find(|c| c.kind == Kind::Switch && c.flag == text.replace('-', "_"))
+        {
+            Some(switch) => *caps.switch_mut(switch.id).expect("a switch") = true,
+            None => return Err(not_a_grant(text)),
+        },
+        _ => return Err(not_a_grant(text)),
     }
     caps.validate("--grant").map_err(|e| e.to_string())?;
     Ok(caps)
+}
+
+fn not_a_grant(text: &str) -> String {
+    format!("'{text}' is not a grant: use {}", help())
+}
+
+/// Every `--grant` form, from the capability table.
+pub fn help() -> String {
+    let flags: Vec<&str> = CAPABILITIES.iter().map(|c| c.flag).collect();
+    match flags.split_last() {
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// All `--grant`s together.
 pub fn merge(grants: &[Capabilities]) -> Capabilities {
     let mut all = Capabilities::default();
     for g in grants {
-        all.filesystem.extend(g.filesystem.iter().cloned());
-        all.env.extend(g.env.iter().cloned());
-        all.network.extend(g.network.iter().cloned());
-        all.programs.extend(g.programs.iter().cloned());
-        all.metrics |= g.metrics;
-        all.kv |= g.kv;
-        all.request_data |= g.request_data;
-        all.runtimes |= g.runtimes;
-        all.decommission |= g.decommission;
+        all.extend(g);
     }
     all
 }
@@ -77,6 +81,19 @@ mod tests {
         assert!(all.kv && all.request_data && !all.metrics);
         for bad in ["fs=data", "program=df", "net=nowhere", "sudo", "env="] {
             assert!(parse_grant(bad).is_err(), "{bad}");
+        }
+        let refused = parse_grant("sudo").unwrap_err();
+        for capability in CAPABILITIES {
+            assert!(refused.contains(capability.flag), "{refused}");
+            if capability.kind == Kind::Switch {
+                let granted = parse_grant(capability.flag).unwrap();
+                assert_eq!(
+                    granted.switch(capability.id),
+                    Some(true),
+                    "{}",
+                    capability.key
+                );
+            }
         }
     }
 }

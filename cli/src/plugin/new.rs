@@ -147,6 +147,7 @@ pub fn project(name: &str, lang: Lang) -> Result<Vec<(String, String)>> {
             .replace("{{build}}", info.build)
             .replace("{{files}}", info.files)
             .replace("{{name}}", name)
+            .replace("{{capabilities}}", &capabilities())
             .replace("{{ferry_version}}", env!("CARGO_PKG_VERSION"))
     };
     let mut files: Vec<(String, String)> = COMMON_TEMPLATE
@@ -424,6 +425,20 @@ fn write(dir: &Path, files: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
+/// The manifest template's `[capabilities]`: every capability of the table
+/// (`ferry_manifest::CAPABILITIES`), commented out, with its line of documentation.
+fn capabilities() -> String {
+    ferry_manifest::CAPABILITIES
+        .iter()
+        .map(|c| {
+            format!(
+                "# {} (`--grant {}`)\n# {} = {}\n",
+                c.doc, c.flag, c.key, c.example
+            )
+        })
+        .collect()
+}
+
 /// Every file of a Rust plugin project named `name`, by path in the project.
 pub fn rust_project(name: &str) -> Result<Vec<(String, String)>> {
     let channel = toolchain_channel()?;
@@ -432,6 +447,7 @@ pub fn rust_project(name: &str) -> Result<Vec<(String, String)>> {
         text.replace("{{name}}", name)
             .replace("{{lib}}", &lib)
             .replace("{{channel}}", &channel)
+            .replace("{{capabilities}}", &capabilities())
             .replace("{{ferry_version}}", env!("CARGO_PKG_VERSION"))
     };
     let mut files: Vec<(String, String)> = RUST_TEMPLATE
@@ -704,7 +720,12 @@ mod tests {
     fn the_manifest_is_valid() {
         let files = rust_project("disk-report").unwrap();
         let manifest = &files.iter().find(|(p, _)| p == "ferry.toml").unwrap().1;
+        for capability in ferry_manifest::CAPABILITIES {
+            let line = format!("\n# {} = {}\n", capability.key, capability.example);
+            assert!(manifest.contains(&line), "{line:?} in {manifest}");
+        }
         let manifest = ferry_manifest::Manifest::from_toml(manifest).unwrap();
+        assert!(manifest.capabilities.is_empty());
         assert_eq!(manifest.plugin.name, "disk-report");
         assert_eq!(manifest.plugin.topics, ["disk-report"]);
     }

@@ -47,10 +47,16 @@ pub struct TestArgs {
     /// on stderr.
     #[arg(long)]
     pub json: bool,
-    /// Grant the plugin a capability, as an agent's policy would: fs=PATH (read-only),
-    /// fs=PATH:rw, env=NAME, net=HOST:PORT, program=PATH, metrics, kv or request_data.
-    /// Nothing is granted by default. Repeat for more.
-    #[arg(long = "grant", value_parser = super::grant::parse_grant)]
+    // The forms come from the capability table, `ferry_manifest::CAPABILITIES`.
+    #[arg(
+        long = "grant",
+        value_parser = super::grant::parse_grant,
+        help = format!(
+            "Grant the plugin a capability, as an agent's policy would: {} (fs=PATH is read-only). \
+             Nothing is granted by default. Repeat for more",
+            super::grant::help()
+        )
+    )]
     pub grants: Vec<ferry_manifest::Capabilities>,
     /// Data the plugin may ask for with request-data, key=text, as a server would answer it
     /// (the plugin also needs --grant request_data). Repeat for more.

@@ -1,13 +1,21 @@
-//! What the `ferry:plugin/runtimes` interface manages: a [`RuntimeSupervisor`], supplied by
-//! whoever runs the host (the agent passes its supervisor, which keeps runtimes in
-//! `<data_dir>/runtimes` and outlives any one command). These are the host's view of a runtime:
-//! what a plugin may ask for and be told.
+//! The `runtimes` capability: `ferry:plugin/runtimes` manages what a [`RuntimeSupervisor`]
+//! supervises, supplied by whoever runs the host (the agent passes its supervisor, which keeps
+//! runtimes in `<data_dir>/runtimes` and outlives any one command), for plugins granted
+//! `runtimes`. The types here are the host's view of a runtime: what a plugin may ask for and
+//! be told.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use wasmtime::component::Linker;
+
+use super::Switch;
+use super::process::Programs;
+use crate::bindings::{self, Interface};
+use crate::state::State;
 
 /// What to do when a workload ends by itself. Serializable, as the agent keeps each runtime's
 /// spec in its state file.
@@ -41,6 +49,18 @@ pub struct Spec {
     /// `command` is a `wasi:cli` component to run, not a program.
     #[serde(default)]
     pub component: bool,
+}
+
+/// A runtime as a plugin asks for it, in any WIT version, before its program is checked
+/// against the plugin's grant.
+pub(crate) struct Request {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) port: Option<u16>,
+    pub(crate) component: bool,
 }
 
 /// Where a runtime stands.
@@ -113,4 +133,54 @@ pub trait RuntimeSupervisor: Send + Sync {
     fn list(&self) -> Vec<Info>;
     /// The samples of `name`'s workload in the last `period`, oldest first.
     fn consumption(&self, name: &str, period: Duration) -> Result<Vec<Sample>, String>;
+}
+
+/// A loaded plugin's `runtimes`: its grant, and the host's supervisor.
+pub(crate) struct Runtimes {
+    pub(super) granted: Switch,
+    supervisor: Option<Arc<dyn RuntimeSupervisor>>,
+}
+
+impl Runtimes {
+    pub(crate) fn new(granted: Switch, supervisor: Option<Arc<dyn RuntimeSupervisor>>) -> Self {
+        Runtimes {
+            granted,
+            supervisor,
+        }
+    }
+
+    /// The supervisor, if the plugin is granted `runtimes` and there is one.
+    pub(crate) fn supervisor(&self) -> Result<&dyn RuntimeSupervisor, String> {
+        self.granted.check()?;
+        self.supervisor.as_deref().ok_or_else(|| {
+            "runtimes are unavailable: no runtime supervisor is configured on this agent".into()
+        })
+    }
+
+    /// `runtimes.create`. A runtime runs a program (or a component file): it needs the same
+    /// grant in `programs` as starting it through `process`.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        request: Request,
+        start: bool,
+        programs: &Programs,
+    ) -> Result<Info, String> {
+        let supervisor = self.supervisor()?;
+        let spec = Spec {
+            command: programs.granted(&request.program)?.to_path_buf(),
+            args: request.args,
+            env: request.env,
+            cwd: request.cwd.map(Into::into),
+            restart: request.restart,
+            port: request.port,
+            component: request.component,
+        };
+        supervisor.create(name, spec, start)
+    }
+}
+
+/// Links `ferry:plugin/runtimes`.
+pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    bindings::link(linker, Interface::Runtimes)
 }

@@ -1,6 +1,6 @@
-//! The `ferry:plugin/process` interface: a plugin starts a program its grant lists, by exact
-//! absolute path; the program's output becomes log lines of the command, and the plugin gets
-//! its exit status and the start of its standard output.
+//! The `programs` capability, served by `ferry:plugin/process`: a plugin starts a program its
+//! grant lists, by exact absolute path; the program's output becomes log lines of the command,
+//! and the plugin gets its exit status and the start of its standard output.
 //!
 //! The child runs in a process group of its own, with standard input empty, in `/`, and with
 //! only the environment variables granted to the plugin. The whole group is killed when the
@@ -15,11 +15,15 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_manifest::CapabilityId;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use wasmtime::component::Linker;
 
-use super::bindings::ferry::plugin::process::{Exit, StopReason};
-use super::{CommandEvents, GrantSource, LogLevel};
+use super::Grantee;
+use crate::bindings::{self, Interface};
+use crate::state::State;
+use crate::{CommandEvents, LogLevel};
 
 /// How often a running program's command is checked for a cancel.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
@@ -34,10 +38,9 @@ const TAIL_LINES: usize = 4;
 const CHUNK: usize = 8192;
 
 /// The programs one plugin may start, and the environment they get; from its grant, at load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Programs {
-    plugin: String,
-    grants: GrantSource,
+    grantee: Arc<Grantee>,
     granted: Vec<PathBuf>,
     env: Vec<(String, String)>,
     /// Directories granted to the plugin: where a program may be started (`run-with`'s cwd).
@@ -45,25 +48,20 @@ pub(crate) struct Programs {
 }
 
 impl Programs {
+    /// `env`: the granted environment, which the programs get; `dirs`: the granted
+    /// directories, where they may run.
     pub(crate) fn new(
-        plugin: &str,
+        grantee: &Arc<Grantee>,
         granted: &[PathBuf],
         env: &[(String, String)],
-        grants: GrantSource,
+        dirs: Vec<PathBuf>,
     ) -> Self {
         Programs {
-            plugin: plugin.to_string(),
-            grants,
+            grantee: grantee.clone(),
             granted: granted.to_vec(),
             env: env.to_vec(),
-            dirs: Vec::new(),
+            dirs,
         }
-    }
-
-    /// The directories granted to the plugin, where its programs may run.
-    pub(crate) fn with_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
-        self.dirs = dirs;
-        self
     }
 
     /// `cwd` if it lies inside a granted directory (compared by component, `..` refused).
@@ -76,9 +74,10 @@ impl Programs {
         if clean && self.dirs.iter().any(|d| asked.starts_with(d)) {
             return Ok(asked.to_path_buf());
         }
-        let plugin = &self.plugin;
+        let plugin = &self.grantee.plugin;
+        let filesystem = CapabilityId::Filesystem.key();
         Err(format!(
-            "running a program in {cwd:?} is not granted to plugin '{plugin}': the working directory must be an absolute path inside a directory granted in `filesystem` (manifest and policy [plugins.{plugin}.capabilities])"
+            "running a program in {cwd:?} is not granted to plugin '{plugin}': the working directory must be an absolute path inside a directory granted in `{filesystem}` (manifest and policy [plugins.{plugin}.capabilities])"
         ))
     }
 
@@ -92,21 +91,45 @@ impl Programs {
         {
             return Ok(path);
         }
-        let plugin = &self.plugin;
+        let plugin = &self.grantee.plugin;
         let hint = if asked.is_absolute() {
             ""
         } else {
             " (programs are absolute paths, matched exactly; there is no PATH search)"
         };
-        let how = self.grants.how(
-            plugin,
-            &format!("programs = [{program:?}]"),
-            &format!("program={program}"),
+        let capability = CapabilityId::Programs.capability();
+        // The table's flag is `program=PATH`: the same, with this program.
+        let flag = capability.flag.split('=').next().unwrap_or(capability.flag);
+        let how = self.grantee.how(
+            &format!("{} = [{program:?}]", capability.key),
+            &format!("{flag}={program}"),
         );
         Err(format!(
             "starting the program {program:?} is not granted to plugin '{plugin}'{hint}: {how}"
         ))
     }
+}
+
+/// Why the host stopped a program before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Its timeout, or the command's deadline, passed.
+    Timeout,
+    /// The command was cancelled.
+    Cancelled,
+}
+
+/// How a program ended, in the host's terms; each WIT version's bindings adapt it.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) stopped: Option<StopReason>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stdout_truncated: bool,
+    pub(crate) stderr_tail: Vec<String>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stderr_truncated: bool,
 }
 
 /// What a run needs from the invocation.
@@ -274,6 +297,11 @@ pub(crate) async fn run(
         stderr,
         stderr_truncated,
     })
+}
+
+/// Links `ferry:plugin/process`.
+pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    bindings::link(linker, Interface::Process)
 }
 
 /// Writes `input` to the program's standard input and closes it; a program that exits
@@ -449,16 +477,17 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::Programs;
+    use crate::capabilities::Grantee;
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     #[test]
     fn only_the_exact_granted_paths_match() {
-        let programs = Programs::new(
-            "p",
-            &[PathBuf::from("/bin/echo")],
-            &[],
-            crate::GrantSource::default(),
-        );
+        let grantee = Arc::new(Grantee {
+            plugin: "p".into(),
+            grants: crate::GrantSource::default(),
+        });
+        let programs = Programs::new(&grantee, &[PathBuf::from("/bin/echo")], &[], Vec::new());
         assert!(programs.granted("/bin/echo").is_ok());
         assert!(programs.granted("/bin//echo").is_ok());
         for other in [

@@ -1,7 +1,15 @@
-//! What the `ferry:plugin/metrics` interface reads: a [`MetricsSource`], supplied by whoever
-//! runs the host (the agent passes the history its sampling task keeps).
+//! The `metrics` capability: `ferry:plugin/metrics` reads a [`MetricsSource`], supplied by
+//! whoever runs the host (the agent passes the history its sampling task keeps), for plugins
+//! granted `metrics`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use wasmtime::component::Linker;
+
+use super::Switch;
+use crate::bindings::{self, Interface};
+use crate::state::State;
 
 /// One measurement of the host and of the process running the plugin host: what the `metrics`
 /// interface of `ferry:plugin` returns.
@@ -34,4 +42,38 @@ pub trait MetricsSource: Send + Sync {
     fn now(&self) -> Sample;
     /// The samples recorded in the last `period`, oldest first (`metrics.history`).
     fn history(&self, period: Duration) -> Vec<Sample>;
+}
+
+/// A loaded plugin's `metrics`: its grant, and the host's source.
+pub(crate) struct Metrics {
+    pub(super) granted: Switch,
+    source: Option<Arc<dyn MetricsSource>>,
+}
+
+impl Metrics {
+    pub(crate) fn new(granted: Switch, source: Option<Arc<dyn MetricsSource>>) -> Self {
+        Metrics { granted, source }
+    }
+
+    fn source(&self) -> Result<&dyn MetricsSource, String> {
+        self.granted.check()?;
+        self.source.as_deref().ok_or_else(|| {
+            "metrics are unavailable: no metrics source is configured on this agent".into()
+        })
+    }
+
+    /// `metrics.now`.
+    pub(crate) fn now(&self) -> Result<Sample, String> {
+        Ok(self.source()?.now())
+    }
+
+    /// `metrics.history`.
+    pub(crate) fn history(&self, period: Duration) -> Result<Vec<Sample>, String> {
+        Ok(self.source()?.history(period))
+    }
+}
+
+/// Links `ferry:plugin/metrics`.
+pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    bindings::link(linker, Interface::Metrics)
 }
