@@ -68,6 +68,15 @@ pub struct ServerConfig {
     /// renew them at about two thirds of that.
     #[serde(with = "humantime_serde")]
     pub agent_cert_ttl: Duration,
+    /// How long an operator API connection has to send a request's headers, counted from when
+    /// it connects or its last response went out: a connection that sends nothing (idle, or
+    /// a header a byte at a time) is closed after it. A response being sent, such as a
+    /// command's event stream, is not limited.
+    #[serde(with = "humantime_serde")]
+    pub api_header_timeout: Duration,
+    /// How many operator API connections may be open at once; further ones are closed as they
+    /// arrive, so idle or slow clients cannot take every file descriptor the server has.
+    pub api_max_connections: u32,
 }
 
 /// Certificate files for the server.
@@ -104,6 +113,8 @@ impl Default for ServerConfig {
             max_pending_handshakes: 256,
             max_agent_streams: 8,
             agent_cert_ttl: Duration::from_secs(24 * 3600),
+            api_header_timeout: Duration::from_secs(10),
+            api_max_connections: 128,
         }
     }
 }
@@ -119,6 +130,14 @@ impl ServerConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err("handshake_timeout must be longer than zero; the default is 10s".into());
+        }
+        if self.api_header_timeout.is_zero() {
+            return Err(
+                "api_header_timeout must be longer than zero, or no request can be read; the default is 10s".into(),
+            );
+        }
+        if self.api_max_connections == 0 {
+            return Err("api_max_connections must be at least 1, or the operator API takes no request; the default is 128".into());
         }
         Ok(())
     }
@@ -167,6 +186,25 @@ mod tests {
         };
         let err = locked_out.check().unwrap_err();
         assert!(err.contains("max_agent_streams"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_api_connection_limits() {
+        let config: ServerConfig = toml::from_str(
+            r#"
+            api_header_timeout = "2s"
+            api_max_connections = 8
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.api_header_timeout, Duration::from_secs(2));
+        assert_eq!(config.api_max_connections, 8);
+        let closed = ServerConfig {
+            api_max_connections: 0,
+            ..ServerConfig::default()
+        };
+        let err = closed.check().unwrap_err();
+        assert!(err.contains("api_max_connections"), "{err}");
     }
 
     #[test]

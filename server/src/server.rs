@@ -320,6 +320,10 @@ impl Server {
 
         let api_addr = match api_listener {
             Some((listener, bound)) => {
+                let limits = api::Limits {
+                    header_timeout: config.api_header_timeout,
+                    max_connections: config.api_max_connections,
+                };
                 let router = api::router(Arc::new(api::ApiState {
                     config,
                     registry: registry.clone(),
@@ -333,14 +337,13 @@ impl Server {
                     tasks: tracked.clone(),
                     stop: stop.clone(),
                 }));
-                let api_stop = stop.clone();
-                tasks.push(tokio::spawn(async move {
-                    let serve = axum::serve(listener, router)
-                        .with_graceful_shutdown(api_stop.cancelled_owned());
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "operator API stopped");
-                    }
-                }));
+                tracked.spawn(api::serve(
+                    listener,
+                    router,
+                    limits,
+                    stop.clone(),
+                    tracked.clone(),
+                ));
                 Some(bound)
             }
             None => None,

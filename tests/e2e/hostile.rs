@@ -380,3 +380,87 @@ async fn a_flood_of_handshakes_is_refused_beyond_the_limit() {
     // The slots are free again.
     still_serving(&harness, "after-handshake-flood").await;
 }
+
+/// Operator API connections are bounded: one that sends nothing, or its headers a byte at a
+/// time, is closed at `api_header_timeout`; past `api_max_connections` open ones a new one is
+/// closed at once; and once the idle ones are gone the API answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_api_connections_are_closed_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    const MAX: u32 = 4;
+    let (harness, _good) = setup(|config| {
+        config.api_header_timeout = HEADER_TIMEOUT;
+        config.api_max_connections = MAX;
+    })
+    .await;
+    let addr = harness
+        .server()
+        .api_addr()
+        .expect("the harness's server has its API on");
+
+    /// How long until the server closes `stream` (reading until end of stream), at most WAIT.
+    async fn closed_after(stream: &mut TcpStream) -> Duration {
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the server kept an idle API connection open for {WAIT:?}"),
+            }
+        }
+    }
+
+    // Connected, silent: closed at the header timeout, not before.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let waited = closed_after(&mut idle).await;
+    assert!(
+        waited >= HEADER_TIMEOUT - Duration::from_millis(200),
+        "closed after {waited:?}, before the {HEADER_TIMEOUT:?} header timeout"
+    );
+
+    // A header sent a line at a time, each well within the timeout, is still closed at it.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for n in 0.. {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow
+                .write_all(format!("x-slow-{n}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            assert!(n < 100, "the server kept reading a trickled header");
+        }
+    };
+    tokio::time::timeout(WAIT, trickle)
+        .await
+        .expect("the trickled header is cut off");
+
+    // The cap: MAX idle connections hold every slot, and one more is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Give the accept loop time to take them all before the extra one arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let waited = closed_after(&mut extra).await;
+    assert!(
+        waited < HEADER_TIMEOUT / 2,
+        "a connection past the cap waited {waited:?} to be closed"
+    );
+
+    // Once the held ones time out, the API answers again.
+    for stream in &mut held {
+        closed_after(stream).await;
+    }
+    still_serving(&harness, "after-api-flood").await;
+}

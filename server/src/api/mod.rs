@@ -13,6 +13,7 @@ mod admin;
 mod agents;
 mod commands;
 mod data;
+mod http;
 mod join_tokens;
 mod plugins;
 #[cfg(test)]
@@ -40,6 +41,8 @@ use crate::storage::enrollment::Enrollment;
 use crate::storage::overrides::Overrides;
 use crate::storage::tokens::{ApiToken, Scope, TokenStore};
 use crate::transport::Agents;
+
+pub(crate) use http::{Limits, serve};
 
 /// The OpenAPI document, served as is.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
