@@ -4,6 +4,9 @@
 //! The nested cargo must not inherit what the outer build set for *this* crate's compilation
 //! (flags for the host target, clippy as a wrapper, the outer target directory, cfg values), or
 //! it would build the wrong thing, in the wrong place, or fight the outer build for its lock.
+//!
+//! It builds with the same cargo into `plugins/target`, adding the `wasm32-wasip2` target with
+//! rustup when the toolchain lacks it.
 
 use std::env;
 use std::ffi::OsString;

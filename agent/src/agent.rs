@@ -1,4 +1,11 @@
 //! Starting and stopping an agent.
+//!
+//! The composition root: the only module that names every folder (`tests/e2e/layering.rs`).
+//! `Agent::start` loads the identity, the built-in plugins (each granted what the policy allows its
+//! name, `Policy::allowance`: nothing by default) and the configured ones, opens the runtimes,
+//! starts the metrics history, builds the plugin host (`ferry_host`, re-exported as
+//! `ferry_agent::host`) with the agent's metrics history, key-value store and runtimes plugged in,
+//! and spawns the connection loop. `ConnectionStatus` is published on a `watch` channel.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;

@@ -1,5 +1,8 @@
 //! `ferry agent show|label|revoke|unrevoke`, `ferry api-token create|list|revoke`,
 //! `ferry audit`: through the operator API.
+//!
+//! Listings share `ListArgs` and `output::print_listing`. API tokens are `ferry api-token`, apart
+//! from the join tokens of `ferry token`.
 
 use anyhow::{Result, bail};
 use serde_json::{Value, json};

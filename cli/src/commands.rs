@@ -1,5 +1,9 @@
 //! Client commands: `ferry run`, `ferry cancel`, `ferry commands`, `ferry command show`,
 //! `ferry agents`.
+//!
+//! `ferry run` sends to one agent, several, `--to` a selector or `--all`, with `--max-concurrency`
+//! and `--max-errors`, and follows the command (`follow.rs`). Also `ferry command show|follow|logs`
+//! and `ferry agents [--label k=v]`.
 
 use std::time::Duration;
 

@@ -1,4 +1,7 @@
 //! `ferry server` and `ferry agent`: the two daemons, configured by a TOML file and flags.
+//!
+//! `ferry agent --join SERVER --token … --ca-fingerprint …` enrolls a new agent; a plain `ferry
+//! agent` uses the identity enrolled in its data directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! `ferry token create|list|revoke`: join tokens, with which new agents enroll
 //! (`ferry agent --join`), through the operator API.
+//!
+//! `create` prints the token, the CA fingerprint and the `ferry agent --join` line to run on the
+//! new host.
 
 use anyhow::{Result, bail};
 use serde_json::{Map, Value, json};

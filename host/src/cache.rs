@@ -16,6 +16,9 @@
 //! entry (bad checksum, truncated, or refused by wasmtime) is reported, deleted and compiled
 //! again. The cache never fails a load: when it cannot be read or written, the plugin is
 //! compiled as if there were no cache, with a warning.
+//!
+//! The verified bytes are deserialized from memory, not mapped from the file, so nothing depends on
+//! the file after the check.
 
 use std::fs;
 use std::hash::{Hash, Hasher};

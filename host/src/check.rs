@@ -1,5 +1,11 @@
 //! Checks that a component is a ferry plugin before it is linked, so that the error says what
 //! is wrong in the plugin author's terms rather than the linker's.
+//!
+//! The version comes from the `ferry:plugin/handler@<version>` the component exports. A served
+//! version picks its bindings; another is refused with `HostError::UnservedVersion`, naming the
+//! version it wants, the versions served and what to do (upgrade the agent for a newer one, rebuild
+//! the plugin against a served one). No handler at all is `HostError::NotAPlugin`. Then `handle`
+//! must have its version's type; each mismatch is its own clear error.
 
 use wasmtime::Engine;
 use wasmtime::component::Component;

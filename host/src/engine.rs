@@ -1,5 +1,12 @@
 //! The wasmtime engines: their configuration, the linker each plugin is linked with, and the
 //! thread that drives epoch interruption.
+//!
+//! There is a `Runtime` per engine: the plain one, and a fuel-metered one created when the first
+//! plugin with a fuel budget loads, so that unmetered plugins do not pay metering's ~20 %. Both are
+//! async, interrupt by epoch, and use the pooling allocator (memory slots capped at the memory
+//! limit; where the kernel has `PAGEMAP_SCAN`, touched pages stay resident and are reset in place,
+//! which took echo's instance and call from 34 to 12 µs). The `ferry-epoch` ticker thread lives as
+//! long as the host or any loaded plugin.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;

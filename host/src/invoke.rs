@@ -1,5 +1,11 @@
 //! Running one command: a fresh store and instance, the call under its deadline, and the
 //! translation of however it ended into an [`InvokeError`].
+//!
+//! Each command gets a fresh `Store` from the plugin's `InstancePre`. The deadline (the command's,
+//! capped by the plugin's own timeout) is enforced by the epoch callback, which also yields every
+//! tick, and by a timer for a plugin waiting in a host call. A plugin that ignores `cancelled()` is
+//! stopped after `cancel_grace`. Traps and memory or fuel exhaustion map to `InvokeError`s that
+//! name the limit and how to raise it.
 
 use std::future::pending;
 use std::sync::Arc;

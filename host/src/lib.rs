@@ -64,6 +64,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! `LoadOptions` are per plugin: capabilities, fuel, memory limit, timeout and read-only topics. An
+//! agent derives them from the plugin's manifest and its policy; `ferry plugin test` from its
+//! `--grant` flags. `HostConfig::grants` (a `GrantSource`) says which of the two the grants came
+//! from, so that a refusal names the setting to change there.
 
 mod bindings;
 mod cache;

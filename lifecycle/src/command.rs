@@ -26,6 +26,19 @@
 //!   stops reading; a `ResultAck` counts only for this command's id.
 //! - **Frames ready together leave together**: every [`Effect::Frame`] the machine queues
 //!   between two other effects may be written in one write.
+//!
+//! Inputs in full: frames from the server; a bad frame; the stream's receiving or sending side
+//! ending (finished, reset by the server, or lost with the connection); the journal's receipt
+//! (`Receipt::New`, `Finished(result)`, `Running(id)`, `ReadOnly`, or an error); the plugin's
+//! events and its end; the result's journal write; the agent's stop; timeout. Effects: write a
+//! frame; finish or reset the stream; receive (journal the receipt, claiming id and idempotency key
+//! in one transaction); run the plugin; wait for the run under way; answer a data request; cancel
+//! the plugin; journal the result; and done (acknowledged or not, kept in the journal or not),
+//! always last.
+//!
+//! The `Command` must be the first frame and come within `FIRST_FRAME_TIMEOUT` (10 s). A data
+//! request the server can no longer answer (its stream is gone) fails at once instead of waiting
+//! for the deadline.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};

@@ -30,6 +30,12 @@
 //!   sent are resumed by their own drivers and count as in flight, ended ones count towards
 //!   `max_errors`; agents not sent it yet may be waited for until `grace_until`, since the
 //!   restart cut them off.
+//!
+//! Inputs in full: a slot's run was started, or its agent is unreachable; a run ended, with its
+//! status; a decision's or the end's write finished (ok or error); cancel; timeout. When it asks
+//! for a slot's run it gives the delivery deadline and whether an agent that is not connected may
+//! be waited for (`deliver_within`, or the restart grace of a restored command). The driver is
+//! `drive` in `server/src/domain/commands.rs`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

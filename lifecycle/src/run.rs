@@ -22,6 +22,14 @@
 //!   agent answers from its journal; the run then waits at least `result_grace` for that
 //!   answer, however long ago it was first sent, and gives up on the agent only
 //!   `timeout + result_grace + result_wait` after the first send.
+//!
+//! Inputs in full: the agent's connection appeared; the `Command` was sent or not; frames from the
+//! agent; the stream ended; a result from a report stream; a write finished (ok or error); cancel;
+//! timeout. Effects: send (open a stream and write the `Command`, always under the same id), write
+//! a frame, answer a data request, finish or reset the stream, show accepted/progress/log, record
+//! an end, acknowledge or refuse a report stream, and show the end, which is always the last
+//! effect. The machine checks the allowlist itself; the driver (`server/src/transport/dispatch.rs`)
+//! decides nothing.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -41,6 +41,21 @@
 //! - **A session ends once.** Every way out (refused, closed for a breach, lost, said goodbye,
 //!   stopped, decommissioned) leaves [`Phase::Closed`] with one reason, and the server's
 //!   registration is undone exactly when it was made.
+//!
+//! Inputs and effects in full. `ServerSession` takes: the control stream opened, frames, bad
+//! frames, the stream ended or lost, the registry's decision, a leave recorded, frames the driver
+//! wants sent, stop, timeout; it asks to send, finish, close with a code and reason, register or
+//! unregister, mark established, take a heartbeat, a plugin report or a renewal, record a leave,
+//! log. `AgentSession` takes: connected, frames, read failures, lost, the transport heard from the
+//! server, frames to send, stop, decommission, timeout; it asks to send, finish, close, mark
+//! established, beat (a heartbeat is due), deliver a server frame, log, and ends with a `Retry`:
+//! never, backoff (reset after an established session), or the server's `retry_after`.
+//!
+//! `may_send(peer, phase, message)` is the one table of what goes out when. The server refuses a
+//! Hello it cannot speak, or one the registry turns down, with `Reject` and then a `REJECTED`
+//! close, and records a `Leave` before it closes. The agent counts as connected only on Welcome,
+//! beats at the server's interval (at least `MIN_HEARTBEAT`), counts the transport's datagrams as
+//! signs of life, and on decommission waits `LEAVE_WAIT` for the server's close.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,4 +1,7 @@
 //! CBOR encoding of [`Message`]s.
+//!
+//! The codec is ciborium. A frame body must hold exactly one message: trailing bytes are an error,
+//! not ignored. Payloads are `serde_bytes` byte strings, not arrays of numbers.
 
 use crate::message::Message;
 

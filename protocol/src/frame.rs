@@ -2,6 +2,14 @@
 //!
 //! The length is checked against the maximum *before* anything is allocated for the body, so a
 //! peer cannot make the receiver reserve memory by announcing a large frame.
+//!
+//! `encode_frame` and `decode_frame` are pure functions, for tests and fuzzing. `FrameReader` is
+//! buffered and **cancel-safe**: its only await is one `read_buf`, and a partial frame stays in its
+//! buffer, so it can sit in `tokio::select!` beside timers and cancel signals. The buffer grows
+//! with the bytes that actually arrive (`READ_CHUNK`, 64 KiB, at a time), not with the length a
+//! peer announces. `with_stall_limit` bounds how long a frame may take once its first bytes arrived
+//! (`FrameError::Stalled`); when they arrived is kept in the reader, so the bound holds across
+//! cancelled `next()` calls.
 
 use std::time::Duration;
 

@@ -10,6 +10,11 @@
 //! - [`package`]: plugin packages, their digests and ed25519 signatures.
 //!
 //! The crate does no I/O policy of its own: both sides decide when to read and write.
+//!
+//! Without its default `io` feature the crate is only the message types, the codec and version
+//! negotiation, with no tokio, quinn, rustls or ring: what `ferry-lifecycle` builds on.
+//! `FrameReader`/`write_frame`, `tls`, `pki`, `package` and reading an id from a certificate need
+//! `io`. Package digests live in `digest`, apart from `package`, because messages carry them.
 
 /// QUIC application close codes ferry uses.
 pub mod close {

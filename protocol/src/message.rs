@@ -4,6 +4,16 @@
 //! who sent a frame; *accepting* it does: [`Message::check_allowed`] is the explicit allowlist of
 //! which peer may send which message on which kind of stream, so a message from the wrong role is
 //! refused by name instead of being handled by accident.
+//!
+//! The enum and the allowlist come from one table, `message_table!`: each variant, its body, its
+//! senders and its streams. The same table makes `MessageKind` and `MessageKind::ALL`, from which
+//! the allowlist's error text, the fuzz target's list of kinds and the test suite's seed check
+//! (`tests/e2e/fuzz.rs`) derive, so a new message cannot be added to one and forgotten in the
+//! others.
+//!
+//! Results travel on their command stream and, when that broke, on a *report stream* the agent
+//! opens (first frame `Result`); the server answers each with `ResultAck` once the result is on its
+//! disk.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -6,6 +6,10 @@
 //! given with its credentials *before* it writes or decodes a byte of the package
 //! ([`verify`]): a package changed on the server's disk, on the way, or in the agent's own
 //! cache is refused.
+//!
+//! The signature is over `"ferry plugin package v1\0" ‖ digest`. `verify` checks the digest, then
+//! the signature, and only then decodes. This lives in the protocol crate because both ends must
+//! agree on it byte for byte.
 
 use std::fmt;
 use std::path::Path;

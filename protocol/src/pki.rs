@@ -1,5 +1,11 @@
 //! Certificates for ferry's mutual TLS: a certificate authority that issues the server's and the
 //! agents' certificates, and the on-disk layout `ferry dev` and `ferry server` use.
+//!
+//! `CertificateAuthority` (rcgen) issues certificates; `PkiDir` is the on-disk layout of a CA, the
+//! server certificate and agent certificates. Keys are written 0600 through a temporary file and a
+//! rename. `CertificateAuthority::sign_agent_csr` signs a CSR's public key (rcgen checks the CSR's
+//! signature) into a certificate whose subject and `ferry://agent/<id>` SAN it sets itself,
+//! whatever the CSR asked for.
 
 use std::fs;
 use std::io::Write;

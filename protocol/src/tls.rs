@@ -1,4 +1,14 @@
 //! TLS and QUIC configuration for both ends: TLS 1.3 only, mutual authentication, ALPN `ferry/1`.
+//!
+//! rustls runs on the ring provider. The server's endpoint config derives its stateless-reset and
+//! connection-id keys from a persisted secret, so a restarted server answers packets of the
+//! connections it lost with a stateless reset, and their agents notice within one keep-alive rather
+//! than at their idle timeout. The server offers ALPN `ferry/1` and `ferry-enroll/1`. A client
+//! certificate is optional in the handshake (one that does not chain to the CA is still refused
+//! there); the listener serves a connection without one nothing but enrollment.
+//! `enroll_client_config` is the enrolling agent's: no client certificate, and a verifier that
+//! accepts the server only if its chain holds a CA with the pinned SHA-256 fingerprint and its
+//! certificate verifies against that CA.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,4 +1,7 @@
 //! Protocol-version negotiation.
+//!
+//! `negotiate` picks the newest version both ranges share; its `Reject` names both ranges and which
+//! side to upgrade.
 
 use std::fmt;
 

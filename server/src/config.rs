@@ -1,4 +1,11 @@
 //! The server's configuration: flags and a TOML file map onto [`ServerConfig`].
+//!
+//! The limits that bound hostile clients: `max_frame_bytes`; `handshake_timeout` (the whole
+//! handshake, and any frame begun later; default 10 s); `max_pending_handshakes` (default 256);
+//! `max_agent_streams` (quinn's `max_concurrent_bidi_streams` on the server's transport, default 8:
+//! the control stream and fetches; unidirectional streams stay at 0, since ferry has none).
+//! `ServerConfig::check` refuses values that would lock every agent out. The annotated example is
+//! `examples/config/server.toml`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,19 @@
 //! Starting and stopping a server, and what it offers to its embedder and to the operator API.
+//!
+//! The composition root: the only module that knows every part. `Server::start` makes the keys and
+//! certificates, binds the QUIC endpoint and the API, starts the heartbeat sweeper, and gives each
+//! part the handles it needs: `domain::commands::Commands` (its store, the run store, the ports),
+//! `transport::dispatch::Dispatcher` (registry, log, data, limits), `transport::Shared` (what a
+//! connection's task needs), `api::ApiState` (what handlers need). There is no god object.
+//!
+//! Every task the parts start (connections, report streams, runs, fan-outs, deferred writes, the
+//! delayed revocation check) is spawned on one `TaskTracker` they share. `shutdown` cancels `stop`,
+//! closes the endpoint, waits for exactly those tasks (bounded, 10 s, naming how many are left),
+//! drops the parts, and waits (bounded) until nothing else holds the database, so that a restart in
+//! the same process can open it.
+//!
+//! The plugin signing key is `<data_dir>/pki/plugin-signing.key`, made on first start; its public
+//! half `plugin-signing.pub` sits beside `ca.pem`, where agents configured with that CA find it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -15,6 +15,25 @@
 //! ([`Writer::start_logged`]): its durable writes are made durable by a record in a
 //! write-ahead log ([`wal`]), one `fdatasync` per group, and redb is flushed only at
 //! checkpoints.
+//!
+//! The calls: `Writer::write` (async, durable or not); `write_with` (the same, returning what the
+//! change decided inside its transaction, once committed: how an idempotency key is claimed, "take
+//! it unless someone holds it, else tell me who", in one transaction); `write_now` (on the calling
+//! thread, for start-up recovery). A write is queued when it is *called* (`write` returns a future
+//! already in the queue) and batches commit in order, so a caller can start a write, go on, and
+//! await it later, and anything written after it is durable only with it. Dropping the last clone
+//! joins the thread, so a process can open the same file again at once (a restart inside a test). A
+//! record that does not decode is skipped and reported by the caller, never a panic.
+//!
+//! A logged writer: `write_logged`'s change returns a record as well as its answer. The change is
+//! committed to redb with `Durability::None` and the record appended *after* the commit, in commit
+//! order, so every record in the log has its change committed; the caller is answered once the
+//! record is durable. Every `CHECKPOINT_EVERY` (1,024) records, and with every durable commit, the
+//! transaction also stores the last sequence number appended (table `ferry_store_wal_applied`):
+//! everything up to it is in redb's durable state, and the log releases the segments before it. At
+//! start the records after it are applied again (the caller's `apply`, which must bear a repeat) in
+//! one durable commit before the writer starts, so nothing reads redb before the replay. A writer
+//! without a log commits a change that returns a record durably instead.
 
 pub mod wal;
 

@@ -25,6 +25,13 @@
 //! space zeroed, so what is appended next cannot be read together with what was there. A
 //! damaged record followed by intact ones is corruption of what was durable: the open fails and
 //! says where, rather than replaying around a hole.
+//!
+//! Segments are 1 MiB; a thread prepares the next one once the current one is half full, so a
+//! rotation rarely waits for the zeros to be written. A damaged record followed by intact ones, or
+//! in a segment followed by another, is corruption: `open` fails naming the segment, offset and
+//! record, after replaying what came before. After a failed write or flush the log refuses every
+//! append until a restart: the page cache's view of a file after a failed `fdatasync` is not to be
+//! trusted. `Wal::release(seq)` deletes the segments holding nothing after `seq`.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

@@ -1,5 +1,9 @@
 //! Host metrics, read with `sysinfo`: for heartbeats ([`MetricsSampler`]), and the history that
 //! plugins granted `metrics` read ([`MetricsHistory`]).
+//!
+//! `MetricsHistory` is a ring buffer (every 5 s for 24 h by default) filled by a task that lives as
+//! long as the agent, connected or not; it is the host's `MetricsSource`, read by the `metrics`
+//! interface.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,29 @@
 //! Running commands: each arrives on its own stream, runs in a fresh plugin instance, and
 //! streams its progress, logs and result back on that stream.
+//!
+//! A thin driver of `ferry_lifecycle::command::Execution`, one task per command stream. The tasks
+//! are tracked, so stopping the agent cancels the running commands, journals their `cancelled`
+//! results and waits for them. A lost connection does not stop a command: its result waits in the
+//! journal, and the connection loop delivers unacknowledged results on a report stream at every new
+//! session (and whenever a result could not be delivered on its own stream).
+//!
+//! The topic is resolved through `Routes`. Plugin events go through a bounded channel (1,024) and
+//! are counted, not buffered without bound, when a plugin outpaces the connection. `Cancel` frames
+//! and a reset stream set the cancel flag the plugin polls. A plugin's `request-data` becomes a
+//! `DataRequest` frame on the same stream (never dropped: the plugin waits for room), and the
+//! matching `DataResponse` is routed back by request number to the waiting host call. Frames ready
+//! together leave in one write: the driver encodes every frame the machine queued in a row into one
+//! buffer (the plugin's pending events taken together, up to 64), so a short command's `Progress`,
+//! `Log` and `Result` go out as one write. Duplicates waiting for a run get its result once the
+//! journal holds it, never before.
+//!
+//! Read-only topics (a manifest's `read_only`; the built-ins `echo`, `get_consumption_device` and
+//! `get_consumption_orchestrator`): the executor answers the machine's receipt with `ReadOnly`
+//! instead of writing it, and the machine journals no result. The agent reports these topics in
+//! `Hello` and `PluginReport`, and the server then records such a command for one agent without an
+//! idempotency key without waiting for its disk. No fsync on either side: the round trip is
+//! transport and plugin. The cost, which the manifest's word makes harmless: a resend after a lost
+//! connection may run it again, and a server crash may forget it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

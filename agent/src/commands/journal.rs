@@ -8,9 +8,10 @@
 //! checkpointed now and then (see [`ferry_store::Writer::start_logged`]). Opening the journal
 //! replays into redb what a crash kept from it, before anything reads it.
 //!
-//! - A command is written here before the agent answers `Accepted`, and marked *running*
-//!   (with its plugin's name) before the plugin starts; both writes are durable.
-//! - Its result is written (durably) before it is sent, and kept until the server answers
+//! - A command is written here when it arrives (`Accepted` leaves without waiting for the
+//!   write) and marked *running* (with its plugin's name); both writes are durable before the
+//!   plugin starts.
+//! - Its result is written (durably) while it is sent, and kept until the server answers
 //!   `ResultAck`; results the server has not acknowledged are delivered again on a report
 //!   stream at the start of every session (after a reconnection or a restart of the agent).
 //! - A command id or an idempotency key seen again is answered from here, never run twice.
@@ -21,6 +22,13 @@
 //!
 //! Acknowledged entries are kept (without their payload) for [`RETENTION`], so that a
 //! duplicate arriving late still finds its result, then pruned at the next start.
+//!
+//! Acknowledgements and pruning are commits a crash may lose: a lost acknowledgement delivers the
+//! result once more. The running mark is one durable write with the receipt when the plugin is
+//! known at once. `accept` looks the id and the idempotency key up and claims them in one
+//! transaction, so of two copies arriving at once exactly one runs. At start, commands accepted but
+//! not started are run (with what is left of their timeout). One end of the agent counts once per
+//! plugin against quarantine, however many of its commands were in flight.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -15,6 +15,9 @@
 //! checked again whenever they are read, so a file changed on this disk is refused too. The
 //! last set is kept (`assigned.cbor`), so a restarted agent serves its pushed plugins before
 //! it has reached the server again.
+//!
+//! The pinned key is `plugin_key`, by default `plugin-signing.pub` beside the CA file. Compiling
+//! happens off the async workers. Packages nothing refers to any more are deleted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -18,6 +18,13 @@
 //! memory_mib = 128
 //! timeout = "2m"
 //! ```
+//!
+//! The intersection is the capability table's (`Capabilities::grant` in `ferry-manifest`); each
+//! refused capability becomes a `Refusal` whose message names the capability and the exact table
+//! and file to grant it in. Filesystem grants compare paths by component (`/srv/data` does not
+//! cover `/srv/database`) and need at least the access asked for; limits are the smaller of asked
+//! and allowed. `Policy::allowance` is what a built-in plugin asks for: exactly what the policy
+//! allows its name.
 
 use ferry_manifest::{Capabilities, Limits, Manifest, ManifestError};
 use serde::Deserialize;

@@ -1,5 +1,8 @@
 //! Reconnect delays: exponential backoff with full jitter, so a fleet that lost its server does
 //! not come back in one synchronized wave.
+//!
+//! A delay is uniform between half the minimum and a cap that doubles with each attempt up to the
+//! maximum; the floor keeps a broken server from being hammered. An established session resets it.
 
 use std::time::Duration;
 

@@ -2,6 +2,22 @@
 //! ([`ferry_lifecycle::AgentSession`]: Hello, Welcome or Reject, heartbeats, the server's
 //! liveness, leaving) and take commands until it ends; then wait (backoff with jitter, or the
 //! delay the server asked for) and start again.
+//!
+//! Each connection attempt is bounded by `connect_timeout`. With TLS 1.3 the client's handshake
+//! completes before the server has checked the client certificate, so only Welcome means accepted;
+//! a TLS refusal surfaces as the connection's close reason, which is what the agent reports. Once
+//! established: heartbeats (metrics sampled when the session says one is due; the transport's
+//! received datagrams tell the session the server is alive, its grace being `idle_timeout`),
+//! command streams, result replay on report streams, renewals, plugin reports and the server's
+//! control frames; Bye on stop and Leave on decommission. There is one quinn endpoint per address
+//! family for the agent's life.
+//!
+//! Decommissioning (`agent.decommission`, the `delete_orchestrator` topic): the host call only
+//! records the request on the command. Once that command succeeded and the server acknowledged its
+//! result, the executor signals this loop, which sends `Leave`, waits for the server to close the
+//! connection (the server records the agent as revoked first, durably), stops and forgets the
+//! runtimes, deletes the data directory and the key as `[decommission]` says, and ends with
+//! `ConnectionStatus::Removed`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

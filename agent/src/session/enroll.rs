@@ -1,6 +1,12 @@
 //! Joining a server: a new agent makes its key, sends a CSR with a join token over a
 //! connection whose server it accepts only if the server's CA has the pinned fingerprint, and
 //! keeps the certificate, CA and plugin signing key it gets back in its data directory.
+//!
+//! `join` (`ferry agent --join`) makes a key and a CSR, connects with `tls::enroll_client_config`
+//! (the pinned CA fingerprint), sends `Enroll`, checks the answer (the CA is the pinned one, the
+//! certificate is for its key) and writes the key (0600), the CA, the plugin key, the server
+//! address and, last, the certificate to `<data_dir>/identity/` (`IdentityFiles`). A data directory
+//! that already holds an identity is used as it is, and nothing is sent.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,10 @@
 //! component themselves. C (clang and wasi-libc) and Go (`GOOS=wasip1`) produce a WASI
 //! preview-1 core module, which ferry turns into a component itself (`componentize.rs`). A
 //! missing tool is reported with the package that provides it, before anything runs.
+//!
+//! The component's path is printed alone on stdout, for scripts. componentize-js is called through
+//! its API by a small Node script, because its command line needs a package its npm package does
+//! not install.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

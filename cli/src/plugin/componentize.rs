@@ -2,6 +2,14 @@
 //! generating C bindings, inside `ferry` itself: no `wasm-tools` or `wit-bindgen` binary is
 //! needed, and the versions match the wasmtime the agent runs (`wit-component` 0.254, the
 //! preview-1 adapter of wasmtime 48, `wit-bindgen-c` 0.60).
+//!
+//! C bindings come from the project's WIT through the `wit-bindgen-c` crate (0.60, the release on
+//! the same `wit-parser` and `wit-component` 0.254 as wasmtime 48, so nothing is compiled twice),
+//! at every build, so they always match the project's WIT. A core module becomes a component with
+//! `wit-component` and the WASI preview-1 *reactor* adapter from
+//! `wasi-preview1-component-adapter-provider` (the adapter of the wasmtime release the agent runs).
+//! Go's module gets the world's type embedded first, and the adapter allocates by growing memory,
+//! since Go's `cabi_realloc` serves only the host's lowering.
 
 use std::path::Path;
 

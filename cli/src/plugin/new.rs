@@ -8,6 +8,8 @@
 //! `vendor/ferry-plugin/` and the WIT to `wit/0.1.0/`. The plugins workspace's `Cargo.lock`
 //! comes along, so the project starts with the dependency versions ferry's own plugins are
 //! built and tested with.
+//!
+//! Templates are `cli/templates/<lang>/`: `rust`, or `common/` plus `c`, `go`, `js` or `python`.
 
 use std::path::{Path, PathBuf};
 

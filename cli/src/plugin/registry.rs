@@ -1,5 +1,8 @@
 //! `ferry plugin push|assign|rollback|unassign|list|show`: the server's plugin registry,
 //! through the operator API.
+//!
+//! Also `ferry plugin delete`. `assign`, and `push --to`, wait for the selected agents and fail if
+//! any could not load the plugin.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,9 @@
 //! `ferry plugin test`: run a plugin on this machine, one command or a file of cases.
+//!
+//! It runs one command, or a cases file and ends with `N passed, N failed`. `--grant` stands in for
+//! the agent's policy and `--data` for the server's data; `local.rs` supplies metrics and a
+//! key-value store. Compiled plugins are cached in `$XDG_CACHE_HOME/ferry/components` (else
+//! `~/.cache/ferry/components`), since a JavaScript or Python component takes ~20 s to compile.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,6 +4,10 @@
 //! A new host enrolls the same way: `ferry token create` against the server process, then
 //! `ferry agent --join … --token … --ca-fingerprint …`, refusals the agent reports, a restart
 //! that uses the enrolled identity, and `ferry agents revoke`.
+//!
+//! The server is also killed with SIGKILL while commands run, and every acknowledged command and
+//! result is there after the restart; and an agent killed three times during a command sees its
+//! plugin quarantined.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -12,6 +12,14 @@
 //!
 //! The operations are in the host's own types; each version's bindings (`bindings/`) adapt
 //! its WIT types to them.
+//!
+//! `Granted` is all the parts for one loaded plugin, built at load and shared by its invocations;
+//! an empty grant is the deny-all sandbox. A switch's refusal (`Switch::check`) is built from the
+//! table: "`<key>` is not granted to plugin '…'", and how to grant it where the grants come from
+//! (`GrantSource`): in a manifest and an agent's policy (`kv = true` under `[capabilities]` and
+//! under `[plugins.NAME.capabilities]`), or with `ferry plugin test --grant kv`, whose plugin is
+//! named after its file without `.wasm`, as a policy would name it. A unit test checks that every
+//! switch of the table has a part that refuses it.
 
 use std::sync::Arc;
 

@@ -8,6 +8,13 @@
 //! the program exits (so that nothing it left in the background outlives the command), and
 //! when the invocation is dropped (the host stopping a plugin). Waiting is async
 //! (`tokio::process`): a plugin waiting for its child holds no runtime thread.
+//!
+//! Only a program whose absolute path the grant lists runs, compared by path component, with no
+//! `PATH` search. Its stdout and stderr become log lines (info and warn, bounded like the plugin's
+//! own output); the start of its stdout and its last stderr lines come back with the exit status.
+//! `run-with` adds standard input (written while the output is read, so neither side blocks on a
+//! full pipe), variables (loader variables, `LD_*` and `DYLD_*`, refused) and a working directory
+//! inside a granted directory. A child whose invocation was dropped is reaped in the background.
 
 use std::future::pending;
 use std::path::{Path, PathBuf};

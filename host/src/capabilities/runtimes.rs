@@ -3,6 +3,8 @@
 //! runtimes in `<data_dir>/runtimes` and outlives any one command), for plugins granted
 //! `runtimes`. The types here are the host's view of a runtime: what a plugin may ask for and
 //! be told.
+//!
+//! A workload's program is checked against the `programs` grant, as for `process`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

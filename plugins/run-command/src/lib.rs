@@ -10,6 +10,9 @@
 //! commands to its runtimes; the answer has the status, headers and body.
 //!
 //! The payload is checked against the contract first; every answer carries `correlation_id`.
+//!
+//! The request to a runtime is a bare HTTP/1.0 request over WASI sockets, with `Connection: close`,
+//! so the answer is never chunked and ends when the stream does.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

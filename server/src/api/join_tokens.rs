@@ -1,4 +1,7 @@
 //! `/v1/join-tokens`: the tokens new agents enroll with (`ferry agent --join`).
+//!
+//! Create also answers the CA fingerprint and the agent port; list shows each token's state; revoke
+//! ends one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

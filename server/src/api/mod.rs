@@ -8,6 +8,24 @@
 //! route's scope and audit action from it, and a test checks it against the OpenAPI document
 //! served at `/v1/openapi.json` (`openapi.json` here), so the three cannot drift apart. Every
 //! request that changes something is recorded in the audit log with its result.
+//!
+//! Each route of the table has a method, a path, a scope and an action. Each route with a scope
+//! gets the `guard` middleware: 401 without a known token, 403 when the token's scope does not
+//! cover the route's, then the handler, then, for every method but GET, an audit entry. Errors
+//! carry their code in a response extension for the audit log. `tests.rs` checks that
+//! `openapi.json` lists exactly the table's routes with their scopes (`x-ferry-scope`) and actions
+//! (`operationId`) and that its example requests deserialize into the handlers' types; the e2e test
+//! `tests/e2e/api.rs` calls every documented route over HTTP with no token, a wrong one, each
+//! scope, and admin.
+//!
+//! The scopes and their routes, each scope covering the one before it:
+//! - none: `GET /v1/health`.
+//! - read: every other `GET` but API tokens, join tokens and the audit log: agents, commands and
+//!   their events, plugins, data keys, `openapi.json`, `whoami`.
+//! - run: also `POST /v1/commands`, `POST /v1/commands/{id}/cancel`, `PUT` and `DELETE
+//!   /v1/data/{key}`.
+//! - admin: also plugin push, delete, assign, rollback and unassign; agent labels, revoke and
+//!   unrevoke; `/v1/api-tokens`, `/v1/join-tokens`, `GET /v1/audit`.
 
 mod admin;
 mod agents;

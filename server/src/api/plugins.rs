@@ -1,4 +1,7 @@
 //! `/v1/plugins`: push, list, show, assign, roll back, unassign.
+//!
+//! Push takes the package's CBOR encoding as the body, up to `max_plugin_bytes`. `DELETE
+//! /v1/plugins/{name}` deletes a version or the whole plugin.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

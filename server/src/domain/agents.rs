@@ -1,4 +1,17 @@
 //! The agent registry: which agents the server knows, which are online, and what they last said.
+//!
+//! Agents by id, with status (online, unresponsive, offline), labels, topics, last heartbeat and
+//! metrics. The last heartbeat is also kept in the edge-orchestrator shape (`HeartbeatView`: cpu %,
+//! memory and disk in GB, uptime, health, the agent's ISO-8601 send time, and its runtimes).
+//!
+//! The newest connection of an agent's installation wins, and an old connection's end never marks
+//! the new one offline (sessions are compared). `Registry::connect` checks and inserts in one step
+//! under the registry's lock, before Welcome: a connection from *another* installation of the
+//! identity (a different Hello `instance`) is refused with `Reject { DuplicateAgent, retry_after }`
+//! while the connected one is open and has sent a heartbeat within `heartbeat_grace`, and the
+//! refusal is kept in the agent's view (`duplicate`: where from, which instance, how often) for
+//! `ferry agents` and `ferry agent show`. Once the holder is closed or silent past the grace, the
+//! newcomer takes over.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

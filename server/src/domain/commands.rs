@@ -21,6 +21,31 @@
 //! [`ferry_lifecycle::Fanout`]; `drive` here only carries out what it asks (checks an agent
 //! and starts its run, passes a cancel on, writes decisions and the end, shows them) and
 //! tells it when a run has ended, a write finished or an operator cancelled.
+//!
+//! A `FleetEntry` has a `Target` (`Agents(ids)` or `Selector`, `all` included), one slot per agent
+//! in sending order, and its own event log (`dispatched`, the children's
+//! `accepted`/`progress`/`log`/`finished` with `agent` added, and a last `done` with the summary).
+//! The driver checks an agent when the machine asks to start it (an invalid or revoked id, or not
+//! connected when it may not wait, is unreachable), creates its run and delivery, writes decisions
+//! and the end, shows them when the machine says, and passes cancels on. A `follow` task per run
+//! copies the child's events and, on its `finished`, tells the machine, so the next agent is never
+//! sent the command early. `peak_concurrency` is the machine's count of the most runs at once.
+//!
+//! A command for exactly one named agent that is not connected is refused (409) rather than
+//! recorded as undelivered: the operator asked for that agent and learns at once. With
+//! `deliver_within`, an agent that is not connected is waited for (its run is created and its
+//! delivery waits for the connection), a command for one named agent is accepted instead of
+//! refused, and a waiting agent holds its place in the concurrency window. Selectors match
+//! effective labels (`AgentOverrides`) and skip revoked agents.
+//!
+//! An `idempotency_key` used before returns the first command (API: 200 instead of 202), and agents
+//! get the key too; submissions with a key take turns (`FleetStore`'s `keyed` lock) from the key's
+//! look-up to the command being stored, so concurrent ones return one command. A command for one
+//! named agent without a key is sent while its record is written (command and run in one
+//! transaction); the API answers once that is durable, or, on a topic the agent reported read-only,
+//! without waiting for it (`FleetEntry`'s `durable` flag, `Delivery::durable`). The newest
+//! `RETAINED_FLEETS` (2,000) ended commands are kept, in memory and on disk. `Server::submit` (one
+//! agent) goes through the same path and returns the child.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;

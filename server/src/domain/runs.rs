@@ -1,5 +1,8 @@
 //! Commands and what happened to them: every event is kept in order, so a watcher that joins
 //! late replays the command from its start and then follows it, missing nothing.
+//!
+//! The store keeps per-agent (child) commands, the newest `RETAINED_COMMANDS` (10,000) ended ones.
+//! Watchers wait on a `watch` counter, so nothing a late watcher needs is lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

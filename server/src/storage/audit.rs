@@ -2,6 +2,10 @@
 //! name, never the token), what (the action and the path), when, and how it ended (`ok` or the
 //! error code). Kept in the server's database (table `audit_log`), committed before the API
 //! answers, the newest [`RETAINED`] entries.
+//!
+//! An entry holds the token's id and name, the action (the route's operation id), the request, a
+//! handler's note on what it acted on, the result (`ok` or the error code) and the status. The
+//! table maps a sequence number to an entry.
 
 use std::sync::Arc;
 

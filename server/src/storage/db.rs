@@ -2,6 +2,9 @@
 //! part that persists something (plugin registry, API tokens, audit log, agent labels and
 //! revocations). redb takes an exclusive lock on the file, so a second `Database` on it would
 //! fail; each part owns its own tables instead.
+//!
+//! A second server on the same data directory fails to start with a message saying the file is
+//! locked.
 
 use std::path::Path;
 use std::sync::Arc;

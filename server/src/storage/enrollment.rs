@@ -14,6 +14,15 @@
 //! are remembered by id with the sha256 of their public key (table `enrolled_agents`), so an
 //! id cannot be taken over by another key. Renewal (`Renew` on the control stream) signs a
 //! new certificate for the key the connection was authenticated with, and only that key.
+//!
+//! Join tokens are `ferry_jt_` and 48 hex characters, kept with their labels, expiry, uses and the
+//! agents that used them; ended tokens are forgotten a week after they end. `enroll` checks, in
+//! order: the id is valid, the CSR's signature holds, the token is usable, the id is not revoked
+//! nor held by another key (or by a known agent that did not enroll). Then one use of the token is
+//! consumed under a lock held across its commit, the CA signs the CSR, the token's labels go into
+//! the overrides, and `Enrolled` carries the certificate, the CA and the plugin signing key.
+//! `renew` never answers for a revoked agent. A server on certificates it was given (`[tls]`) has
+//! no CA key and refuses enrollment with a message saying so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -6,6 +6,11 @@
 //! them: an operator's `env=prod` wins over the agent's `env=dev`. Until agents enroll with
 //! certificates that can be revoked, "revoked" means the server refuses the agent's id at its
 //! handshake and closes its live connection.
+//!
+//! `Overrides::admission` is checked by the listener right after it reads the agent id from the
+//! certificate, before Hello: a revoked agent is closed with `REJECTED` and never registered.
+//! Revoking also closes the live connection, and once more after the handshake timeout, for a
+//! handshake that passed the check just before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

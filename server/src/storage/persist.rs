@@ -10,6 +10,19 @@
 //! arrive together, where a durable redb commit costs several), replayed into the database at
 //! start after an unclean stop.
 //! Progress and log lines are not written: they are kept in memory for the event streams.
+//!
+//! What is durable: a command before the API answers (`create_command`, which claims its
+//! idempotency key in the same transaction: a key already held returns its command instead); a run
+//! before its `Command` leaves; every run's end before it is shown (so before `ResultAck`); the
+//! agents a fan-out decided not to send it to (table `command_slots`, one small record per
+//! decision, before it is shown); and the command's end. Writes that are not durable are commits
+//! without a flush and no log record. After a restart a command shows its `accepted` and `finished`
+//! events, not its progress.
+//!
+//! At start, `domain::commands::restore` brings every command back: ended ones as they ended, runs
+//! still going sent again under the same id, agents not sent it yet sent it within the command's
+//! limits, each waited for up to `restart_grace` (the restart cut them off, they are reconnecting).
+//! The oldest ended commands past 2,000 are forgotten.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -9,6 +9,10 @@
 //! the admin token named `operator`; its record follows the file, so deleting the file and
 //! restarting the server rotates it. These are *API* tokens: agents will enroll with join
 //! tokens of their own, which is why the CLI calls these `ferry api-token`.
+//!
+//! Tokens are `ferry_at_` and 48 hex characters; authentication is a map lookup by the token's
+//! sha256. Scopes are an ordered enum (`Scope::covers`). The `operator` token cannot be revoked
+//! through the API, which would not survive a restart anyway.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,5 +1,29 @@
 //! Accepting agents: the QUIC handshake, TLS identity and admission, then the control session
 //! as a thin driver of [`ferry_lifecycle::ServerSession`].
+//!
+//! The TLS verifier has already refused foreign client certificates. A `ferry-enroll/1` connection
+//! goes to `enroll::serve` and nothing else; a `ferry/1` connection without a certificate is closed
+//! at once with a reason naming `ferry agent --join`. Otherwise the agent id is read from the
+//! certificate, admission is checked (`Overrides::admission`: a revoked agent is closed with
+//! `REJECTED` before Hello), and the session machine decides the rest: Hello, negotiation, the
+//! registry's decision, Welcome or Reject, the frames each phase allows, the heartbeat grace,
+//! leaving and the close.
+//!
+//! The driver carries out the machine's effects: the registry (connect, closing a replaced
+//! connection; heartbeats; disconnect), the agent's record, the plugin view (a `PluginAssign` with
+//! the agent's complete plugin set after Welcome and whenever the registry's assignments change
+//! that set; plugin reports), renewals, the leave's revocation, and fetch and report streams,
+//! accepted once established. A protocol breach closes that one connection with
+//! `close::PROTOCOL_ERROR` and a reason naming the breach; an agent silent for `heartbeat_grace` is
+//! shown unresponsive, not closed; a stopping server says Bye.
+//!
+//! The handshake (QUIC and TLS, the control stream, Hello) has one deadline, `handshake_timeout`,
+//! not one per step. A connection still in it holds one of `max_pending_handshakes` permits (a
+//! semaphore); past that the accept loop answers `Incoming::refuse`, a QUIC `CONNECTION_REFUSED`
+//! before any TLS work, so a flood of slow handshakes costs a packet each and holds its slots for
+//! at most the timeout. Refusals are logged at 1, 2, 4, 8… so a flood does not flood the log. The
+//! control stream's reader has the same timeout as its stall limit
+//! (`FrameReader::with_stall_limit`), so half a frame cannot park a connection.
 
 use std::sync::Arc;
 use std::time::Duration;

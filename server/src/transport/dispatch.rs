@@ -1,4 +1,22 @@
 //! Sending a command to an agent: one bidirectional stream per command, opened by the server.
+//!
+//! One task per agent's run, a thin driver of `ferry_lifecycle::Run`: it writes the run to disk,
+//! then turns the registry (`wait_connection`), the run's stream, report streams (through the
+//! entry's mailbox, `CommandEntry::attach` and `report`), the disk and timers into the machine's
+//! inputs, and carries out its effects. It decides nothing itself.
+//!
+//! What the machine decides: wait for the agent (until `deliver_within` when never sent); send
+//! `Command`; pass `Cancel` on; answer `DataRequest`s (from the command's own data, then the
+//! operator's, `PUT /v1/data/{key}`, at most `MAX_DATA_REQUESTS` per command); on `Result`, record
+//! it durably and only then answer `ResultAck` and show the end. A failed write resets the stream
+//! instead, and the same id is sent again a second later, which the agent answers from its journal.
+//! When the connection breaks after sending (from the first byte of the `Command` on), it waits for
+//! the agent to come back (the command's timeout plus `RESULT_GRACE` plus `result_wait`, 10 min by
+//! default, counted from the first send, also across a server restart) and sends the same id again;
+//! after a resend it waits at least `RESULT_GRACE` for the answer. Past that the run is `lost`; on
+//! a live stream it gives up `RESULT_GRACE` after the command's timeout (`timed-out`). Every end is
+//! recorded before it is shown. Every task ends at the server's stop without touching the records,
+//! so a restart takes over.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,11 @@
 //! The server sends what it stored, as stored; it does not vouch for the bytes on the way. The
 //! agent checks the digest and the signature before it keeps any of them, so a package changed
 //! on this server's disk is caught there (and reported back in a `PluginReport`).
+//!
+//! The package goes out in 256 KiB chunks. A stream whose first frame is not one `Fetch` within the
+//! handshake timeout (garbage, a message of another role, an oversized length, silence) closes the
+//! agent's connection with `PROTOCOL_ERROR`, since an agent could otherwise hold its stream slots
+//! with idle streams.
 
 use std::sync::Arc;
 

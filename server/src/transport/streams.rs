@@ -4,6 +4,10 @@
 //! restarted. Each result is recorded (durably) and answered with `ResultAck`, after which the
 //! agent forgets it. A result for a command that already ended is acknowledged and dropped:
 //! a command ends once.
+//!
+//! Each result on a report stream is handed to its run's driver and answered with `ResultAck` once
+//! the driver says it is on disk, or the stream is reset, so the agent keeps it, when it is not. A
+//! result for another agent's command is ignored.
 
 use std::sync::Arc;
 

@@ -4,6 +4,9 @@
 //! file, a memory limit, and nothing else: no preopened directories, no sockets (the WASI
 //! context's defaults deny every address). Its engine interrupts it every epoch tick so that
 //! it yields its thread, and so that dropping its future (a stop) ends it promptly.
+//!
+//! Aborting its task stops it. A component runtime stops with the agent, and the next agent starts
+//! it again.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,9 @@
 //! The agent's runtimes as the plugin host's [`RuntimeSupervisor`]: what the
 //! `ferry:plugin/runtimes` interface of a granted plugin manages.
+//!
+//! The agent keeps the host's `Spec`, `RestartPolicy`, `Status` and `Sample` as they are
+//! (serializable, for its state file) and maps only its own `Info`, which adds what only the agent
+//! tracks: the spec, the pid's start time, the desired state.
 
 use std::time::Duration;
 

@@ -14,6 +14,10 @@
 //! taken over from an earlier agent, which is not this process's child, polls its pid), then
 //! applies the restart policy with a backoff. Every change bumps the runtime's generation, so
 //! a watcher that lost a race with `stop` or `restart` does nothing.
+//!
+//! The restart backoff starts at 250 ms and doubles to 30 s, reset after a minute of running. A
+//! sampler records each workload's process tree (CPU share of the host, resident memory) every
+//! metrics interval, for `consumption`.
 
 mod component;
 mod host;

@@ -1,4 +1,11 @@
 //! Starting, finding and stopping a runtime's process group.
+//!
+//! A workload runs in its own process group, its output appended to `<name>/output.log` (moved
+//! aside past 16 MiB at a start), *not* a pipe, so it outlives the agent. A restarted agent finds
+//! it by pid *and* the pid's start time (`/proc/<pid>/stat`), so a reused pid is never mistaken for
+//! it, and supervises it again by polling: it is no longer the agent's child. Stop is SIGTERM to
+//! the group, then SIGKILL after 5 s, to the group only while it still has members, since an empty
+//! group's id may be reused.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};

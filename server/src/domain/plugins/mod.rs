@@ -4,7 +4,23 @@
 //! Assignments are declarative: each plugin name has at most one current assignment (a version
 //! and a [`Selector`]), and every connected agent is sent the complete set that applies to it
 //! (`PluginAssign`) after its Welcome and whenever the set changes; see
-//! `transport/accept.rs`. Rolling back pops the current assignment and restores the previous one.
+//! `transport/accept.rs`. Rolling back returns to the assignment in force before the current
+//! one, as a change of its own (below).
+//!
+//! `push` checks a package (decodes it, validates the manifest, `inspect` validates the component
+//! and reads its world version), re-encodes it canonically, signs it and stores it. `assign`,
+//! `rollback` and `unassign` keep one current assignment per plugin (a version and a `Selector`):
+//! the last of an append-only history of `Change`s (assign, unassign, rollback; who made it, the
+//! API token's name, and when; and the change in force before it, which is where a rollback
+//! returns). Rolling back twice goes two steps back, and nothing is ever erased; a history stored
+//! in the older stack format loads as changes by "(not recorded)". `delete` removes a version, or
+//! the whole plugin with its history, in one transaction, refused while what it would delete is
+//! assigned, and its package file once no record refers to its digest; a rollback to a deleted
+//! version is refused by name.
+//!
+//! `desired_for(labels, wit_versions)` is the set one agent must serve. Agents' `PluginReport`s are
+//! kept in memory, for `show` and for `wait_settled`, which API calls use to answer only once the
+//! selected agents have loaded a version or failed to.
 
 mod inspect;
 mod selector;
