@@ -91,7 +91,7 @@ pub struct Agent {
 impl Agent {
     /// Loads the agent's identity and plugins and starts connecting to its server.
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+        ferry_store::private_dir(&config.data_dir).map_err(|source| AgentError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
         })?;

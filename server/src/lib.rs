@@ -18,7 +18,7 @@ mod transport;
 pub use config::{ServerConfig, TlsPaths};
 pub use domain::agents::{AgentInfo, AgentStatus, DuplicateSeen, HeartbeatView};
 pub use domain::commands::{
-    AgentResult, FleetEntry, FleetRequest, FleetStatus, FleetView, Summary, Target,
+    AgentResult, FleetEntry, FleetRequest, FleetStatus, FleetView, SubmitError, Summary, Target,
 };
 pub use domain::plugins::{
     AgentPlugin, AgentRollout, Assignment, PackageRecord, PluginDetails, PluginError,

@@ -151,7 +151,7 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         config.check().map_err(StartError::Config)?;
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
+        ferry_store::private_dir(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
 
         let (mut identity, client_roots, ca_cert_path, ca) = match &config.tls {
             Some(paths) => (

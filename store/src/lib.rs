@@ -70,6 +70,38 @@ pub enum StoreError {
     Stopped,
 }
 
+/// Opens (or creates) the redb database at `path`, readable and writable by its owner only
+/// (an existing file is narrowed to that too): ferry's databases hold command payloads and
+/// results, token hashes and the audit log.
+pub fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |e| redb::DatabaseError::Storage(redb::StorageError::Io(e));
+    // Made here, with its mode, rather than by redb with the process's umask; never truncated.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_FILE)).map_err(io)?;
+    Database::create(path)
+}
+
+/// Creates `dir` and any missing parents, readable by their owner only; an existing directory
+/// is left as it is (it may be shared on purpose).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
+
+/// The mode of the files ferry keeps state in.
+pub const PRIVATE_FILE: u32 = 0o600;
+/// The mode of the directories ferry makes for them.
+pub const PRIVATE_DIR: u32 = 0o700;
+
 /// A record as it is stored.
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -516,6 +548,42 @@ mod tests {
     use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    #[test]
+    fn databases_are_made_private_and_existing_ones_narrowed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh.redb");
+        drop(open_database(&fresh).unwrap());
+        assert_eq!(mode(&fresh), PRIVATE_FILE);
+        // A database an older version left readable by others is narrowed, and keeps its data.
+        let old = dir.path().join("old.redb");
+        let table = TableDefinition::<&str, &str>::new("t");
+        {
+            let db = Database::create(&old).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(table).unwrap().insert("k", "v").unwrap();
+            tx.commit().unwrap();
+        }
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let db = open_database(&old).unwrap();
+        assert_eq!(mode(&old), PRIVATE_FILE);
+        let tx = db.begin_read().unwrap();
+        assert_eq!(
+            tx.open_table(table)
+                .unwrap()
+                .get("k")
+                .unwrap()
+                .unwrap()
+                .value(),
+            "v"
+        );
+        let nested = dir.path().join("a/b");
+        private_dir(&nested).unwrap();
+        assert_eq!(mode(&nested), PRIVATE_DIR);
+        assert_eq!(mode(&dir.path().join("a")), PRIVATE_DIR);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_all_land_and_survive_a_reopen() {

@@ -37,6 +37,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -320,6 +321,7 @@ fn preallocate(path: &Path, size: u64) -> Result<File, WalError> {
         .truncate(true)
         .read(true)
         .write(true)
+        .mode(crate::PRIVATE_FILE)
         .open(path)
         .map_err(io("creating the log segment", path))?;
     let chunk = vec![0u8; 1 << 20];
@@ -369,7 +371,7 @@ impl Wal {
             options.segment_size > SEGMENT_HEADER + FRAME_HEADER,
             "a log segment must hold a record"
         );
-        std::fs::create_dir_all(dir).map_err(io("creating the log directory", dir))?;
+        crate::private_dir(dir).map_err(io("creating the log directory", dir))?;
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io("listing the log directory", dir))? {
             let path = entry.map_err(io("listing the log directory", dir))?.path();

@@ -5,6 +5,7 @@ mod commands;
 mod data;
 mod enroll;
 mod faults;
+mod files;
 mod fleet;
 mod fuzz;
 mod handshake;

@@ -52,7 +52,7 @@ impl RedbKvStore {
             )
         })?;
         let path = self.dir.join(FILE);
-        let opened = Arc::new(Database::create(&path).map_err(|e| {
+        let opened = Arc::new(ferry_store::open_database(&path).map_err(|e| {
             format!(
                 "the agent's key-value store is unavailable: cannot open {}: {e}",
                 path.display()

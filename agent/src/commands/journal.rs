@@ -237,7 +237,7 @@ impl Journal {
     /// [`Recovery`].
     pub(crate) fn open(data_dir: &Path) -> Result<(Arc<Journal>, Recovery), JournalError> {
         let path = data_dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| JournalError::Open {
+        let db = ferry_store::open_database(&path).map_err(|e| JournalError::Open {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;

@@ -1,6 +1,7 @@
 //! What the domain needs from the layers around it, as traits the composition root
-//! (`server.rs`) fills in: storage (`storage/`, redb today; a PostgreSQL backend implements
-//! the same traits), the agents' connections (`transport/`) and the operators' overrides.
+//! (`server.rs`) fills in: storage (`storage/`, redb today; the cluster's PostgreSQL backend
+//! is to implement the same traits), the agents' connections (`transport/`) and the
+//! operators' overrides.
 //!
 //! The domain names only these traits, so it compiles without quinn, axum or redb, and a
 //! test can drive it with in-memory parts.

@@ -17,10 +17,12 @@ pub const STATE_DB: &str = "state.redb";
 /// Opens (or creates) `<data_dir>/state.redb`.
 pub(crate) fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
     let path = data_dir.join(STATE_DB);
-    Database::create(&path).map(Arc::new).map_err(|e| {
-        format!(
-            "cannot open {}: {e}; is another ferry server using this data directory?",
-            path.display()
-        )
-    })
+    ferry_store::open_database(&path)
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "cannot open {}: {e}; is another ferry server using this data directory?",
+                path.display()
+            )
+        })
 }
