@@ -1,6 +1,7 @@
 //! End-to-end tests: a real server and real agents over QUIC on loopback, one module per concern.
 
 mod api;
+mod bounds;
 mod commands;
 mod data;
 mod enroll;

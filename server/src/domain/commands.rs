@@ -67,6 +67,7 @@ use ferry_protocol::ResultStats;
 use tokio_util::task::TaskTracker;
 
 use super::agents::NotConnected;
+use super::names;
 use super::plugins::Selector;
 use super::ports::{AgentOverrides, CommandLog, Deliver, Delivery, Directory};
 use super::records::{Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord};
@@ -119,13 +120,58 @@ pub enum SubmitError {
     Storage(String),
 }
 
-/// Checks what every agent's copy of a command would need.
-fn check_request(max_frame_bytes: u32, topic: &str, payload_len: usize) -> Result<(), SubmitError> {
-    if topic.trim().is_empty() {
-        return Err(SubmitError::Invalid(
-            "the topic is empty: name the topic to run".into(),
-        ));
+/// The longest topic, and the longest content type, a command may name.
+pub const MAX_TOPIC_BYTES: usize = 128;
+/// The longest data key a command may carry.
+pub const MAX_DATA_KEY_BYTES: usize = 256;
+/// The most agents one command may name (a selector reaches any number).
+pub const MAX_TARGETS: usize = 10_000;
+/// The longest timeout, and the longest delivery window, a command may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Checks what every agent's copy of a command would need, and that every input is within
+/// its bound: a request past one is refused whole, before anything is held for it.
+fn check_request(max_frame_bytes: u32, request: &FleetRequest) -> Result<(), SubmitError> {
+    let invalid = |what: &str, why: String| Err(SubmitError::Invalid(format!("{what}: {why}")));
+    if let Err(why) = names::check(&request.topic, MAX_TOPIC_BYTES, false) {
+        return invalid("the topic cannot be used", why);
     }
+    if let Err(why) = names::check(&request.content_type, MAX_TOPIC_BYTES, true) {
+        return invalid("the content type cannot be used", why);
+    }
+    for key in request.data.keys() {
+        if let Err(why) = names::check(key, MAX_DATA_KEY_BYTES, false) {
+            return invalid("a data key cannot be used", why);
+        }
+    }
+    if let Some(key) = &request.idempotency_key
+        && let Err(why) = names::check(key, 256, true)
+    {
+        return invalid("the idempotency key cannot be used", why);
+    }
+    if let Target::Agents(ids) = &request.target
+        && ids.len() > MAX_TARGETS
+    {
+        return invalid(
+            "too many agents",
+            format!(
+                "the command names {}; at most {MAX_TARGETS} may be named, or target them by label with a selector",
+                ids.len()
+            ),
+        );
+    }
+    for (what, wait) in [
+        ("timeout", request.timeout),
+        ("deliver_within", request.deliver_within),
+    ] {
+        if wait.is_some_and(|w| w > MAX_WAIT) {
+            return invalid(
+                &format!("the {what} is too long"),
+                format!("at most {} days", MAX_WAIT.as_secs() / 86_400),
+            );
+        }
+    }
+    let payload_len = request.payload.len();
     if payload_len as u64 + 1024 > u64::from(max_frame_bytes) {
         return Err(SubmitError::Invalid(format!(
             "the payload has {payload_len} bytes; the limit is {max_frame_bytes} bytes (max_frame_bytes) minus 1 KiB for the envelope"
@@ -781,11 +827,7 @@ pub(crate) async fn start(
         }
         None => None,
     };
-    check_request(
-        cx.settings.max_frame_bytes,
-        &request.topic,
-        request.payload.len(),
-    )?;
+    check_request(cx.settings.max_frame_bytes, &request)?;
     let agents = resolve(cx, &request.target)?;
     let single = match (&request.target, agents.as_slice()) {
         (Target::Agents(_), [one]) => {

@@ -38,7 +38,7 @@ use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
 use crate::domain::agents::AgentInfo;
-use crate::storage::overrides::Overrides;
+use crate::storage::overrides::{MAX_LABELS, Overrides, check_label};
 
 /// token id → [`StoredToken`], as JSON.
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
@@ -270,15 +270,20 @@ impl Enrollment {
                 "a join token has 1 to {MAX_USES} uses, not {uses}"
             )));
         }
-        if ttl.is_zero() || ttl > Duration::from_secs(365 * 24 * 3600) {
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(365 * 24 * 3600) {
             return Err(JoinTokenError::Invalid(
                 "a join token lives between a second and a year; give a ttl such as 1h or 7d"
                     .into(),
             ));
         }
+        if labels.len() > MAX_LABELS {
+            return Err(JoinTokenError::Invalid(format!(
+                "a join token carries at most {MAX_LABELS} labels, not {}",
+                labels.len()
+            )));
+        }
         for (key, value) in &labels {
-            crate::storage::overrides::check_label(key, Some(value))
-                .map_err(JoinTokenError::Invalid)?;
+            check_label(key, Some(value)).map_err(JoinTokenError::Invalid)?;
         }
         if self.ca.is_none() {
             return Err(JoinTokenError::Invalid(UNAVAILABLE.into()));

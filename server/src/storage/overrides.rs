@@ -59,25 +59,27 @@ fn failed(e: impl std::fmt::Display) -> String {
 /// Checks a label key or value: what a selector (`key=value,…`) can express.
 pub(crate) fn check_label(key: &str, value: Option<&str>) -> Result<(), String> {
     let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 128
-            && !s.contains(['=', ','])
-            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        crate::domain::names::check(s, MAX_LABEL_BYTES, false).is_ok() && !s.contains(['=', ','])
     };
     if !ok(key) {
         return Err(format!(
-            "'{key}' cannot be a label key: use 1 to 128 characters without '=', ',' or spaces"
+            "{key:?} cannot be a label key: use 1 to {MAX_LABEL_BYTES} bytes without '=', ',', spaces or control characters"
         ));
     }
     if let Some(value) = value
         && !ok(value)
     {
         return Err(format!(
-            "'{value}' cannot be the value of label '{key}': use 1 to 128 characters without '=', ',' or spaces"
+            "{value:?} cannot be the value of label '{key}': use 1 to {MAX_LABEL_BYTES} bytes without '=', ',', spaces or control characters"
         ));
     }
     Ok(())
 }
+
+/// The longest label key or value.
+pub(crate) const MAX_LABEL_BYTES: usize = 128;
+/// The most labels an operator may set on one agent, or a join token may carry.
+pub(crate) const MAX_LABELS: usize = 64;
 
 impl Overrides {
     pub(crate) fn open(db: Arc<Database>) -> Result<Overrides, String> {

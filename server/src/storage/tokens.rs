@@ -217,9 +217,14 @@ impl TokenStore {
         created_by: &str,
     ) -> Result<(ApiToken, String), TokenError> {
         let name = name.trim();
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        if crate::domain::names::check(name, 64, true).is_err() {
             return Err(TokenError::Invalid(
                 "a token's name has 1 to 64 printable characters, e.g. `ci` or `dashboard`".into(),
+            ));
+        }
+        if name == "server" {
+            return Err(TokenError::Invalid(
+                "'server' names the server's own commands in listings and the audit log; choose another name".into(),
             ));
         }
         if self.by_hash.read().values().any(|t| t.name == name) {
