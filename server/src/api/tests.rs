@@ -80,28 +80,40 @@ fn example(method: &str, path: &str) -> Value {
     doc["paths"][path][method]["requestBody"]["content"]["application/json"]["example"].clone()
 }
 
+/// `T` reads `example` and writes it back unchanged: the type and the document agree on every
+/// field, and a client sending a `T` sends what the document shows.
+fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(what: &str, example: Value) -> T {
+    let typed: T = serde_json::from_value(example.clone())
+        .unwrap_or_else(|e| panic!("{what}: the example does not read as its type: {e}"));
+    let again = serde_json::to_value(&typed).expect("a request serializes");
+    assert_eq!(
+        again, example,
+        "{what}: the type writes the example differently"
+    );
+    typed
+}
+
 #[test]
-fn example_requests_are_accepted() {
-    let create: super::commands::CreateCommand =
-        serde_json::from_value(example("post", "/v1/commands")).expect("create command");
-    let request = create
-        .into_request("ci".into())
+fn example_requests_are_accepted_and_read_back_unchanged() {
+    let create: ferry_api::CreateCommand =
+        round_trip("create command", example("post", "/v1/commands"));
+    let request = super::commands::fleet_request(create, "ci".into())
         .ok()
         .expect("a valid request");
     assert_eq!(request.max_concurrency, Some(10));
-    let _: super::agents::LabelsBody =
-        serde_json::from_value(example("post", "/v1/agents/{id}/labels")).unwrap();
-    let _: super::agents::RevokeBody =
-        serde_json::from_value(example("post", "/v1/agents/{id}/revoke")).unwrap();
-    let _: super::admin::CreateToken =
-        serde_json::from_value(example("post", "/v1/api-tokens")).unwrap();
-    let join: super::join_tokens::CreateJoinToken =
-        serde_json::from_value(example("post", "/v1/join-tokens")).unwrap();
+    let _: ferry_api::LabelsRequest =
+        round_trip("labels", example("post", "/v1/agents/{id}/labels"));
+    let _: ferry_api::RevokeRequest =
+        round_trip("revoke", example("post", "/v1/agents/{id}/revoke"));
+    let _: ferry_api::CreateApiToken =
+        round_trip("create API token", example("post", "/v1/api-tokens"));
+    let join: ferry_api::CreateJoinToken =
+        round_trip("create join token", example("post", "/v1/join-tokens"));
     assert_eq!(join.ttl, Some(std::time::Duration::from_secs(3600)));
-    let _: super::plugins::AssignBody =
-        serde_json::from_value(example("post", "/v1/plugins/{name}/assign")).unwrap();
-    let _: super::plugins::RollbackBody =
-        serde_json::from_value(example("post", "/v1/plugins/{name}/rollback")).unwrap();
+    let _: ferry_api::AssignRequest =
+        round_trip("assign", example("post", "/v1/plugins/{name}/assign"));
+    let _: ferry_api::RollbackRequest =
+        round_trip("rollback", example("post", "/v1/plugins/{name}/rollback"));
     // Every documented JSON request body has an example, so none escapes this test.
     let doc = document();
     let mut with_json_bodies = 0;
