@@ -4,13 +4,18 @@
 //! Listings share `ListArgs` and `output::print_listing`. API tokens are `ferry api-token`, apart
 //! from the join tokens of `ferry token`.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
-use serde_json::{Value, json};
+use ferry_api::{
+    Agent, AgentDetails, ApiToken, AuditEntry, CreateApiToken, LabelsRequest, NewApiToken, NoBody,
+    RevokeRequest, RevokedAgent, Scope,
+};
 use time::OffsetDateTime;
 
-use crate::client::{Client, query_string, segment};
-use crate::commands::{ago, labels_text, metrics_cells, strings};
-use crate::output::{print_listing, print_table, print_value};
+use crate::client::{Client, query_string, read, segment};
+use crate::commands::{ago, labels_text, metrics_cells, when};
+use crate::output::{print_answer, print_listing, print_table};
 use crate::{ApiArgs, ListArgs};
 
 /// `ferry agent <subcommand>`; `ferry agent` without one runs the agent daemon.
@@ -75,12 +80,12 @@ pub async fn agent(command: AgentCommand) -> Result<()> {
         AgentCommand::Unrevoke(args) => {
             let client = Client::from_args(&args.api)?;
             let out = client
-                .post(
+                .post_value(
                     &format!("/v1/agents/{}/unrevoke", segment(&args.id)),
-                    &json!({}),
+                    &NoBody {},
                 )
                 .await?;
-            print_value(&out, args.json, || {
+            print_answer(out, args.json, |_: RevokedAgent| {
                 format!("agent {} may connect again", args.id)
             })
         }
@@ -91,12 +96,14 @@ pub async fn agent(command: AgentCommand) -> Result<()> {
 pub async fn revoke(args: RevokeArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let out = client
-        .post(
+        .post_value(
             &format!("/v1/agents/{}/revoke", segment(&args.id)),
-            &json!({"reason": args.reason}),
+            &RevokeRequest {
+                reason: args.reason.clone(),
+            },
         )
         .await?;
-    print_value(&out, args.json, || {
+    print_answer(out, args.json, |_: RevokedAgent| {
         format!(
             "agent {} revoked; it is refused until `ferry agent unrevoke {}`",
             args.id, args.id
@@ -105,11 +112,11 @@ pub async fn revoke(args: RevokeArgs) -> Result<()> {
 }
 
 async fn label(args: LabelArgs) -> Result<()> {
-    let mut set = serde_json::Map::new();
+    let mut set = BTreeMap::new();
     let mut remove = Vec::new();
     for change in &args.changes {
         if let Some((key, value)) = change.split_once('=') {
-            set.insert(key.to_string(), Value::String(value.to_string()));
+            set.insert(key.to_string(), value.to_string());
         } else if let Some(key) = change.strip_suffix('-') {
             remove.push(key.to_string());
         } else {
@@ -118,115 +125,94 @@ async fn label(args: LabelArgs) -> Result<()> {
     }
     let client = Client::from_args(&args.api)?;
     let out = client
-        .post(
+        .post_value(
             &format!("/v1/agents/{}/labels", segment(&args.id)),
-            &json!({"set": set, "remove": remove}),
+            &LabelsRequest { set, remove },
         )
         .await?;
-    print_value(&out, args.json, || {
-        format!("agent {}: {}", args.id, labels_text(&out["labels"]))
+    print_answer(out, args.json, |agent: Agent| {
+        format!("agent {}: {}", args.id, labels_text(&agent.labels))
     })
 }
 
 async fn show(args: AgentIdArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let a = client
-        .get(&format!("/v1/agents/{}", segment(&args.id)))
+    let answer = client
+        .get_value(&format!("/v1/agents/{}", segment(&args.id)))
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&a)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
+    let AgentDetails { agent: a, plugins } = read(answer)?;
     let now = OffsetDateTime::now_utc();
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    println!("agent       {}", text(&a["id"]));
-    println!("status      {}", text(&a["status"]));
-    if let Some(duplicate) = a["duplicate"].as_object() {
+    let or_dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+    println!("agent       {}", a.id);
+    println!("status      {}", a.status);
+    if let Some(duplicate) = &a.duplicate {
         println!(
             "duplicate   another installation of this identity (instance {}) from {} was refused {} time(s), last at {}: one identity on two hosts; give each host its own",
-            text(&duplicate["instance"]),
-            text(&duplicate["remote_address"]),
-            text(&duplicate["refused"]),
-            text(&duplicate["at"]),
+            duplicate.instance,
+            duplicate.remote_address,
+            duplicate.refused,
+            when(Some(duplicate.at)),
         );
     }
-    if let Some(revoked) = a["revoked"].as_object() {
+    if let Some(revoked) = &a.revoked {
         println!(
             "revoked     by {} at {}{}",
-            text(&revoked["by"]),
-            text(&revoked["at"]),
-            revoked["reason"]
-                .as_str()
+            revoked.by,
+            when(Some(revoked.at)),
+            revoked
+                .reason
+                .as_ref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         );
     }
-    println!("version     {}", text(&a["agent_version"]));
-    println!("address     {}", text(&a["remote_address"]));
-    println!("connected   {}", text(&a["connected_since"]));
-    println!("heartbeat   {}", ago(&a["last_heartbeat"], now));
-    println!("labels      {}", labels_text(&a["labels"]));
-    println!("  own       {}", labels_text(&a["agent_labels"]));
-    println!("  server    {}", labels_text(&a["server_labels"]));
-    println!("topics      {}", strings(&a["topics"]).join(", "));
-    let read_only = strings(&a["read_only_topics"]);
-    if !read_only.is_empty() {
-        println!("read-only   {}", read_only.join(", "));
+    println!("version     {}", a.agent_version);
+    println!("address     {}", or_dash(a.remote_address.as_deref()));
+    println!("connected   {}", when(a.connected_since));
+    println!("heartbeat   {}", ago(a.last_heartbeat, now));
+    println!("labels      {}", labels_text(&a.labels));
+    println!("  own       {}", labels_text(&a.agent_labels));
+    println!("  server    {}", labels_text(&a.server_labels));
+    println!("topics      {}", a.topics.join(", "));
+    if !a.read_only_topics.is_empty() {
+        println!("read-only   {}", a.read_only_topics.join(", "));
     }
-    println!("wit         {}", strings(&a["wit_versions"]).join(", "));
-    println!("running     {} commands", text(&a["running_commands"]));
-    let m = &a["metrics"];
-    if m.is_object() {
-        let (cpu, mem) = metrics_cells(m);
+    println!("wit         {}", a.wit_versions.join(", "));
+    println!("running     {} commands", a.running_commands);
+    if let Some(m) = &a.metrics {
+        let (cpu, mem) = metrics_cells(Some(m));
         println!("cpu         {cpu}");
         println!("memory      {mem}");
         println!(
             "disk        {} / {}",
-            crate::output::bytes(m["disk_used_bytes"].as_u64().unwrap_or(0)),
-            crate::output::bytes(m["disk_total_bytes"].as_u64().unwrap_or(0))
+            crate::output::bytes(m.disk_used_bytes),
+            crate::output::bytes(m.disk_total_bytes)
         );
-        println!("uptime      {}s", text(&m["uptime_secs"]));
+        println!("uptime      {}s", m.uptime_secs);
     }
-    if let Some(health) = a["heartbeat"]["status"].as_str() {
-        println!("health      {health}");
-    }
-    // Runtimes are supervised workloads the agent reports in its heartbeats.
-    if let Some(runtimes) = a["heartbeat"]
-        .get("runtimes")
-        .or_else(|| a.get("runtimes"))
-        .and_then(Value::as_array)
-    {
+    if let Some(heartbeat) = &a.heartbeat {
+        println!("health      {}", heartbeat.status.name());
+        // Runtimes are supervised workloads the agent reports in its heartbeats.
         println!();
-        if runtimes.is_empty() {
+        if heartbeat.runtimes.is_empty() {
             println!("no runtimes");
         } else {
-            let rows: Vec<Vec<String>> = runtimes
+            let rows: Vec<Vec<String>> = heartbeat
+                .runtimes
                 .iter()
                 .map(|r| {
                     vec![
-                        text(
-                            r.get("name")
-                                .or_else(|| r.get("id"))
-                                .unwrap_or(&Value::Null),
+                        r.name.clone(),
+                        r.status.clone(),
+                        format!(
+                            "pid={} restarts={}",
+                            r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                            r.restarts
                         ),
-                        text(
-                            r.get("state")
-                                .or_else(|| r.get("status"))
-                                .unwrap_or(&Value::Null),
-                        ),
-                        r.as_object()
-                            .into_iter()
-                            .flatten()
-                            .filter(|(k, _)| {
-                                !["name", "id", "state", "status"].contains(&k.as_str())
-                            })
-                            .map(|(k, v)| format!("{k}={}", text(v)))
-                            .collect::<Vec<_>>()
-                            .join(" "),
                     ]
                 })
                 .collect();
@@ -234,7 +220,6 @@ async fn show(args: AgentIdArgs) -> Result<()> {
         }
     }
     println!();
-    let plugins = a["plugins"].as_array().cloned().unwrap_or_default();
     if plugins.is_empty() {
         println!("no pushed plugins");
     } else {
@@ -242,10 +227,10 @@ async fn show(args: AgentIdArgs) -> Result<()> {
             .iter()
             .map(|p| {
                 vec![
-                    text(&p["name"]),
-                    text(&p["version"]),
-                    text(&p["state"]),
-                    text(&p["detail"]),
+                    p.name.clone(),
+                    or_dash(p.version.as_deref()),
+                    p.state.name().to_string(),
+                    or_dash(p.detail.as_deref()),
                 ]
             })
             .collect();
@@ -280,7 +265,7 @@ struct CreateTokenArgs {
     name: String,
     /// read, run or admin.
     #[arg(long, default_value = "read")]
-    scope: String,
+    scope: Scope,
     /// Print the record and token as JSON.
     #[arg(long)]
     json: bool,
@@ -304,38 +289,40 @@ pub async fn api_token(args: ApiTokenArgs) -> Result<()> {
         ApiTokenCommand::Create(args) => {
             let client = Client::from_args(&args.api)?;
             let out = client
-                .post(
+                .post_value(
                     "/v1/api-tokens",
-                    &json!({"name": args.name, "scope": args.scope}),
+                    &CreateApiToken {
+                        name: args.name.clone(),
+                        scope: args.scope,
+                    },
                 )
                 .await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
+                let NewApiToken { record, token } = read(out)?;
                 eprintln!(
                     "token '{}' (id {}, scope {}); it is not shown again:",
-                    out["name"].as_str().unwrap_or("?"),
-                    out["id"].as_str().unwrap_or("?"),
-                    out["scope"].as_str().unwrap_or("?")
+                    record.name, record.id, record.scope
                 );
-                println!("{}", out["token"].as_str().unwrap_or("?"));
+                println!("{token}");
             }
             Ok(())
         }
         ApiTokenCommand::List(args) => {
             let client = Client::from_args(&args.api)?;
-            let list = client.get("/v1/api-tokens").await?;
+            let list = client.get_value("/v1/api-tokens").await?;
             print_listing(
-                &list,
+                list,
                 args.json,
                 &["ID", "NAME", "SCOPE", "CREATED", "BY"],
-                |t| {
+                |t: &ApiToken| {
                     vec![
-                        t["id"].as_str().unwrap_or("?").to_string(),
-                        t["name"].as_str().unwrap_or("?").to_string(),
-                        t["scope"].as_str().unwrap_or("?").to_string(),
-                        t["created_at"].as_str().unwrap_or("?").to_string(),
-                        t["created_by"].as_str().unwrap_or("-").to_string(),
+                        t.id.clone(),
+                        t.name.clone(),
+                        t.scope.to_string(),
+                        when(Some(t.created_at)),
+                        t.created_by.clone().unwrap_or_else(|| "-".into()),
                     ]
                 },
             )
@@ -343,14 +330,10 @@ pub async fn api_token(args: ApiTokenArgs) -> Result<()> {
         ApiTokenCommand::Revoke(args) => {
             let client = Client::from_args(&args.api)?;
             let out = client
-                .delete(&format!("/v1/api-tokens/{}", segment(&args.id)))
+                .delete_value(&format!("/v1/api-tokens/{}", segment(&args.id)))
                 .await?;
-            print_value(&out, args.json, || {
-                format!(
-                    "token '{}' ({}) revoked",
-                    out["name"].as_str().unwrap_or("?"),
-                    args.id
-                )
+            print_answer(out, args.json, |token: ApiToken| {
+                format!("token '{}' ({}) revoked", token.name, args.id)
             })
         }
     }
@@ -374,7 +357,7 @@ pub struct AuditArgs {
 pub async fn audit(args: AuditArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let list = client
-        .get(&format!(
+        .get_value(&format!(
             "/v1/audit{}",
             query_string(&[
                 ("limit", Some(args.limit.to_string())),
@@ -383,20 +366,17 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
         ))
         .await?;
     print_listing(
-        &list,
+        list,
         args.json,
         &["SEQ", "AT", "WHO", "ACTION", "RESULT", "WHAT"],
-        |e| {
+        |e: &AuditEntry| {
             vec![
-                e["seq"].to_string(),
-                e["at"].as_str().unwrap_or("?").to_string(),
-                e["token_name"].as_str().unwrap_or("?").to_string(),
-                e["action"].as_str().unwrap_or("?").to_string(),
-                e["result"].as_str().unwrap_or("?").to_string(),
-                e["detail"]
-                    .as_str()
-                    .unwrap_or_else(|| e["request"].as_str().unwrap_or(""))
-                    .to_string(),
+                e.seq.to_string(),
+                when(Some(e.at)),
+                e.token_name.clone(),
+                e.action.clone(),
+                e.result.clone(),
+                e.detail.clone().unwrap_or_else(|| e.request.clone()),
             ]
         },
     )

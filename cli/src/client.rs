@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use ferry_api::{ErrorBody, FleetEvent};
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -96,33 +98,23 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let message = body["error"]["message"].as_str().unwrap_or("no details");
-        match body["error"]["code"].as_str() {
-            Some(code) => Err(anyhow!("the server answered {status} ({code}): {message}")),
-            None => Err(anyhow!("the server answered {status}: {message}")),
+        match response.json::<ErrorBody>().await {
+            Ok(ErrorBody { error }) => Err(anyhow!(
+                "the server answered {status} ({}): {}",
+                error.code,
+                error.message
+            )),
+            Err(_) => Err(anyhow!("the server answered {status}: no details")),
         }
     }
 
-    /// `DELETE path`, as JSON (null when the answer has no body).
-    pub async fn delete(&self, path: &str) -> Result<Value> {
-        let response = self
-            .send(self.http.delete(format!("{}{path}", self.base)))
-            .await?;
-        let bytes = response.bytes().await?;
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-
-    /// `GET path`, as JSON.
     /// The API's base URL.
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value> {
+    /// `GET path`, as the server sent it: for `--json`, which prints exactly that.
+    pub async fn get_value(&self, path: &str) -> Result<Value> {
         Ok(self
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?
@@ -130,8 +122,13 @@ impl Client {
             .await?)
     }
 
-    /// `POST path` with a JSON body, as JSON.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+    /// `GET path`, as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        read(self.get_value(path).await?)
+    }
+
+    /// `POST path` with `body` as JSON, the answer as the server sent it.
+    pub async fn post_value<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Value> {
         Ok(self
             .send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await?
@@ -139,7 +136,16 @@ impl Client {
             .await?)
     }
 
-    /// `POST path` with a binary body, answered with JSON.
+    /// `POST path` with `body` as JSON, the answer as `T`.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        read(self.post_value(path, body).await?)
+    }
+
+    /// `POST path` with a binary body, the answer as the server sent it.
     pub async fn post_bytes(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<Value> {
         Ok(self
             .send(
@@ -153,9 +159,42 @@ impl Client {
             .await?)
     }
 
-    /// Follows a server-sent-event stream, calling `on_event(kind, data)` for each event until the
-    /// stream ends.
-    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(&str, Value)) -> Result<()> {
+    /// `DELETE path`, the answer as the server sent it (null when it has no body).
+    pub async fn delete_value(&self, path: &str) -> Result<Value> {
+        let response = self
+            .send(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        let bytes = response.bytes().await?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Follows a command's event stream (`/v1/commands/{id}/events`), calling `on_event` for
+    /// each event until the stream ends.
+    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(FleetEvent)) -> Result<()> {
+        let mut unreadable = None;
+        self.follow_raw(path, |kind, data| match read::<FleetEvent>(data) {
+            Ok(event) => on_event(event),
+            Err(e) => {
+                unreadable.get_or_insert_with(|| format!("a `{kind}` event: {e:#}"));
+            }
+        })
+        .await?;
+        match unreadable {
+            Some(what) => bail!("the event stream of {path} carried {what}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Follows a server-sent-event stream, calling `on_event(kind, data)` with each event as the
+    /// server sent it until the stream ends.
+    pub async fn follow_raw(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, Value),
+    ) -> Result<()> {
         let response = self
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?;
@@ -184,6 +223,16 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// An answer of the server as `T`; an error says which shape it lacks.
+pub fn read<T: DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| {
+        anyhow!(
+            "the server's answer is not the {} this ferry expects: {e}; is the server another version of ferry?",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("answer")
+        )
+    })
 }
 
 /// `?k=v&…` from the pairs that have a value, percent-encoded; empty when none has.

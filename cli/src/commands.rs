@@ -7,13 +7,18 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use ferry_api::{
+    Agent, AgentResult, CreateCommand, FleetEvent, FleetStatus, FleetView, HostMetrics, NoBody,
+};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::ApiArgs;
-use crate::client::{Client, query_string, segment};
+use crate::client::{Client, query_string, read, segment};
 use crate::follow::Follow;
 use crate::output::{bytes, micros, print_table};
 
@@ -165,64 +170,52 @@ fn parse_data(text: &str) -> Result<(String, String), String> {
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let mut body = json!({"topic": args.topic});
+    let mut body = CreateCommand {
+        topic: args.topic.clone(),
+        max_concurrency: args.max_concurrency,
+        max_errors: args.max_errors,
+        content_type: args.content_type.clone(),
+        timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+        deliver_within_ms: args.deliver_within.map(|d| d.as_millis() as u64),
+        idempotency_key: args.idempotency_key.clone(),
+        ..CreateCommand::default()
+    };
     if args.all {
-        body["selector"] = json!("all");
+        body.selector = Some("all".into());
     } else if let Some(to) = &args.to {
-        body["selector"] = json!(to);
+        body.selector = Some(to.clone());
     } else {
         match args.agent.as_slice() {
-            [] => body["agent"] = json!(only_online_agent(&client).await?),
-            [one] => body["agent"] = json!(one),
-            many => body["agents"] = json!(many),
+            [] => body.agent = Some(only_online_agent(&client).await?),
+            [one] => body.agent = Some(one.clone()),
+            many => body.agents = Some(many.to_vec()),
         }
-    }
-    if let Some(n) = args.max_concurrency {
-        body["max_concurrency"] = json!(n);
-    }
-    if let Some(n) = args.max_errors {
-        body["max_errors"] = json!(n);
     }
     if let Some(payload) = &args.payload {
         let value: Value = serde_json::from_str(payload)
             .with_context(|| format!("--payload is not valid JSON: {payload}; quote it for your shell, e.g. --payload '{{\"name\":\"ferry\"}}'"))?;
-        body["payload"] = value;
+        body.payload = Some(value);
     }
     if let Some(path) = &args.payload_file {
         use base64::Engine as _;
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        body["payload_base64"] =
-            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    if let Some(content_type) = &args.content_type {
-        body["content_type"] = Value::String(content_type.clone());
-    }
-    if let Some(timeout) = args.timeout {
-        body["timeout_ms"] = json!(timeout.as_millis() as u64);
-    }
-    if let Some(within) = args.deliver_within {
-        body["deliver_within_ms"] = json!(within.as_millis() as u64);
-    }
-    if let Some(key) = &args.idempotency_key {
-        body["idempotency_key"] = json!(key);
+        body.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     if !args.data.is_empty() {
-        let data: serde_json::Map<String, Value> = args
+        let data: BTreeMap<String, Value> = args
             .data
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        body["data"] = Value::Object(data);
+        body.data = Some(data);
     }
-    let created = client.post("/v1/commands", &body).await?;
-    let id = created["id"]
-        .as_str()
-        .context("the server's answer has no command id")?
-        .to_string();
+    let answer = client.post_value("/v1/commands", &body).await?;
+    let created: FleetView = read(answer.clone())?;
+    let id = created.id.clone();
     if args.no_wait {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&created)?);
+            println!("{}", serde_json::to_string_pretty(&answer)?);
         } else {
             println!("{id}");
         }
@@ -232,13 +225,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let agents = agents_of(&created);
     let human = !args.json;
     if human {
-        let target = created["target"].as_str().unwrap_or("?");
         match agents.as_slice() {
             [one] => eprintln!("command {id}: {} on {one}", args.topic),
             many => eprintln!(
-                "command {id}: {} on {} agents ({target})",
+                "command {id}: {} on {} agents ({})",
                 args.topic,
-                many.len()
+                many.len(),
+                created.target
             ),
         }
     }
@@ -246,12 +239,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// The agents a command was sent to, in its results' order.
-fn agents_of(command: &Value) -> Vec<String> {
-    command["results"]
-        .as_array()
-        .into_iter()
+fn agents_of(command: &FleetView) -> Vec<String> {
+    command
+        .results
+        .iter()
         .flatten()
-        .filter_map(|r| r["agent"].as_str().map(str::to_string))
+        .map(|r| r.agent.clone())
         .collect()
 }
 
@@ -260,71 +253,78 @@ fn agents_of(command: &Value) -> Vec<String> {
 async fn watch(client: &Client, id: &str, agents: &[String], json: bool) -> Result<()> {
     let mut display = Follow::new(!json, agents);
     client
-        .follow(&format!("/v1/commands/{id}/events"), |kind, event| {
-            display.event(kind, &event)
+        .follow(&format!("/v1/commands/{id}/events"), |event| {
+            display.event(&event)
         })
         .await?;
     display.finish();
-    let done = client.get(&format!("/v1/commands/{id}")).await?;
+    let answer = client.get_value(&format!("/v1/commands/{id}")).await?;
+    let done: FleetView = read(answer.clone())?;
+    let first = done.results.iter().flatten().next();
     if json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else if agents.len() == 1 {
-        print_single(&done["results"][0])?;
+        match first {
+            Some(result) => print_single(result)?,
+            None => eprintln!("  unknown"),
+        }
     } else {
         print_results(&done);
         eprintln!("{}", summary_line(&done));
     }
-    let status = done["status"].as_str().unwrap_or("unknown");
-    if status != "succeeded" {
+    if done.status != FleetStatus::Succeeded {
         if agents.len() == 1 {
-            let one = done["results"][0]["status"].as_str().unwrap_or(status);
+            let one = first.map_or(done.status.name(), |r| r.status.name());
             bail!("command {id} ended {one}");
         }
-        bail!("command {id} ended {status}: {}", summary_line(&done));
+        bail!(
+            "command {id} ended {}: {}",
+            done.status,
+            summary_line(&done)
+        );
     }
     Ok(())
 }
 
 /// One agent's result as `ferry run` showed it before there were fleets: outcome and cost on
 /// stderr, output on stdout.
-fn print_single(result: &Value) -> Result<()> {
-    let status = result["status"].as_str().unwrap_or("unknown");
-    eprintln!("  {status}{}", cost(result));
-    if let Some(detail) = result["detail"].as_str() {
+fn print_single(result: &AgentResult) -> Result<()> {
+    eprintln!("  {}{}", result.status.name(), cost(result));
+    if let Some(detail) = &result.detail {
         eprintln!("  {detail}");
     }
-    if let Some(payload) = result.get("payload") {
+    let output = &result.output;
+    if let Some(payload) = &output.payload {
         println!("{}", serde_json::to_string_pretty(payload)?);
-    } else if let Some(text) = result["payload_text"].as_str() {
+    } else if let Some(text) = &output.payload_text {
         println!("{text}");
-    } else if let Some(b64) = result["payload_base64"].as_str() {
+    } else if let Some(b64) = &output.payload_base64 {
         println!("{b64}");
     }
     Ok(())
 }
 
-fn cost(result: &Value) -> String {
-    let stats = &result["stats"];
-    if stats.is_object() {
-        format!(
+fn cost(result: &AgentResult) -> String {
+    match &result.stats {
+        Some(stats) => format!(
             " in {} (peak memory {})",
-            micros(stats["duration_us"].as_u64().unwrap_or(0)),
-            bytes(stats["peak_memory_bytes"].as_u64().unwrap_or(0))
-        )
-    } else {
-        String::new()
+            micros(stats.duration_us),
+            bytes(stats.peak_memory_bytes)
+        ),
+        None => String::new(),
     }
 }
 
 /// A one-line output of a result, for tables.
-fn output_cell(result: &Value) -> String {
-    let text = if let Some(detail) = result["detail"].as_str() {
-        detail.to_string()
-    } else if let Some(payload) = result.get("payload") {
+fn output_cell(result: &AgentResult) -> String {
+    let output = &result.output;
+    let text = if let Some(detail) = &result.detail {
+        detail.clone()
+    } else if let Some(payload) = &output.payload {
         payload.to_string()
-    } else if let Some(text) = result["payload_text"].as_str() {
-        text.to_string()
-    } else if let Some(b64) = result["payload_base64"].as_str() {
+    } else if let Some(text) = &output.payload_text {
+        text.clone()
+    } else if let Some(b64) = &output.payload_base64 {
         format!("base64:{b64}")
     } else {
         String::new()
@@ -337,19 +337,20 @@ fn output_cell(result: &Value) -> String {
     }
 }
 
-fn print_results(command: &Value) {
-    let rows: Vec<Vec<String>> = command["results"]
-        .as_array()
-        .into_iter()
+fn print_results(command: &FleetView) {
+    let rows: Vec<Vec<String>> = command
+        .results
+        .iter()
         .flatten()
         .map(|r| {
-            let duration = r["stats"]["duration_us"]
-                .as_u64()
-                .map(micros)
+            let duration = r
+                .stats
+                .as_ref()
+                .map(|s| micros(s.duration_us))
                 .unwrap_or_else(|| "-".into());
             vec![
-                r["agent"].as_str().unwrap_or("?").to_string(),
-                r["status"].as_str().unwrap_or("?").to_string(),
+                r.agent.clone(),
+                r.status.name().to_string(),
                 duration,
                 output_cell(r),
             ]
@@ -359,63 +360,64 @@ fn print_results(command: &Value) {
 }
 
 /// `50 agents: 48 succeeded, 2 failed (at most 10 at once)`.
-fn summary_line(command: &Value) -> String {
-    let s = &command["summary"];
+fn summary_line(command: &FleetView) -> String {
+    let s = &command.summary;
     let mut parts = Vec::new();
-    for (key, name) in [
-        ("succeeded", "succeeded"),
-        ("failed", "failed"),
-        ("timed_out", "timed out"),
-        ("undelivered", "undelivered"),
-        ("cancelled", "cancelled"),
-        ("running", "running"),
-        ("pending", "pending"),
+    for (n, name) in [
+        (s.succeeded, "succeeded"),
+        (s.failed, "failed"),
+        (s.timed_out, "timed out"),
+        (s.undelivered, "undelivered"),
+        (s.cancelled, "cancelled"),
+        (s.running, "running"),
+        (s.pending, "pending"),
     ] {
-        let n = s[key].as_u64().unwrap_or(0);
         if n > 0 {
             parts.push(format!("{n} {name}"));
         }
     }
     format!(
         "{} agents: {} (at most {} at once)",
-        s["total"].as_u64().unwrap_or(0),
+        s.total,
         parts.join(", "),
-        command["peak_concurrency"].as_u64().unwrap_or(0)
+        command.peak_concurrency
     )
 }
 
 pub async fn cancel(args: CancelArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let id = &args.id;
-    client
-        .post(&format!("/v1/commands/{id}/cancel"), &json!({}))
+    let _: FleetView = client
+        .post(&format!("/v1/commands/{id}/cancel"), &NoBody {})
         .await?;
     if args.no_wait {
         eprintln!("cancel requested for command {id}");
         return Ok(());
     }
-    // The events stream ends with the command's `finished` event.
+    // The events stream ends with the command's `done` event.
     client
-        .follow(&format!("/v1/commands/{id}/events"), |_, _| {})
+        .follow_raw(&format!("/v1/commands/{id}/events"), |_, _| {})
         .await?;
-    let done = client.get(&format!("/v1/commands/{id}")).await?;
+    let answer = client.get_value(&format!("/v1/commands/{id}")).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        let status = done["status"].as_str().unwrap_or("unknown");
-        println!("command {id} ended {status}: {}", summary_line(&done));
+        let done: FleetView = read(answer)?;
+        println!(
+            "command {id} ended {}: {}",
+            done.status,
+            summary_line(&done)
+        );
     }
     Ok(())
 }
 
 async fn only_online_agent(client: &Client) -> Result<String> {
-    let agents = client.get("/v1/agents").await?;
+    let agents: Vec<Agent> = client.get("/v1/agents").await?;
     let online: Vec<&str> = agents
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["status"] == "online")
-        .filter_map(|a| a["id"].as_str())
+        .iter()
+        .filter(|a| a.status == ferry_api::AgentStatus::Online)
+        .map(|a| a.id.as_str())
         .collect();
     match online.as_slice() {
         [one] => Ok(one.to_string()),
@@ -439,17 +441,17 @@ pub async fn agents(args: AgentsArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     });
-    let agents = client
-        .get(&format!(
+    let answer = client
+        .get_value(&format!(
             "/v1/agents{}",
             query_string(&[("selector", selector), ("status", args.status.clone())])
         ))
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&agents)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let list = agents.as_array().cloned().unwrap_or_default();
+    let list: Vec<Agent> = read(answer)?;
     if list.is_empty() {
         eprintln!("no agents match (or none has connected to this server yet)");
         return Ok(());
@@ -458,24 +460,24 @@ pub async fn agents(args: AgentsArgs) -> Result<()> {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|a| {
-            let (cpu, mem) = metrics_cells(&a["metrics"]);
-            let mut status = if a["revoked"].is_object() {
+            let (cpu, mem) = metrics_cells(a.metrics.as_ref());
+            let mut status = if a.revoked.is_some() {
                 "revoked".to_string()
             } else {
-                a["status"].as_str().unwrap_or("?").to_string()
+                a.status.name().to_string()
             };
             // Another host presented this identity and was refused: say so where it is seen.
-            if a["duplicate"].is_object() {
+            if a.duplicate.is_some() {
                 status.push_str(" (duplicate refused)");
             }
             vec![
-                a["id"].as_str().unwrap_or("?").to_string(),
+                a.id.clone(),
                 status,
-                ago(&a["last_heartbeat"], now),
+                ago(a.last_heartbeat, now),
                 cpu,
                 mem,
-                strings(&a["topics"]).join(","),
-                labels_text(&a["labels"]),
+                a.topics.join(","),
+                labels_text(&a.labels),
             ]
         })
         .collect();
@@ -494,51 +496,43 @@ pub async fn agents(args: AgentsArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn strings(value: &Value) -> Vec<&str> {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect()
-}
-
-pub fn labels_text(labels: &Value) -> String {
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
     labels
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-pub fn ago(time: &Value, now: OffsetDateTime) -> String {
-    time.as_str()
-        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-        .map(|t| format!("{}s ago", (now - t).whole_seconds().max(0)))
+/// A time as the API writes it (RFC 3339), or `-` for none.
+pub fn when(time: Option<OffsetDateTime>) -> String {
+    time.and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn ago(time: Option<OffsetDateTime>, now: OffsetDateTime) -> String {
+    time.map(|t| format!("{}s ago", (now - t).whole_seconds().max(0)))
         .unwrap_or_else(|| "never".into())
 }
 
-pub fn metrics_cells(m: &Value) -> (String, String) {
-    if m.is_object() {
-        (
-            format!("{:.0}%", m["cpu_percent"].as_f64().unwrap_or(0.0)),
+pub fn metrics_cells(m: Option<&HostMetrics>) -> (String, String) {
+    match m {
+        Some(m) => (
+            format!("{:.0}%", m.cpu_percent),
             format!(
                 "{} / {}",
-                bytes(m["memory_used_bytes"].as_u64().unwrap_or(0)),
-                bytes(m["memory_total_bytes"].as_u64().unwrap_or(0))
+                bytes(m.memory_used_bytes),
+                bytes(m.memory_total_bytes)
             ),
-        )
-    } else {
-        ("-".into(), "-".into())
+        ),
+        None => ("-".into(), "-".into()),
     }
 }
 
 pub async fn commands(args: CommandsArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let list = client
-        .get(&format!(
+    let answer = client
+        .get_value(&format!(
             "/v1/commands{}",
             query_string(&[
                 ("limit", Some(args.limit.to_string())),
@@ -549,10 +543,10 @@ pub async fn commands(args: CommandsArgs) -> Result<()> {
         ))
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let list = list.as_array().cloned().unwrap_or_default();
+    let list: Vec<FleetView> = read(answer)?;
     if list.is_empty() {
         eprintln!("no commands match");
         return Ok(());
@@ -561,19 +555,14 @@ pub async fn commands(args: CommandsArgs) -> Result<()> {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
-            let s = &c["summary"];
             vec![
-                c["id"].as_str().unwrap_or("?").to_string(),
-                c["topic"].as_str().unwrap_or("?").to_string(),
-                c["target"].as_str().unwrap_or("?").to_string(),
-                c["status"].as_str().unwrap_or("?").to_string(),
-                format!(
-                    "{}/{}",
-                    s["succeeded"].as_u64().unwrap_or(0),
-                    s["total"].as_u64().unwrap_or(0)
-                ),
-                ago(&c["created_at"], now),
-                c["created_by"].as_str().unwrap_or("?").to_string(),
+                c.id.clone(),
+                c.topic.clone(),
+                c.target.clone(),
+                c.status.name().to_string(),
+                format!("{}/{}", c.summary.succeeded, c.summary.total),
+                ago(Some(c.created_at), now),
+                c.created_by.clone(),
             ]
         })
         .collect();
@@ -603,14 +592,12 @@ pub async fn command(args: CommandArgs) -> Result<()> {
 async fn follow_command(args: ShowCommandArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let id = segment(&args.id);
-    let command = client.get(&format!("/v1/commands/{id}")).await?;
+    let command: FleetView = client.get(&format!("/v1/commands/{id}")).await?;
     let agents = agents_of(&command);
     if !args.json {
         eprintln!(
             "command {}: {} on {}",
-            args.id,
-            command["topic"].as_str().unwrap_or("?"),
-            command["target"].as_str().unwrap_or("?")
+            args.id, command.topic, command.target
         );
     }
     watch(&client, &id, &agents, args.json).await
@@ -618,28 +605,35 @@ async fn follow_command(args: ShowCommandArgs) -> Result<()> {
 
 async fn command_logs(args: ShowCommandArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let id = segment(&args.id);
+    let path = format!("/v1/commands/{}/events", segment(&args.id));
     let mut lines = 0usize;
+    if args.json {
+        // Each line as the server sent it.
+        client
+            .follow_raw(&path, |kind, event| {
+                if kind == "log" {
+                    println!("{event}");
+                }
+            })
+            .await?;
+        return Ok(());
+    }
     client
-        .follow(&format!("/v1/commands/{id}/events"), |kind, event| {
-            if kind != "log" {
-                return;
-            }
-            lines += 1;
-            if args.json {
-                println!("{event}");
-            } else {
-                println!(
-                    "{}  {}  {:<5} {}",
-                    event["at"].as_str().unwrap_or("?"),
-                    event["agent"].as_str().unwrap_or("?"),
-                    event["level"].as_str().unwrap_or("?").to_lowercase(),
-                    event["message"].as_str().unwrap_or("")
-                );
+        .follow(&path, |event| {
+            if let FleetEvent::Log {
+                agent,
+                at,
+                level,
+                message,
+            } = event
+            {
+                lines += 1;
+                let level = level.to_string();
+                println!("{}  {agent}  {level:<5} {message}", when(Some(at)));
             }
         })
         .await?;
-    if lines == 0 && !args.json {
+    if lines == 0 {
         eprintln!("command {} logged nothing", args.id);
     }
     Ok(())
@@ -647,29 +641,26 @@ async fn command_logs(args: ShowCommandArgs) -> Result<()> {
 
 async fn show_command(args: ShowCommandArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let command = client
-        .get(&format!("/v1/commands/{}", segment(&args.id)))
+    let answer = client
+        .get_value(&format!("/v1/commands/{}", segment(&args.id)))
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&command)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let field = |key: &str| match &command[key] {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    println!("command   {}", field("id"));
-    println!("topic     {}", field("topic"));
-    println!("target    {}", field("target"));
-    println!("status    {}", field("status"));
-    println!("by        {}", field("created_by"));
-    println!("created   {}", field("created_at"));
-    println!("finished  {}", field("finished_at"));
+    let command: FleetView = read(answer)?;
+    let limit = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    println!("command   {}", command.id);
+    println!("topic     {}", command.topic);
+    println!("target    {}", command.target);
+    println!("status    {}", command.status);
+    println!("by        {}", command.created_by);
+    println!("created   {}", when(Some(command.created_at)));
+    println!("finished  {}", when(command.finished_at));
     println!(
         "limits    max concurrency {}, max errors {}",
-        field("max_concurrency"),
-        field("max_errors")
+        limit(command.max_concurrency),
+        limit(command.max_errors)
     );
     println!("summary   {}", summary_line(&command));
     println!();

@@ -6,21 +6,27 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use ferry_api::{FleetEvent, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
 
 /// Up to this many agents get a bar each.
 pub const BARS_UP_TO: usize = 8;
 
 /// What a finished agent counts as in the summary.
-pub fn category(status: &str) -> &'static str {
+pub fn category(status: Status) -> &'static str {
     match status {
-        "succeeded" => "succeeded",
-        "timed-out" => "timed out",
-        "undelivered" => "undelivered",
-        "cancelled" => "cancelled",
-        "pending" | "running" => "running",
-        _ => "failed",
+        Status::Succeeded => "succeeded",
+        Status::TimedOut => "timed out",
+        Status::Undelivered => "undelivered",
+        Status::Cancelled => "cancelled",
+        Status::Pending | Status::Running => "running",
+        Status::InvalidInput
+        | Status::Denied
+        | Status::Failed
+        | Status::Crashed
+        | Status::UnknownTopic
+        | Status::Rejected
+        | Status::Lost => "failed",
     }
 }
 
@@ -98,9 +104,9 @@ impl Follow {
         }
     }
 
-    /// One server-sent event of the command.
-    pub fn event(&mut self, kind: &str, event: &Value) {
-        let agent = event["agent"].as_str().unwrap_or("?");
+    /// One event of the command.
+    pub fn event(&mut self, event: &FleetEvent) {
+        let agent = event.agent().unwrap_or("?");
         let bar = self.bars.get(agent).cloned();
         // Lines for one agent read as they did before fleets; with several, they name the agent.
         let prefix = if self.single {
@@ -109,13 +115,13 @@ impl Follow {
             format!("{agent}: ")
         };
         let plain = !self.bars_visible && self.summary.is_none();
-        match kind {
-            "dispatched" => {
+        match event {
+            FleetEvent::Dispatched { .. } => {
                 if let Some(bar) = bar {
                     bar.set_message("sent");
                 }
             }
-            "accepted" => {
+            FleetEvent::Accepted { .. } => {
                 if let Some(bar) = bar {
                     bar.set_message("running");
                 }
@@ -123,49 +129,46 @@ impl Follow {
                     self.line(format!("  {prefix}accepted"));
                 }
             }
-            "progress" => {
-                let percent = event["percent"].as_u64().unwrap_or(0);
-                let message = event["message"].as_str().unwrap_or("");
+            FleetEvent::Progress {
+                percent, message, ..
+            } => {
                 if let Some(bar) = bar {
-                    bar.set_position(percent);
-                    bar.set_message(message.to_string());
+                    bar.set_position(u64::from(*percent));
+                    bar.set_message(message.clone());
                 }
                 if plain {
                     self.line(format!("  {prefix}[{percent:>3}%] {message}"));
                 }
             }
-            "log" if self.summary.is_none() => {
-                self.line(format!(
-                    "  {prefix}{:<5} {}",
-                    event["level"].as_str().unwrap_or("?").to_lowercase(),
-                    event["message"].as_str().unwrap_or("")
-                ));
+            FleetEvent::Log { level, message, .. } if self.summary.is_none() => {
+                let level = level.to_string();
+                self.line(format!("  {prefix}{level:<5} {message}"));
             }
-            "finished" => {
-                let status = event["status"].as_str().unwrap_or("?");
+            FleetEvent::Log { .. } => {}
+            FleetEvent::Finished { status, .. } => {
+                let status = *status;
                 let category = category(status);
                 match self.counts.iter_mut().find(|(c, _)| *c == category) {
                     Some((_, n)) => *n += 1,
                     None => self.counts.push((category, 1)),
                 }
                 if let Some(bar) = bar {
-                    if status == "succeeded" {
+                    if status == Status::Succeeded {
                         bar.set_position(100);
                     }
-                    bar.finish_with_message(status.to_string());
+                    bar.finish_with_message(status.name());
                 }
                 if let Some(summary) = &self.summary {
                     summary.inc(1);
                     summary.set_message(self.counts_text());
                     if !self.bars_visible {
-                        self.line(format!("  {agent}: {status}"));
+                        self.line(format!("  {agent}: {}", status.name()));
                     }
                 } else if !self.single && !self.bars_visible {
-                    self.line(format!("  {agent}: {status}"));
+                    self.line(format!("  {agent}: {}", status.name()));
                 }
             }
-            "done" => self.finish(),
-            _ => {}
+            FleetEvent::Done { .. } => self.finish(),
         }
     }
 

@@ -4,11 +4,16 @@
 //! `create` prints the token, the CA fingerprint and the `ferry agent --join` line to run on the
 //! new host.
 
-use anyhow::{Result, bail};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::client::{Client, segment};
-use crate::output::{print_listing, print_value};
+use anyhow::{Result, bail};
+use ferry_api::{CreateJoinToken, JoinTokenView, NewJoinToken};
+use serde_json::Value;
+
+use crate::client::{Client, read, segment};
+use crate::commands::when;
+use crate::output::{print_answer, print_listing};
 use crate::{ApiArgs, ListArgs};
 
 #[derive(Debug, clap::Args)]
@@ -37,8 +42,8 @@ struct CreateArgs {
     #[arg(long = "labels", alias = "label")]
     labels: Vec<String>,
     /// How long it is valid (30m, 1h, 7d).
-    #[arg(long, default_value = "1h")]
-    ttl: String,
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
     /// How many agents may enroll with it.
     #[arg(long, default_value_t = 1)]
     uses: u32,
@@ -64,13 +69,13 @@ struct RevokeArgs {
     api: ApiArgs,
 }
 
-fn parse_labels(specs: &[String]) -> Result<Map<String, Value>> {
-    let mut labels = Map::new();
+fn parse_labels(specs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
     for spec in specs {
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some((k, v)) if !k.is_empty() => {
-                    labels.insert(k.to_string(), Value::String(v.to_string()));
+                    labels.insert(k.to_string(), v.to_string());
                 }
                 _ => bail!("'{pair}' is not key=value; give labels as --labels env=prod,zone=b"),
             }
@@ -80,7 +85,7 @@ fn parse_labels(specs: &[String]) -> Result<Map<String, Value>> {
 }
 
 /// Where agents reach the server: the API's host with the agent port.
-fn agent_address(api: &str, port: u64) -> String {
+fn agent_address(api: &str, port: u16) -> String {
     let host = api
         .split("://")
         .nth(1)
@@ -95,13 +100,8 @@ fn agent_address(api: &str, port: u64) -> String {
     format!("{host}:{port}")
 }
 
-fn labels_text(labels: &Value) -> String {
-    let text: Vec<String> = labels
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
-        .collect();
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if text.is_empty() {
         "-".into()
     } else {
@@ -114,32 +114,42 @@ pub async fn run(args: TokenArgs) -> Result<()> {
         TokenCommand::Create(args) => {
             let labels = parse_labels(&args.labels)?;
             let client = Client::from_args(&args.api)?;
-            let mut out = client
-                .post(
+            let mut answer = client
+                .post_value(
                     "/v1/join-tokens",
-                    &json!({"labels": labels, "ttl": args.ttl, "uses": args.uses}),
+                    &CreateJoinToken {
+                        labels,
+                        ttl: Some(args.ttl),
+                        uses: Some(args.uses),
+                    },
                 )
                 .await?;
-            let server = args.server.clone().unwrap_or_else(|| {
-                agent_address(client.base(), out["agent_port"].as_u64().unwrap_or(7443))
-            });
-            let token = out["token"].as_str().unwrap_or("?").to_string();
-            let fingerprint = out["ca_fingerprint"].as_str().unwrap_or("?").to_string();
+            let NewJoinToken {
+                view,
+                token,
+                ca_fingerprint: fingerprint,
+                agent_port,
+            } = read(answer.clone())?;
+            let server = args
+                .server
+                .clone()
+                .unwrap_or_else(|| agent_address(client.base(), agent_port));
             let join = format!(
                 "ferry agent --join {server} --token {token} --ca-fingerprint {fingerprint}"
             );
-            out["join_command"] = json!(join);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                // The server's answer, with the line to run on the new host.
+                answer["join_command"] = Value::String(join);
+                println!("{}", serde_json::to_string_pretty(&answer)?);
                 return Ok(());
             }
             println!(
                 "join token {} ({} use{}, until {}, labels {}); it is not shown again:",
-                out["id"].as_str().unwrap_or("?"),
+                view.token.id,
                 args.uses,
                 if args.uses == 1 { "" } else { "s" },
-                out["expires_at"].as_str().unwrap_or("?"),
-                labels_text(&out["labels"])
+                when(Some(view.token.expires_at)),
+                labels_text(&view.token.labels)
             );
             println!("  token           {token}");
             println!("  CA fingerprint  {fingerprint}");
@@ -149,20 +159,19 @@ pub async fn run(args: TokenArgs) -> Result<()> {
         }
         TokenCommand::List(args) => {
             let client = Client::from_args(&args.api)?;
-            let list = client.get("/v1/join-tokens").await?;
+            let list = client.get_value("/v1/join-tokens").await?;
             print_listing(
-                &list,
+                list,
                 args.json,
                 &["ID", "STATE", "USED", "EXPIRES", "LABELS", "BY"],
-                |t| {
-                    let enrolled = t["enrolled"].as_array().map_or(0, Vec::len);
+                |t: &JoinTokenView| {
                     vec![
-                        t["id"].as_str().unwrap_or("?").to_string(),
-                        t["state"].as_str().unwrap_or("?").to_string(),
-                        format!("{enrolled}/{}", t["uses"]),
-                        t["expires_at"].as_str().unwrap_or("?").to_string(),
-                        labels_text(&t["labels"]),
-                        t["created_by"].as_str().unwrap_or("?").to_string(),
+                        t.token.id.clone(),
+                        t.state.name().to_string(),
+                        format!("{}/{}", t.token.enrolled.len(), t.token.uses),
+                        when(Some(t.token.expires_at)),
+                        labels_text(&t.token.labels),
+                        t.token.created_by.clone(),
                     ]
                 },
             )
@@ -170,9 +179,9 @@ pub async fn run(args: TokenArgs) -> Result<()> {
         TokenCommand::Revoke(args) => {
             let client = Client::from_args(&args.api)?;
             let out = client
-                .delete(&format!("/v1/join-tokens/{}", segment(&args.id)))
+                .delete_value(&format!("/v1/join-tokens/{}", segment(&args.id)))
                 .await?;
-            print_value(&out, args.json, || {
+            print_answer(out, args.json, |_: JoinTokenView| {
                 format!("join token {} revoked", args.id)
             })
         }

@@ -1,5 +1,10 @@
 //! Plain-text tables and human-readable figures for the CLI's listings.
 
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::client::read;
+
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -25,31 +30,34 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// Prints what the API answered: as JSON with `--json`, else `text` of it.
-pub fn print_value(
-    value: &serde_json::Value,
+/// Prints what the API answered: with `--json` as the server sent it, else `text` of it read
+/// as a `T`.
+pub fn print_answer<T: DeserializeOwned>(
+    answer: Value,
     json: bool,
-    text: impl FnOnce() -> String,
+    text: impl FnOnce(T) -> String,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!("{}", text());
+        println!("{}", text(read(answer)?));
     }
     Ok(())
 }
 
-/// Prints a list the API answered: as JSON with `--json`, else a table of one `row` per element.
-pub fn print_listing(
-    list: &serde_json::Value,
+/// Prints a list the API answered: with `--json` as the server sent it, else a table of one
+/// `row` per element read as a `T`.
+pub fn print_listing<T: DeserializeOwned>(
+    list: Value,
     json: bool,
     header: &[&str],
-    row: impl Fn(&serde_json::Value) -> Vec<String>,
+    row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(list)?);
+        println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
-        let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(row).collect();
+        let list: Vec<T> = read(list)?;
+        let rows: Vec<Vec<String>> = list.iter().map(row).collect();
         print_table(header, &rows);
     }
     Ok(())

@@ -20,7 +20,10 @@ fn manifest(name: &str, version: &str, topics: &[&str]) -> String {
 }
 
 fn states(rollout: &[ferry_server::AgentRollout]) -> Vec<(String, &'static str)> {
-    rollout.iter().map(|r| (r.agent.clone(), r.state)).collect()
+    rollout
+        .iter()
+        .map(|r| (r.agent.clone(), r.state.name()))
+        .collect()
 }
 
 /// The status, and the detail when there is one: `unknown-topic: no plugin…`.

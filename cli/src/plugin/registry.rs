@@ -7,11 +7,17 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use ferry_api::{
+    AgentRollout, AssignOutcome, AssignRequest, Assignment, DeleteOutcome, LoadState, NoBody,
+    PluginDetails, PluginSummary, PushOutcome, RollbackOutcome, RollbackRequest, UnassignOutcome,
+};
 use ferry_manifest::Manifest;
 use ferry_protocol::package::Package;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::client::{Client, segment};
+use crate::client::{Client, read, segment};
+use crate::commands::when;
 use crate::output::{bytes, print_table};
 use crate::{ApiArgs, ListArgs};
 
@@ -46,12 +52,8 @@ pub struct WaitArgs {
 }
 
 impl WaitArgs {
-    fn wait_ms(&self) -> Value {
-        if self.no_wait {
-            Value::Null
-        } else {
-            json!(self.wait_timeout.as_millis() as u64)
-        }
+    fn wait_ms(&self) -> Option<u64> {
+        (!self.no_wait).then_some(self.wait_timeout.as_millis() as u64)
     }
 }
 
@@ -70,8 +72,8 @@ pub struct RollbackArgs {
 
 /// Prints where each agent stands after an assignment; an error if any could not load it or
 /// had not finished in time.
-fn report_rollout(what: &str, answer: &Value, json: bool) -> Result<()> {
-    let Some(agents) = answer["agents"].as_array() else {
+fn report_rollout(what: &str, agents: Option<&[AgentRollout]>, json: bool) -> Result<()> {
+    let Some(agents) = agents else {
         return Ok(());
     };
     if !json {
@@ -81,18 +83,15 @@ fn report_rollout(what: &str, answer: &Value, json: bool) -> Result<()> {
             );
         }
         for agent in agents {
-            let name = agent["agent"].as_str().unwrap_or("?");
-            match agent["detail"].as_str() {
-                Some(detail) => eprintln!(
-                    "  {name}: {} ({detail})",
-                    agent["state"].as_str().unwrap_or("?")
-                ),
-                None => eprintln!("  {name}: {}", agent["state"].as_str().unwrap_or("?")),
+            let (name, state) = (&agent.agent, agent.state.name());
+            match &agent.detail {
+                Some(detail) => eprintln!("  {name}: {state} ({detail})"),
+                None => eprintln!("  {name}: {state}"),
             }
         }
     }
-    let count = |state: &str| agents.iter().filter(|a| a["state"] == state).count();
-    let (failed, pending) = (count("failed"), count("pending"));
+    let count = |state: LoadState| agents.iter().filter(|a| a.state == state).count();
+    let (failed, pending) = (count(LoadState::Failed), count(LoadState::Pending));
     if failed > 0 {
         bail!("{failed} of {} agents could not load {what}", agents.len());
     }
@@ -184,17 +183,22 @@ pub async fn push(args: PushArgs) -> Result<()> {
         .post_bytes("/v1/plugins", "application/vnd.ferry.package+cbor", package)
         .await;
     spinner.finish_and_clear();
-    let pushed = pushed?;
-    let assigned = match &args.to {
+    let pushed_answer = pushed?;
+    let pushed: PushOutcome = read(pushed_answer.clone())?;
+    let assigned_answer = match &args.to {
         Some(to) => {
             let spinner = crate::progress::spinner(
                 !args.json,
                 format!("assigning it to {to} and waiting for the agents to load it"),
             );
             let assigned = client
-                .post(
+                .post_value(
                     &format!("/v1/plugins/{}/assign", manifest.plugin.name),
-                    &json!({"version": pushed["version"], "to": to, "wait_ms": args.wait.wait_ms()}),
+                    &AssignRequest {
+                        version: Some(pushed.package.version.clone()),
+                        to: to.clone(),
+                        wait_ms: args.wait.wait_ms(),
+                    },
                 )
                 .await;
             spinner.finish_and_clear();
@@ -202,45 +206,56 @@ pub async fn push(args: PushArgs) -> Result<()> {
         }
         None => None,
     };
+    let assigned: Option<AssignOutcome> = assigned_answer.clone().map(read).transpose()?;
     if args.json {
-        let out = json!({"pushed": pushed, "assigned": assigned});
+        /// Both answers as the server sent them.
+        #[derive(Serialize)]
+        struct Out {
+            assigned: Option<Value>,
+            pushed: Value,
+        }
+        let out = Out {
+            assigned: assigned_answer,
+            pushed: pushed_answer,
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return match &assigned {
-            Some(a) => report_rollout(&manifest.plugin.name, a, true),
+            Some(a) => report_rollout(&manifest.plugin.name, a.agents.as_deref(), true),
             None => Ok(()),
         };
     }
-    let what = format!(
-        "{} {}",
-        pushed["name"].as_str().unwrap_or("?"),
-        pushed["version"].as_str().unwrap_or("?")
-    );
-    if pushed["created"].as_bool() == Some(true) {
+    let package = &pushed.package;
+    let what = format!("{} {}", package.name, package.version);
+    if pushed.created {
         println!(
             "pushed {what}: sha256:{}, {}, topics {}",
-            pushed["digest"].as_str().unwrap_or("?"),
-            bytes(pushed["size"].as_u64().unwrap_or(0)),
-            strings(&pushed["topics"]).join(", ")
+            package.digest,
+            bytes(package.size),
+            package.topics.join(", ")
         );
     } else {
         println!(
             "{what} was already pushed with exactly these contents (sha256:{})",
-            pushed["digest"].as_str().unwrap_or("?")
+            package.digest
         );
     }
     match assigned {
         Some(a) => {
-            println!("assigned {what} to {}", a["to"].as_str().unwrap_or("?"));
-            report_rollout(&what, &a, false)?;
+            println!("assigned {what} to {}", a.assignment.to);
+            report_rollout(&what, a.agents.as_deref(), false)?;
         }
         None => {
-            let name = pushed["name"].as_str().unwrap_or("?");
-            let version = pushed["version"].as_str().unwrap_or("?");
+            let (name, version) = (&package.name, &package.version);
             // What is assigned now decides the next step; a failed look-up only loses the hint.
-            let current = client.get(&format!("/v1/plugins/{name}")).await.ok();
+            let current: Option<PluginDetails> =
+                client.get(&format!("/v1/plugins/{name}")).await.ok();
             eprintln!(
                 "{}",
-                next_step(name, version, current.as_ref().map(|p| &p["assigned"]))
+                next_step(
+                    name,
+                    version,
+                    current.as_ref().and_then(|p| p.summary.assigned.as_ref())
+                )
             );
         }
     }
@@ -248,16 +263,17 @@ pub async fn push(args: PushArgs) -> Result<()> {
 }
 
 /// What a push without `--to` says about serving the version it pushed, from the plugin's
-/// current assignment (`null` when none).
-fn next_step(name: &str, version: &str, assigned: Option<&Value>) -> String {
-    let assigned = assigned.filter(|a| a.is_object());
-    let to = assigned.and_then(|a| a["to"].as_str()).unwrap_or("?");
-    match assigned.and_then(|a| a["version"].as_str()) {
-        Some(current) if current == version => {
-            format!("{name} {version} is already assigned to {to}; agents there serve it")
-        }
+/// current assignment (none when it is not assigned).
+fn next_step(name: &str, version: &str, assigned: Option<&Assignment>) -> String {
+    match assigned {
+        Some(current) if current.version == version => format!(
+            "{name} {version} is already assigned to {}; agents there serve it",
+            current.to
+        ),
         Some(current) => format!(
-            "not assigned: agents ({to}) serve {name} {current}; to serve this one: ferry plugin assign {name} {version} --to {to}"
+            "not assigned: agents ({to}) serve {name} {}; to serve this one: ferry plugin assign {name} {version} --to {to}",
+            current.version,
+            to = current.to
         ),
         None => format!(
             "not assigned to any agent yet; to serve it: ferry plugin assign {name} {version} --to all"
@@ -274,58 +290,63 @@ pub async fn assign(args: AssignArgs) -> Result<()> {
             args.name, args.to
         ),
     );
-    let assigned = client
-        .post(
+    let answer = client
+        .post_value(
             &format!("/v1/plugins/{}/assign", args.name),
-            &json!({"version": args.version, "to": args.to, "wait_ms": args.wait.wait_ms()}),
+            &AssignRequest {
+                version: args.version.clone(),
+                to: args.to.clone(),
+                wait_ms: args.wait.wait_ms(),
+            },
         )
         .await;
     spinner.finish_and_clear();
-    let assigned = assigned?;
+    let answer = answer?;
+    let assigned: AssignOutcome = read(answer.clone())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&assigned)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!(
             "assigned {} {} to {}",
-            args.name,
-            assigned["version"].as_str().unwrap_or("?"),
-            assigned["to"].as_str().unwrap_or("?")
+            args.name, assigned.assignment.version, assigned.assignment.to
         );
     }
-    report_rollout(&args.name, &assigned, args.json)
+    report_rollout(&args.name, assigned.agents.as_deref(), args.json)
 }
 
 pub async fn rollback(args: RollbackArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let now = client
-        .post(
+    let answer = client
+        .post_value(
             &format!("/v1/plugins/{}/rollback", args.name),
-            &json!({"wait_ms": args.wait.wait_ms()}),
+            &RollbackRequest {
+                wait_ms: args.wait.wait_ms(),
+            },
         )
         .await?;
+    let now: RollbackOutcome = read(answer.clone())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&now)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        match now["assigned"].as_object() {
+        match &now.assigned {
             Some(a) => println!(
                 "{} is back at {}, assigned to {}",
-                args.name,
-                a["version"].as_str().unwrap_or("?"),
-                a["to"].as_str().unwrap_or("?")
+                args.name, a.version, a.to
             ),
             None => println!("{} is back to not being assigned", args.name),
         }
     }
-    report_rollout(&args.name, &now, args.json)
+    report_rollout(&args.name, now.agents.as_deref(), args.json)
 }
 
 pub async fn unassign(args: NameArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let now = client
-        .post(&format!("/v1/plugins/{}/unassign", args.name), &json!({}))
+    let answer = client
+        .post_value(&format!("/v1/plugins/{}/unassign", args.name), &NoBody {})
         .await?;
+    let _: UnassignOutcome = read(answer.clone())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&now)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!(
             "{} is no longer assigned; agents stop serving it (running commands finish)",
@@ -355,27 +376,24 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
     if let Some(version) = &args.plugin_version {
         path.push_str(&format!("?version={}", segment(version)));
     }
-    let deleted = client.delete(&path).await?;
+    let answer = client.delete_value(&path).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&deleted)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!(
-            "deleted {} {}",
-            args.name,
-            strings(&deleted["deleted"]).join(", ")
-        );
+        let deleted: DeleteOutcome = read(answer)?;
+        println!("deleted {} {}", args.name, deleted.deleted.join(", "));
     }
     Ok(())
 }
 
 pub async fn list(args: ListArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let plugins = client.get("/v1/plugins").await?;
+    let answer = client.get_value("/v1/plugins").await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plugins)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let list = plugins.as_array().cloned().unwrap_or_default();
+    let list: Vec<PluginSummary> = read(answer)?;
     if list.is_empty() {
         eprintln!("no plugins pushed yet: ferry plugin push <component.wasm> --to all");
         return Ok(());
@@ -383,30 +401,18 @@ pub async fn list(args: ListArgs) -> Result<()> {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|p| {
-            let versions: Vec<String> = p["versions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v["version"].as_str().map(str::to_string))
-                .collect();
-            let newest = p["versions"]
-                .as_array()
-                .and_then(|v| v.last())
-                .cloned()
-                .unwrap_or(Value::Null);
-            let (assigned, to) = match p["assigned"].as_object() {
-                Some(a) => (
-                    a["version"].as_str().unwrap_or("?").to_string(),
-                    a["to"].as_str().unwrap_or("?").to_string(),
-                ),
+            let versions: Vec<&str> = p.versions.iter().map(|v| v.version.as_str()).collect();
+            let topics = p.versions.last().map(|v| v.topics.join(","));
+            let (assigned, to) = match &p.assigned {
+                Some(a) => (a.version.clone(), a.to.to_string()),
                 None => ("-".into(), "-".into()),
             };
             vec![
-                p["name"].as_str().unwrap_or("?").to_string(),
+                p.name.clone(),
                 assigned,
                 to,
                 versions.join(","),
-                strings(&newest["topics"]).join(","),
+                topics.unwrap_or_default(),
             ]
         })
         .collect();
@@ -416,39 +422,37 @@ pub async fn list(args: ListArgs) -> Result<()> {
 
 pub async fn show(args: NameArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let plugin = client.get(&format!("/v1/plugins/{}", args.name)).await?;
+    let answer = client
+        .get_value(&format!("/v1/plugins/{}", args.name))
+        .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plugin)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
+    let plugin: PluginDetails = read(answer)?;
     println!("plugin {}", args.name);
-    match plugin["assigned"].as_object() {
+    match &plugin.summary.assigned {
         Some(a) => println!(
             "assigned: {} to {} (since {})",
-            a["version"].as_str().unwrap_or("?"),
-            a["to"].as_str().unwrap_or("?"),
-            a["at"].as_str().unwrap_or("?")
+            a.version,
+            a.to,
+            when(Some(a.at))
         ),
         None => println!("assigned: nowhere"),
     }
     println!();
-    let versions: Vec<Vec<String>> = plugin["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let versions: Vec<Vec<String>> = plugin
+        .summary
+        .versions
+        .iter()
         .map(|v| {
             vec![
-                v["version"].as_str().unwrap_or("?").to_string(),
-                v["digest"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .chars()
-                    .take(16)
-                    .collect(),
-                bytes(v["size"].as_u64().unwrap_or(0)),
-                format!("ferry:plugin@{}", v["wit_version"].as_str().unwrap_or("?")),
-                strings(&v["topics"]).join(","),
-                v["pushed_at"].as_str().unwrap_or("?").to_string(),
+                v.version.clone(),
+                v.digest.to_string().chars().take(16).collect(),
+                bytes(v.size),
+                format!("ferry:plugin@{}", v.wit_version),
+                v.topics.join(","),
+                when(Some(v.pushed_at)),
             ]
         })
         .collect();
@@ -456,17 +460,16 @@ pub async fn show(args: NameArgs) -> Result<()> {
         &["VERSION", "DIGEST", "SIZE", "WORLD", "TOPICS", "PUSHED"],
         &versions,
     );
-    let agents: Vec<Vec<String>> = plugin["agents"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let agents: Vec<Vec<String>> = plugin
+        .agents
+        .iter()
         .map(|a| {
             vec![
-                a["agent"].as_str().unwrap_or("?").to_string(),
-                a["agent_status"].as_str().unwrap_or("?").to_string(),
-                a["version"].as_str().unwrap_or("-").to_string(),
-                a["state"].as_str().unwrap_or("?").to_string(),
-                a["detail"].as_str().unwrap_or("").to_string(),
+                a.agent.clone(),
+                a.agent_status.name().to_string(),
+                a.version.clone().unwrap_or_else(|| "-".into()),
+                a.state.name().to_string(),
+                a.detail.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -480,15 +483,6 @@ pub async fn show(args: NameArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use ferry_api::{AuditQuery, CreateApiToken, NewApiToken};
 
 use super::{Api, Caller, JsonBody, QueryParams, body, error, noted, query};
-use crate::storage::tokens::{Scope, TokenError};
+use crate::storage::tokens::TokenError;
 
 pub(super) async fn whoami(Extension(Caller(token)): Extension<Caller>) -> Response {
     Json(token).into_response()
@@ -28,18 +27,10 @@ pub(super) async fn list_tokens(State(api): State<Api>) -> Response {
     Json(api.state.tokens.list()).into_response()
 }
 
-/// The body of `POST /v1/api-tokens`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateToken {
-    pub(super) name: String,
-    pub(super) scope: Scope,
-}
-
 pub(super) async fn create_token(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
-    request: JsonBody<CreateToken>,
+    request: JsonBody<CreateApiToken>,
 ) -> Response {
     let request = match body(request) {
         Ok(request) => request,
@@ -55,8 +46,7 @@ pub(super) async fn create_token(
     match created {
         Ok(Ok((record, token))) => {
             let note = format!("{} ({}, scope {})", record.id, record.name, record.scope);
-            let mut out = serde_json::to_value(&record).expect("a token serializes");
-            out["token"] = json!(token);
+            let out = NewApiToken { record, token };
             noted((StatusCode::CREATED, Json(out)), note)
         }
         Ok(Err(e)) => token_error(e),
@@ -75,13 +65,6 @@ pub(super) async fn revoke_token(State(api): State<Api>, Path(id): Path<String>)
         Ok(Err(e)) => token_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AuditQuery {
-    limit: Option<usize>,
-    before: Option<u64>,
 }
 
 pub(super) async fn audit(State(api): State<Api>, params: QueryParams<AuditQuery>) -> Response {

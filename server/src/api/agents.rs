@@ -1,15 +1,16 @@
 //! `/v1/agents`: list (by selector and status), show (with plugins), labels, revoke.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use ferry_api::{
+    Agent, AgentDetails, AgentPluginView, AgentsQuery, LabelsRequest, RevokeRequest, RevokedAgent,
+    UnseenAgent,
+};
 use ferry_protocol::{AgentId, close};
-use serde::Deserialize;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
@@ -37,29 +38,52 @@ const REVOKED: &str = "this agent was revoked by an operator";
 
 /// An agent as the API shows it: what the registry knows, with `labels` the effective ones
 /// (the agent's own, `agent_labels`, with the operator's, `server_labels`, merged over them)
-/// and the revocation, if any. Built from the registry's JSON so that every field the registry
-/// gains shows up here too.
-fn agent_json(api: &Api, info: &AgentInfo) -> Value {
+/// and the revocation, if any.
+fn agent_view(api: &Api, info: AgentInfo) -> Agent {
     let overrides = api.state.overrides.get(&info.id);
     let labels = api.state.overrides.effective_labels(&info.id, &info.labels);
-    let mut value = serde_json::to_value(info).expect("an agent serializes");
-    value["agent_labels"] = json!(info.labels);
-    value["server_labels"] = json!(overrides.labels);
-    value["labels"] = json!(labels);
-    value["revoked"] = json!(overrides.revoked);
-    value
+    // Destructured so that a field the registry gains is a compile error here until the API
+    // shows it or decides not to.
+    let AgentInfo {
+        id,
+        status,
+        labels: agent_labels,
+        agent_version,
+        topics,
+        read_only_topics,
+        wit_versions,
+        remote_address,
+        connected_since,
+        last_heartbeat,
+        metrics,
+        running_commands,
+        heartbeat,
+        instance,
+        duplicate,
+    } = info;
+    Agent {
+        id,
+        status,
+        labels,
+        agent_labels,
+        server_labels: overrides.labels,
+        revoked: overrides.revoked,
+        agent_version,
+        topics,
+        read_only_topics,
+        wit_versions,
+        remote_address,
+        connected_since,
+        last_heartbeat,
+        metrics,
+        running_commands,
+        heartbeat,
+        instance,
+        duplicate,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    /// `key=value[,key=value…]`: agents carrying every label.
-    selector: Option<String>,
-    /// online, unresponsive or offline.
-    status: Option<String>,
-}
-
-pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>) -> Response {
+pub(super) async fn list(State(api): State<Api>, params: QueryParams<AgentsQuery>) -> Response {
     let params = match query(params) {
         Ok(params) => params,
         Err(e) => return e.into_response(),
@@ -68,18 +92,14 @@ pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>)
         Ok(selector) => selector,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid-selector", e),
     };
-    let agents: Vec<Value> = api
+    let agents: Vec<Agent> = api
         .state
         .registry
         .list()
-        .iter()
-        .map(|info| agent_json(&api, info))
-        .filter(|a| {
-            let labels: BTreeMap<String, String> =
-                serde_json::from_value(a["labels"].clone()).unwrap_or_default();
-            selector.matches(&labels)
-        })
-        .filter(|a| params.status.as_ref().is_none_or(|s| a["status"] == *s))
+        .into_iter()
+        .map(|info| agent_view(&api, info))
+        .filter(|a| selector.matches(&a.labels))
+        .filter(|a| params.status.as_ref().is_none_or(|s| a.status.name() == s))
         .collect();
     Json(agents).into_response()
 }
@@ -92,9 +112,8 @@ pub(super) async fn show(State(api): State<Api>, Path(id): Path<String>) -> Resp
     let Some(info) = api.state.registry.get(&id) else {
         return unknown_agent(id.as_str());
     };
-    let mut value = agent_json(&api, &info);
     // Plugin assignments select by the agent's own labels, as its connection does.
-    let plugins: Vec<Value> = api
+    let plugins: Vec<AgentPluginView> = api
         .state
         .plugins
         .list()
@@ -102,31 +121,27 @@ pub(super) async fn show(State(api): State<Api>, Path(id): Path<String>) -> Resp
         .filter_map(|p| api.state.plugins.show(&p.name, std::slice::from_ref(&info)))
         .flat_map(|details| {
             let name = details.summary.name.clone();
-            details.agents.into_iter().map(move |a| {
-                json!({"name": name, "version": a.version, "digest": a.digest, "state": a.state, "detail": a.detail, "updated": a.updated.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())})
+            details.agents.into_iter().map(move |a| AgentPluginView {
+                name: name.clone(),
+                version: a.version,
+                digest: a.digest,
+                state: a.state,
+                detail: a.detail,
+                updated: a.updated,
             })
         })
         .collect();
-    value["plugins"] = Value::Array(plugins);
-    Json(value).into_response()
-}
-
-/// The body of `POST /v1/agents/{id}/labels`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct LabelsBody {
-    /// Labels to set (over the agent's own).
-    #[serde(default)]
-    pub(super) set: BTreeMap<String, String>,
-    /// Server labels to remove (the agent's own are its own).
-    #[serde(default)]
-    pub(super) remove: Vec<String>,
+    Json(AgentDetails {
+        agent: agent_view(&api, info),
+        plugins,
+    })
+    .into_response()
 }
 
 pub(super) async fn labels(
     State(api): State<Api>,
     Path(id): Path<String>,
-    request: JsonBody<LabelsBody>,
+    request: JsonBody<LabelsRequest>,
 ) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
@@ -152,24 +167,16 @@ pub(super) async fn labels(
         o.labels.extend(request.set.clone());
     });
     match updated {
-        Ok(_) => noted(Json(agent_json(&api, &info)), note),
+        Ok(_) => noted(Json(agent_view(&api, info)), note),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e),
     }
-}
-
-/// The body of `POST /v1/agents/{id}/revoke`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RevokeBody {
-    /// Why, for the record.
-    pub(super) reason: Option<String>,
 }
 
 pub(super) async fn revoke(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
-    request: Option<Json<RevokeBody>>,
+    request: Option<Json<RevokeRequest>>,
 ) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
@@ -210,8 +217,11 @@ pub(super) async fn revoke(
     });
     tracing::warn!(agent = %id, by = %revocation.by, was_connected, "agent revoked");
     let out = match api.state.registry.get(&id) {
-        Some(info) => agent_json(&api, &info),
-        None => json!({"id": id.as_str(), "revoked": revocation}),
+        Some(info) => RevokedAgent::Known(Box::new(agent_view(&api, info))),
+        None => RevokedAgent::Unseen(UnseenAgent {
+            id: id.to_string(),
+            revoked: Some(revocation),
+        }),
     };
     noted(Json(out), format!("{id} (connected: {was_connected})"))
 }
@@ -236,8 +246,11 @@ pub(super) async fn unrevoke(State(api): State<Api>, Path(id): Path<String>) -> 
         return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e);
     }
     let out = match api.state.registry.get(&id) {
-        Some(info) => agent_json(&api, &info),
-        None => json!({"id": id.as_str(), "revoked": null}),
+        Some(info) => RevokedAgent::Known(Box::new(agent_view(&api, info))),
+        None => RevokedAgent::Unseen(UnseenAgent {
+            id: id.to_string(),
+            revoked: None,
+        }),
     };
     noted(Json(out), id.to_string())
 }

@@ -1,7 +1,7 @@
 //! `/v1/commands`: create (for one agent, a list, a selector or all), list with filters, show,
 //! follow as server-sent events, cancel.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,40 +12,14 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use ferry_api::{CommandsQuery, CreateCommand, FleetEvent};
 use ferry_protocol::AgentId;
 use futures::Stream;
-use serde::Deserialize;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
 use crate::domain::commands::SubmitError;
 use crate::domain::commands::{self, FleetEntry, FleetRequest, ListFilter, StatusFilter, Target};
 use crate::domain::plugins::Selector;
-
-/// The body of `POST /v1/commands`. Exactly one of `agent`, `agents` and `selector` says where;
-/// at most one of `payload` (any JSON), `payload_text` and `payload_base64` says what (none: an
-/// empty payload).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateCommand {
-    pub(super) topic: String,
-    pub(super) agent: Option<String>,
-    pub(super) agents: Option<Vec<String>>,
-    /// `all`, or `key=value[,key=value…]`.
-    pub(super) selector: Option<String>,
-    pub(super) payload: Option<serde_json::Value>,
-    pub(super) payload_text: Option<String>,
-    pub(super) payload_base64: Option<String>,
-    pub(super) content_type: Option<String>,
-    pub(super) timeout_ms: Option<u64>,
-    pub(super) idempotency_key: Option<String>,
-    /// Data the plugin may ask for by key: a string is sent as its text, any other JSON value
-    /// as JSON.
-    pub(super) data: Option<BTreeMap<String, serde_json::Value>>,
-    pub(super) max_concurrency: Option<u32>,
-    pub(super) max_errors: Option<u32>,
-    /// How long to wait for agents that are not connected, in milliseconds.
-    pub(super) deliver_within_ms: Option<u64>,
-}
 
 fn invalid(message: impl Into<String>) -> ApiError {
     api_error(StatusCode::BAD_REQUEST, "invalid-request", message)
@@ -56,73 +30,75 @@ fn agent_id(id: &str) -> Result<AgentId, ApiError> {
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-agent-id", e.to_string()))
 }
 
-impl CreateCommand {
-    /// The request it describes, or the error response saying what is wrong.
-    pub(super) fn into_request(self, created_by: String) -> Result<FleetRequest, ApiError> {
-        let target = match (self.agent, self.agents, self.selector) {
-            (Some(one), None, None) => Target::Agents(vec![agent_id(&one)?]),
-            (None, Some(list), None) => Target::Agents(
-                list.iter()
-                    .map(|id| agent_id(id))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-            (None, None, Some(selector)) => Target::Selector(
-                selector
-                    .parse::<Selector>()
-                    .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-selector", e))?,
-            ),
-            _ => {
-                return Err(invalid(
-                    "say where with exactly one of agent, agents and selector (`all` for every agent)",
-                ));
+/// The request `create` describes, or the error response saying what is wrong.
+pub(super) fn fleet_request(
+    create: CreateCommand,
+    created_by: String,
+) -> Result<FleetRequest, ApiError> {
+    let target = match (create.agent, create.agents, create.selector) {
+        (Some(one), None, None) => Target::Agents(vec![agent_id(&one)?]),
+        (None, Some(list), None) => Target::Agents(
+            list.iter()
+                .map(|id| agent_id(id))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        (None, None, Some(selector)) => Target::Selector(
+            selector
+                .parse::<Selector>()
+                .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-selector", e))?,
+        ),
+        _ => {
+            return Err(invalid(
+                "say where with exactly one of agent, agents and selector (`all` for every agent)",
+            ));
+        }
+    };
+    let (payload, default_type) = match (create.payload, create.payload_text, create.payload_base64)
+    {
+        (Some(value), None, None) => (
+            serde_json::to_vec(&value).expect("a JSON value serializes"),
+            "application/json",
+        ),
+        (None, Some(text), None) => (text.into_bytes(), "text/plain"),
+        (None, None, Some(b64)) => {
+            match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+                Ok(bytes) => (bytes, "application/octet-stream"),
+                Err(e) => return Err(invalid(format!("payload_base64 is not base64: {e}"))),
             }
-        };
-        let (payload, default_type) = match (self.payload, self.payload_text, self.payload_base64) {
-            (Some(value), None, None) => (
-                serde_json::to_vec(&value).expect("a JSON value serializes"),
-                "application/json",
-            ),
-            (None, Some(text), None) => (text.into_bytes(), "text/plain"),
-            (None, None, Some(b64)) => {
-                match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                    Ok(bytes) => (bytes, "application/octet-stream"),
-                    Err(e) => return Err(invalid(format!("payload_base64 is not base64: {e}"))),
-                }
-            }
-            (None, None, None) => (Vec::new(), "application/octet-stream"),
-            _ => {
-                return Err(invalid(
-                    "give at most one of payload, payload_text and payload_base64",
-                ));
-            }
-        };
-        Ok(FleetRequest {
-            target,
-            topic: self.topic,
-            payload,
-            content_type: self
-                .content_type
-                .unwrap_or_else(|| default_type.to_string()),
-            timeout: self.timeout_ms.map(Duration::from_millis),
-            idempotency_key: self.idempotency_key,
-            data: self
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(key, value)| {
-                    let bytes = match value {
-                        serde_json::Value::String(text) => text.into_bytes(),
-                        other => serde_json::to_vec(&other).expect("a JSON value serializes"),
-                    };
-                    (key, bytes)
-                })
-                .collect(),
-            max_concurrency: self.max_concurrency,
-            max_errors: self.max_errors,
-            deliver_within: self.deliver_within_ms.map(Duration::from_millis),
-            created_by,
-        })
-    }
+        }
+        (None, None, None) => (Vec::new(), "application/octet-stream"),
+        _ => {
+            return Err(invalid(
+                "give at most one of payload, payload_text and payload_base64",
+            ));
+        }
+    };
+    Ok(FleetRequest {
+        target,
+        topic: create.topic,
+        payload,
+        content_type: create
+            .content_type
+            .unwrap_or_else(|| default_type.to_string()),
+        timeout: create.timeout_ms.map(Duration::from_millis),
+        idempotency_key: create.idempotency_key,
+        data: create
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| {
+                let bytes = match value {
+                    serde_json::Value::String(text) => text.into_bytes(),
+                    other => serde_json::to_vec(&other).expect("a JSON value serializes"),
+                };
+                (key, bytes)
+            })
+            .collect(),
+        max_concurrency: create.max_concurrency,
+        max_errors: create.max_errors,
+        deliver_within: create.deliver_within_ms.map(Duration::from_millis),
+        created_by,
+    })
 }
 
 pub(super) async fn create(
@@ -130,7 +106,7 @@ pub(super) async fn create(
     Extension(Caller(caller)): Extension<Caller>,
     request: JsonBody<CreateCommand>,
 ) -> Response {
-    let request = match body(request).and_then(|b| b.into_request(caller.name)) {
+    let request = match body(request).and_then(|b| fleet_request(b, caller.name)) {
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
@@ -159,16 +135,7 @@ pub(super) async fn create(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    limit: Option<usize>,
-    status: Option<String>,
-    topic: Option<String>,
-    agent: Option<String>,
-}
-
-pub(super) async fn list(State(api): State<Api>, params: QueryParams<ListQuery>) -> Response {
+pub(super) async fn list(State(api): State<Api>, params: QueryParams<CommandsQuery>) -> Response {
     let params = match query(params) {
         Ok(params) => params,
         Err(e) => return e.into_response(),
@@ -213,10 +180,7 @@ pub(super) async fn cancel(State(api): State<Api>, Path(id): Path<String>) -> Re
         return error(
             StatusCode::CONFLICT,
             "already-ended",
-            format!(
-                "command '{id}' has already ended: {}",
-                serde_json::to_value(view.status).expect("a status serializes")
-            ),
+            format!("command '{id}' has already ended: \"{}\"", view.status),
         );
     }
     noted((StatusCode::ACCEPTED, Json(fleet.view(true))), id)
@@ -238,11 +202,11 @@ fn event_stream(fleet: Arc<FleetEntry>) -> impl Stream<Item = Result<Event, Infa
         (fleet, rx, 0usize, VecDeque::new(), false),
         |(fleet, mut rx, mut next, mut queue, mut done)| async move {
             loop {
-                if let Some((kind, data)) = queue.pop_front() {
-                    done |= kind == "done";
+                if let Some(event) = queue.pop_front() {
+                    done |= matches!(event, FleetEvent::Done { .. });
                     let sse = Event::default()
-                        .event(kind)
-                        .json_data(&data)
+                        .event(event.kind())
+                        .json_data(&event)
                         .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
                     return Some((Ok(sse), (fleet, rx, next, queue, done)));
                 }

@@ -4,15 +4,18 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use ferry_api::DataKey;
 
 use super::{Api, error, noted};
 
 pub(super) async fn list(State(api): State<Api>) -> Response {
     let data = api.state.data.read();
-    let keys: Vec<serde_json::Value> = data
+    let keys: Vec<DataKey> = data
         .iter()
-        .map(|(key, value)| json!({"key": key, "bytes": value.len()}))
+        .map(|(key, value)| DataKey {
+            key: key.clone(),
+            bytes: value.len() as u64,
+        })
         .collect();
     Json(keys).into_response()
 }
@@ -35,7 +38,10 @@ pub(super) async fn put(
         .write()
         .insert(key.clone(), body.to_vec().into());
     noted(
-        Json(json!({"key": key, "bytes": bytes})),
+        Json(DataKey {
+            key: key.clone(),
+            bytes: bytes as u64,
+        }),
         format!("{key}: {bytes} bytes"),
     )
 }

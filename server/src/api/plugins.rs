@@ -7,7 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use ferry_api::{
+    AssignOutcome, AssignRequest, DeleteOutcome, DeletePluginQuery, RollbackOutcome,
+    RollbackRequest, UnassignOutcome,
+};
 
 use std::time::Duration;
 
@@ -67,27 +70,6 @@ pub(super) async fn show(State(api): State<Api>, Path(name): Path<String>) -> Re
     }
 }
 
-/// The body of `POST /v1/plugins/{name}/assign`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AssignBody {
-    /// The version; the newest pushed when absent.
-    version: Option<String>,
-    /// `all`, or `key=value[,key=value…]`.
-    to: String,
-    /// Wait up to this long for the connected agents it selects to load it (or fail to), and
-    /// answer with each one's state.
-    wait_ms: Option<u64>,
-}
-
-/// The body of `POST /v1/plugins/{name}/rollback`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RollbackBody {
-    /// As for assign.
-    wait_ms: Option<u64>,
-}
-
 /// The most an API call waits for agents.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
@@ -115,7 +97,7 @@ pub(super) async fn assign(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
-    body: Result<Json<AssignBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<AssignRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
@@ -134,9 +116,8 @@ pub(super) async fn assign(
         Ok(assignment) => {
             tracing::info!(plugin = %name, version = %assignment.version, to = %assignment.to, "plugin assigned");
             let agents = rollout(&api, &name, body.wait_ms).await;
-            let mut out = serde_json::to_value(&assignment).expect("an assignment serializes");
-            out["agents"] = serde_json::json!(agents);
             let note = format!("{name}@{} to {}", assignment.version, assignment.to);
+            let out = AssignOutcome { assignment, agents };
             noted(Json(out), note)
         }
         Err(e) => plugin_error(e),
@@ -147,7 +128,7 @@ pub(super) async fn rollback(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
-    body: Option<Json<RollbackBody>>,
+    body: Option<Json<RollbackRequest>>,
 ) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
     match api.state.plugins.rollback(&name, &caller.name) {
@@ -162,7 +143,10 @@ pub(super) async fn rollback(
                 None => format!("{name}: back to unassigned"),
             };
             noted(
-                Json(serde_json::json!({ "assigned": current, "agents": agents })),
+                Json(RollbackOutcome {
+                    assigned: current,
+                    agents,
+                }),
                 note,
             )
         }
@@ -176,23 +160,15 @@ pub(super) async fn unassign(
     Path(name): Path<String>,
 ) -> Response {
     match api.state.plugins.unassign(&name, &caller.name) {
-        Ok(()) => noted(Json(serde_json::json!({ "assigned": null })), name),
+        Ok(()) => noted(Json(UnassignOutcome { assigned: None }), name),
         Err(e) => plugin_error(e),
     }
-}
-
-/// The query of `DELETE /v1/plugins/{name}`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeleteQuery {
-    /// One version; without it, the whole plugin.
-    version: Option<String>,
 }
 
 pub(super) async fn delete(
     State(api): State<Api>,
     Path(name): Path<String>,
-    params: QueryParams<DeleteQuery>,
+    params: QueryParams<DeletePluginQuery>,
 ) -> Response {
     let params = match query(params) {
         Ok(params) => params,
@@ -202,7 +178,7 @@ pub(super) async fn delete(
         Ok(versions) => {
             tracing::info!(plugin = %name, ?versions, "plugin deleted");
             let note = format!("{name} {}", versions.join(", "));
-            noted(Json(serde_json::json!({ "deleted": versions })), note)
+            noted(Json(DeleteOutcome { deleted: versions }), note)
         }
         Err(e) => plugin_error(e),
     }

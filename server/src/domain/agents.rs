@@ -16,24 +16,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use ferry_protocol::{AgentId, Health, Heartbeat, Hello, HostMetrics, RuntimeState};
+use ferry_protocol::{AgentId, Health, Heartbeat, Hello, HostMetrics};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::ports::{Directory, Link};
+pub use ferry_api::{AgentStatus, DuplicateSeen, HeartbeatHealth, HeartbeatView};
 use time::OffsetDateTime;
-
-/// Whether an agent can take commands now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AgentStatus {
-    /// Connected, heartbeats arriving.
-    Online,
-    /// Connected, but no heartbeat within the grace period.
-    Unresponsive,
-    /// Not connected.
-    Offline,
-}
 
 /// What the server knows of an agent, as the operator API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,20 +68,6 @@ pub struct AgentInfo {
     pub duplicate: Option<DuplicateSeen>,
 }
 
-/// Another installation of an agent's identity, refused.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DuplicateSeen {
-    /// Where the refused connection came from.
-    pub remote_address: String,
-    /// The instance id it sent.
-    pub instance: String,
-    /// When it was last refused.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    /// How many times it has been refused.
-    pub refused: u64,
-}
-
 /// An agent's identity is in use by another installation that is connected and answering.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
@@ -107,31 +82,6 @@ pub struct Duplicate {
     pub holder_instance: String,
     /// How long it must be silent before another installation takes over.
     pub grace: Duration,
-}
-
-/// A heartbeat as edge-orchestrator tools read it.
-#[derive(Debug, Clone, Serialize)]
-pub struct HeartbeatView {
-    /// The agent's id (from its certificate, not from the heartbeat).
-    pub agent_id: String,
-    /// Host CPU use, 0–100.
-    pub cpu_usage_percent: f32,
-    /// Host memory in use, GB (10^9 bytes).
-    pub memory_usage_gb: f64,
-    /// Host memory, GB.
-    pub memory_total_gb: f64,
-    /// Used space on the agent's data volume, GB.
-    pub disk_usage_gb: f64,
-    /// Size of that volume, GB.
-    pub disk_total_gb: f64,
-    /// Seconds since the host booted.
-    pub uptime_s: u64,
-    /// `ok`, or `degraded` when a runtime that should run does not.
-    pub status: &'static str,
-    /// When the agent sent it (ISO-8601, the agent's clock).
-    pub timestamp: String,
-    /// The runtimes it supervises.
-    pub runtimes: Vec<RuntimeState>,
 }
 
 fn gb(bytes: u64) -> f64 {
@@ -299,8 +249,8 @@ impl<C: Link> Registry<C> {
                 disk_total_gb: gb(m.disk_total_bytes),
                 uptime_s: m.uptime_secs,
                 status: match heartbeat.health {
-                    Health::Ok => "ok",
-                    Health::Degraded => "degraded",
+                    Health::Ok => HeartbeatHealth::Ok,
+                    Health::Degraded => HeartbeatHealth::Degraded,
                 },
                 timestamp: heartbeat.sent_at.clone(),
                 runtimes: heartbeat.runtimes.clone(),

@@ -52,19 +52,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_lifecycle::Bucket;
 use ferry_lifecycle::fanout::{self, Effect, Fanout, Input, Restored, Verdict};
 use ferry_protocol::{AgentId, Command};
 use parking_lot::Mutex;
-use serde::Serialize;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use ferry_protocol::ResultStats;
 use tokio_util::task::TaskTracker;
+
+pub use ferry_api::{AgentResult, FleetEvent, FleetStatus, FleetView, Summary};
 
 use super::agents::NotConnected;
 use super::names;
@@ -232,45 +230,6 @@ pub struct FleetRequest {
     pub created_by: String,
 }
 
-/// Where a command is, or how it ended as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FleetStatus {
-    /// Agents are still being sent it or running it.
-    Running,
-    /// Every agent succeeded.
-    Succeeded,
-    /// At least one agent did not succeed (see the summary), and nobody cancelled it.
-    Failed,
-    /// An operator cancelled it.
-    Cancelled,
-}
-
-impl FleetStatus {
-    /// Every command status.
-    pub const ALL: &'static [FleetStatus] = &[
-        FleetStatus::Running,
-        FleetStatus::Succeeded,
-        FleetStatus::Failed,
-        FleetStatus::Cancelled,
-    ];
-
-    /// The name the API uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            FleetStatus::Running => "running",
-            FleetStatus::Succeeded => "succeeded",
-            FleetStatus::Failed => "failed",
-            FleetStatus::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses the name the API uses.
-    pub fn parse(s: &str) -> Option<FleetStatus> {
-        Self::ALL.iter().copied().find(|f| f.name() == s)
-    }
-}
-
 /// What `ferry commands --status` selects: a command's own status, or, for a status only a
 /// run has (`timed-out`, `crashed`, …), the commands with a run that ended so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,103 +260,6 @@ impl StatusFilter {
             names.join(", ")
         ))
     }
-}
-
-/// How many agents are where.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// Agents targeted.
-    pub total: u32,
-    /// Not sent yet, or sent and not accepted yet.
-    pub pending: u32,
-    /// Running.
-    pub running: u32,
-    /// Succeeded.
-    pub succeeded: u32,
-    /// Ended in any failure but a timeout: failed, invalid input, denied, crashed, unknown
-    /// topic, rejected, lost.
-    pub failed: u32,
-    /// Ran past the timeout.
-    pub timed_out: u32,
-    /// Never ran: offline, not connected, or not sent because of `max_errors`.
-    pub undelivered: u32,
-    /// Cancelled, or not sent because the command was cancelled.
-    pub cancelled: u32,
-}
-
-impl Summary {
-    fn add(&mut self, status: CommandStatus) {
-        self.total += 1;
-        let count = match status.bucket() {
-            Bucket::Pending => &mut self.pending,
-            Bucket::Running => &mut self.running,
-            Bucket::Succeeded => &mut self.succeeded,
-            Bucket::Failed => &mut self.failed,
-            Bucket::TimedOut => &mut self.timed_out,
-            Bucket::Undelivered => &mut self.undelivered,
-            Bucket::Cancelled => &mut self.cancelled,
-        };
-        *count += 1;
-    }
-}
-
-/// One agent's part of a command.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentResult {
-    /// The agent.
-    pub agent: String,
-    /// The id the agent knows its run by (in its logs and journal); none until it is sent.
-    pub agent_command_id: Option<String>,
-    /// Where it is, or how it ended.
-    pub status: CommandStatus,
-    /// The last progress the plugin reported.
-    pub progress: Option<u8>,
-    /// Why it did not succeed, or why it was not sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The plugin's output.
-    #[serde(flatten)]
-    pub output: RenderedPayload,
-    /// What it cost on the agent.
-    pub stats: Option<ResultStats>,
-    /// When it was sent.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub sent_at: Option<OffsetDateTime>,
-    /// When it ended.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-}
-
-/// A command as the operator API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct FleetView {
-    /// Its id.
-    pub id: String,
-    /// Its topic.
-    pub topic: String,
-    /// The target as given: agent ids, a selector, or `all`.
-    pub target: String,
-    /// Where it is, or how it ended.
-    pub status: FleetStatus,
-    /// Who sent it (a token's name).
-    pub created_by: String,
-    /// When it was created.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// When the last agent ended.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-    /// The concurrency limit, if any.
-    pub max_concurrency: Option<u32>,
-    /// The error limit, if any.
-    pub max_errors: Option<u32>,
-    /// The most agents that ran it at once, by the server's own count.
-    pub peak_concurrency: u32,
-    /// How many agents are where.
-    pub summary: Summary,
-    /// Each agent's part, in the order they are sent it; left out of listings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub results: Option<Vec<AgentResult>>,
 }
 
 /// An agent's place in a command.
@@ -454,8 +316,8 @@ impl Slot {
 
 struct Inner {
     slots: Vec<Slot>,
-    /// Every event, in order: (SSE event name, JSON data).
-    events: Vec<(&'static str, Value)>,
+    /// Every event, in order.
+    events: Vec<FleetEvent>,
     finished_at: Option<OffsetDateTime>,
     /// `Running` until the end is shown.
     status: FleetStatus,
@@ -595,8 +457,8 @@ impl FleetEntry {
         self.inner.lock().slots.iter().any(|s| s.agent == agent)
     }
 
-    /// Events from number `from` on: (SSE event name, JSON data).
-    pub fn events_since(&self, from: usize) -> Vec<(&'static str, Value)> {
+    /// Events from number `from` on.
+    pub fn events_since(&self, from: usize) -> Vec<FleetEvent> {
         self.inner
             .lock()
             .events
@@ -631,8 +493,8 @@ impl FleetEntry {
         self.view(true)
     }
 
-    fn push_locked(&self, inner: &mut Inner, kind: &'static str, data: Value) {
-        inner.events.push((kind, data));
+    fn push_locked(&self, inner: &mut Inner, event: FleetEvent) {
+        inner.events.push(event);
         self.changed.send_replace(inner.events.len());
     }
 
@@ -642,11 +504,13 @@ impl FleetEntry {
         let view = entry.view();
         let id = view.id;
         inner.slots[index].entry = Some(entry);
-        let at = rfc3339(view.created_at);
         self.push_locked(
             &mut inner,
-            "dispatched",
-            json!({"type": "dispatched", "agent": agent, "agent_command_id": id, "at": at}),
+            FleetEvent::Dispatched {
+                agent,
+                agent_command_id: id,
+                at: view.created_at,
+            },
         );
     }
 
@@ -656,22 +520,21 @@ impl FleetEntry {
         inner.slots[index].not_sent = Some((status, why.clone(), at));
         self.push_locked(
             &mut inner,
-            "finished",
-            json!({"type": "finished", "agent": agent, "status": status, "detail": why, "at": rfc3339(at)}),
+            FleetEvent::Finished {
+                agent,
+                at,
+                status,
+                detail: Some(why),
+                output: RenderedPayload::default(),
+                stats: None,
+            },
         );
     }
 
     fn agent_event(&self, index: usize, event: &CommandEvent) {
-        let kind = match event {
-            CommandEvent::Accepted { .. } => "accepted",
-            CommandEvent::Progress { .. } => "progress",
-            CommandEvent::Log { .. } => "log",
-            CommandEvent::Finished { .. } => "finished",
-        };
-        let mut data = serde_json::to_value(event).expect("an event serializes");
         let mut inner = self.inner.lock();
-        data["agent"] = Value::String(inner.slots[index].agent.clone());
-        self.push_locked(&mut inner, kind, data);
+        let agent = inner.slots[index].agent.clone();
+        self.push_locked(&mut inner, FleetEvent::of(agent, event.clone()));
     }
 
     fn set_peak(&self, peak: u32) {
@@ -728,11 +591,15 @@ impl FleetEntry {
         for slot in &inner.slots {
             summary.add(slot.status());
         }
-        let peak = inner.peak;
+        let peak_concurrency = inner.peak;
         self.push_locked(
             &mut inner,
-            "done",
-            json!({"type": "done", "status": status, "summary": summary, "peak_concurrency": peak, "at": rfc3339(now)}),
+            FleetEvent::Done {
+                status,
+                summary,
+                peak_concurrency,
+                at: now,
+            },
         );
     }
 
@@ -742,11 +609,6 @@ impl FleetEntry {
             self.inner.lock().slots.iter().map(Slot::status).collect();
         self.finish_at(at, Verdict::of(self.cancel.is_cancelled(), statuses));
     }
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .expect("a UTC time formats")
 }
 
 /// Which agents `target` means now, in sending order, with the single agent's connection

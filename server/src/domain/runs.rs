@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use base64::Engine as _;
+pub use ferry_api::{CommandEvent, RenderedPayload};
 use ferry_lifecycle::End;
 use ferry_protocol::{CommandResult, LogLevel, ResultStats};
 use parking_lot::Mutex;
@@ -18,95 +18,6 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 /// Where an agent's run is in its life, and how it ended: the one list, kept in
 /// `ferry-lifecycle` with what derives from it (final, error, summary bucket).
 pub use ferry_lifecycle::Status as CommandStatus;
-
-/// A result payload as JSON can carry it: as JSON when it is JSON, as text when it is UTF-8,
-/// otherwise base64.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RenderedPayload {
-    /// The payload, when it parses as JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<serde_json::Value>,
-    /// The payload, when it is UTF-8 but not JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload_text: Option<String>,
-    /// The payload, base64, when it is neither.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload_base64: Option<String>,
-}
-
-impl RenderedPayload {
-    /// Renders `bytes`.
-    pub fn new(bytes: &[u8]) -> Self {
-        if bytes.is_empty() {
-            return RenderedPayload::default();
-        }
-        if let Ok(value) = serde_json::from_slice(bytes) {
-            return RenderedPayload {
-                payload: Some(value),
-                ..Default::default()
-            };
-        }
-        match std::str::from_utf8(bytes) {
-            Ok(text) => RenderedPayload {
-                payload_text: Some(text.to_string()),
-                ..Default::default()
-            },
-            Err(_) => RenderedPayload {
-                payload_base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                ..Default::default()
-            },
-        }
-    }
-}
-
-/// One thing that happened to a command.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum CommandEvent {
-    /// The agent accepted the command.
-    Accepted {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// The plugin reported progress.
-    Progress {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// 0–100.
-        percent: u8,
-        /// What is happening.
-        message: String,
-    },
-    /// The plugin logged a line.
-    Log {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Severity.
-        level: LogLevel,
-        /// The text.
-        message: String,
-    },
-    /// The command ended; always the last event.
-    Finished {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// How it ended.
-        status: CommandStatus,
-        /// Why, when it did not succeed.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        detail: Option<String>,
-        /// The plugin's output.
-        #[serde(flatten)]
-        output: RenderedPayload,
-        /// What it cost on the agent.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        stats: Option<ResultStats>,
-    },
-}
 
 /// A command as the operator API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -464,25 +375,6 @@ impl CommandStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payloads_render_as_json_text_or_base64() {
-        assert_eq!(
-            RenderedPayload::new(br#"{"a":1}"#).payload,
-            Some(serde_json::json!({"a": 1}))
-        );
-        assert_eq!(
-            RenderedPayload::new(b"hello").payload_text.as_deref(),
-            Some("hello")
-        );
-        assert_eq!(
-            RenderedPayload::new(&[0xff, 0x00])
-                .payload_base64
-                .as_deref(),
-            Some("/wA=")
-        );
-        assert_eq!(RenderedPayload::new(b""), RenderedPayload::default());
-    }
 
     #[tokio::test]
     async fn events_after_the_result_are_dropped_and_wait_returns() {

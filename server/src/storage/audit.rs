@@ -11,39 +11,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+
+pub use ferry_api::AuditEntry;
 
 /// sequence number → [`AuditEntry`], as JSON.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
 
 /// How many entries are kept; the oldest go first.
 pub const RETAINED: u64 = 100_000;
-
-/// One operator action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Increases with every entry; `?before=` pages back with it.
-    pub seq: u64,
-    /// When the action was answered.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    /// The token's id.
-    pub token_id: String,
-    /// The token's name.
-    pub token_name: String,
-    /// What was done, e.g. `command.create` (the operation id in the OpenAPI document).
-    pub action: String,
-    /// The request: method and path.
-    pub request: String,
-    /// What it was done to or with, when the handler said (e.g. the command id and target).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// `ok`, or the error code the API answered with.
-    pub result: String,
-    /// The HTTP status.
-    pub status: u16,
-}
 
 /// The audit log.
 pub(crate) struct AuditLog {
@@ -111,6 +86,8 @@ impl AuditLog {
 
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+
     use super::*;
 
     fn entry(action: &str) -> AuditEntry {

@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
+pub use ferry_api::{JoinToken, JoinTokenState};
+
 use crate::domain::agents::AgentInfo;
 use crate::storage::overrides::{MAX_LABELS, Overrides, check_label};
 
@@ -50,50 +52,12 @@ const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The most uses one token may have.
 pub const MAX_USES: u32 = 10_000;
 
-/// A join token as the API shows it: never the token itself, nor its hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JoinToken {
-    /// Its id, for revoking it.
-    pub id: String,
-    /// Labels every agent enrolled with it gets on the server.
-    pub labels: BTreeMap<String, String>,
-    /// When it was made.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// The API token (its name) that made it.
-    pub created_by: String,
-    /// When it stops working.
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
-    /// How many agents may enroll with it.
-    pub uses: u32,
-    /// The agents that did.
-    pub enrolled: Vec<String>,
-    /// When an operator revoked it.
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub revoked_at: Option<OffsetDateTime>,
-}
-
-impl JoinToken {
-    /// `active`, `expired`, `used` or `revoked`.
-    pub fn state(&self, now: OffsetDateTime) -> &'static str {
-        if self.revoked_at.is_some() {
-            "revoked"
-        } else if self.enrolled.len() as u32 >= self.uses {
-            "used"
-        } else if now >= self.expires_at {
-            "expired"
-        } else {
-            "active"
-        }
-    }
-
-    fn ended_at(&self) -> Option<OffsetDateTime> {
-        match self.state(OffsetDateTime::now_utc()) {
-            "active" => None,
-            // Used-up tokens have no end time of their own; their expiry bounds it.
-            _ => Some(self.revoked_at.unwrap_or(self.expires_at)),
-        }
+/// When a token stopped enrolling agents; `None` while it is active.
+fn ended_at(token: &JoinToken) -> Option<OffsetDateTime> {
+    match token.state(OffsetDateTime::now_utc()) {
+        JoinTokenState::Active => None,
+        // Used-up tokens have no end time of their own; their expiry bounds it.
+        _ => Some(token.revoked_at.unwrap_or(token.expires_at)),
     }
 }
 
@@ -189,11 +153,7 @@ impl Enrollment {
                 let (key, value) = entry.map_err(|e| failed(&e))?;
                 let stored: StoredToken = serde_json::from_slice(value.value())
                     .map_err(|e| failed(&format!("join token {} is damaged: {e}", key.value())))?;
-                if stored
-                    .token
-                    .ended_at()
-                    .is_some_and(|t| now - t > KEEP_ENDED)
-                {
+                if ended_at(&stored.token).is_some_and(|t| now - t > KEEP_ENDED) {
                     forget.push(stored.token.id);
                     continue;
                 }
@@ -343,15 +303,15 @@ impl Enrollment {
             )
         })?;
         match token.state(OffsetDateTime::now_utc()) {
-            "active" => Ok(token.clone()),
-            "revoked" => Err(refused(
+            JoinTokenState::Active => Ok(token.clone()),
+            JoinTokenState::Revoked => Err(refused(
                 EnrollCode::RevokedToken,
                 format!(
                     "join token {} was revoked by an operator; ask for a new one (`ferry token create`)",
                     token.id
                 ),
             )),
-            "used" => Err(refused(
+            JoinTokenState::Used => Err(refused(
                 EnrollCode::UsedToken,
                 format!(
                     "join token {} is used up ({} of {} uses); ask an operator for a new one (`ferry token create --uses N`)",
@@ -360,7 +320,7 @@ impl Enrollment {
                     token.uses
                 ),
             )),
-            _ => Err(refused(
+            JoinTokenState::Expired => Err(refused(
                 EnrollCode::ExpiredToken,
                 format!(
                     "join token {} expired at {}; ask an operator for a new one (`ferry token create --ttl …`)",
@@ -377,7 +337,7 @@ impl Enrollment {
         let mut tokens = self.tokens.lock();
         let digest = hash(presented.trim().as_bytes());
         let mut token = match tokens.get(&digest) {
-            Some(t) if t.state(OffsetDateTime::now_utc()) == "active" => t.clone(),
+            Some(t) if t.state(OffsetDateTime::now_utc()) == JoinTokenState::Active => t.clone(),
             _ => {
                 drop(tokens);
                 return Err(self.check_token(presented).err().unwrap_or_else(|| {

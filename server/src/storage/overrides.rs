@@ -18,22 +18,11 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+
+pub use ferry_api::Revocation;
 
 /// agent id → [`Override`], as JSON.
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_overrides");
-
-/// An agent's revocation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Revocation {
-    /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    /// The token (its name) that revoked it.
-    pub by: String,
-    /// Why, as the operator said.
-    pub reason: Option<String>,
-}
 
 /// What operators set on one agent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -26,74 +25,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
+pub use ferry_api::{ApiToken, Scope};
+
 /// token id → [`Stored`], as JSON.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 
 /// The id of the token from `operator.token`.
 pub const OPERATOR_TOKEN_ID: &str = "operator";
-
-/// What a token may do. Ordered: each scope includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Look: agents, commands, plugins, data keys.
-    Read,
-    /// Also act on agents: create and cancel commands, supply data.
-    Run,
-    /// Also change the server: plugins, agent labels and revocations, tokens, the audit log.
-    Admin,
-}
-
-impl Scope {
-    /// Does a token with this scope cover `needed`?
-    pub fn covers(self, needed: Scope) -> bool {
-        self >= needed
-    }
-
-    /// The scope's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Run => "run",
-            Scope::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Scope {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Scope, String> {
-        match s {
-            "read" => Ok(Scope::Read),
-            "run" => Ok(Scope::Run),
-            "admin" => Ok(Scope::Admin),
-            other => Err(format!("'{other}' is not a scope; use read, run or admin")),
-        }
-    }
-}
-
-/// A token as the API shows it: never the token itself, nor its hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApiToken {
-    /// Its id, for revoking it and in the audit log.
-    pub id: String,
-    /// What it is for (`ci`, `dashboard`); unique among live tokens.
-    pub name: String,
-    /// What it may do.
-    pub scope: Scope,
-    /// When it was made.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// The token (its name) that made it; `None` for the operator token.
-    pub created_by: Option<String>,
-}
 
 #[derive(Serialize, Deserialize)]
 struct Stored {

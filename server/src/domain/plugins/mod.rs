@@ -23,7 +23,6 @@
 //! selected agents have loaded a version or failed to.
 
 mod inspect;
-mod selector;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,13 +31,16 @@ use ferry_manifest::Manifest;
 use ferry_protocol::package::{Digest, Package, SigningKey};
 use ferry_protocol::{AssignedPlugin, PluginState, PluginStatus, WIT_VERSIONS};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::ports::PluginStorage;
-use crate::domain::agents::{AgentInfo, AgentStatus};
-pub use selector::Selector;
+use crate::domain::agents::AgentInfo;
+pub use ferry_api::{
+    AgentPlugin, AgentRollout, Assignment, Change, ChangeKind, LoadState, PackageRecord,
+    PluginDetails, PluginSummary, PushOutcome, Selector,
+};
 
 /// A plugin registry operation failed; each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -59,75 +61,6 @@ pub enum PluginError {
     /// The registry's storage failed (500).
     #[error("{0}")]
     Storage(String),
-}
-
-/// One stored version of a plugin.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PackageRecord {
-    /// The plugin's name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// The sha256 of the package.
-    pub digest: Digest,
-    /// The server's ed25519 signature over the digest, hex-encoded.
-    pub signature: String,
-    /// The package's size in bytes.
-    pub size: u64,
-    /// The topics it serves.
-    pub topics: Vec<String>,
-    /// The `ferry:plugin` world version it was built for.
-    pub wit_version: String,
-    /// What it does, from its manifest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Its manifest, as pushed.
-    pub manifest: String,
-    /// When it was pushed.
-    #[serde(with = "time::serde::rfc3339")]
-    pub pushed_at: OffsetDateTime,
-}
-
-/// A plugin version assigned to a set of agents.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// The version.
-    pub version: String,
-    /// Which agents.
-    pub to: Selector,
-    /// When it was made.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-}
-
-/// What a change of a plugin's assignment did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ChangeKind {
-    /// `ferry plugin assign` (or a push with `--to`).
-    Assign,
-    /// `ferry plugin unassign`.
-    Unassign,
-    /// `ferry plugin rollback`: back to what was assigned before the change it undid.
-    Rollback,
-}
-
-/// One change of a plugin's assignment. The history keeps every one, oldest first, and is
-/// never rewritten: a rollback is a change of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    /// What it did.
-    pub change: ChangeKind,
-    /// What agents serve from then on; `null` once unassigned.
-    pub assigned: Option<Assignment>,
-    /// Who made it: the operator API token's name.
-    pub by: String,
-    /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    /// The change that was in force before this one (its place in the history): where a
-    /// rollback of this one goes back to.
-    pub previous: Option<usize>,
 }
 
 /// Who made the changes recorded before the history kept it.
@@ -164,71 +97,6 @@ impl StoredHistory {
                 .collect(),
         }
     }
-}
-
-/// What a push did.
-#[derive(Debug, Clone, Serialize)]
-pub struct PushOutcome {
-    /// The stored version.
-    #[serde(flatten)]
-    pub package: PackageRecord,
-    /// False when exactly these bytes were pushed before (nothing new was stored).
-    pub created: bool,
-}
-
-/// A plugin, as `ferry plugin list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginSummary {
-    /// Its name.
-    pub name: String,
-    /// The current assignment, if any.
-    pub assigned: Option<Assignment>,
-    /// Every stored version, oldest first.
-    pub versions: Vec<PackageRecord>,
-}
-
-/// A plugin, as `ferry plugin show` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginDetails {
-    /// Name, assignment and versions.
-    #[serde(flatten)]
-    pub summary: PluginSummary,
-    /// Every change of its assignment, oldest first, with who made it and when.
-    pub history: Vec<Change>,
-    /// Which agents have (or should have) which version.
-    pub agents: Vec<AgentPlugin>,
-}
-
-/// One agent's copy of a plugin.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentPlugin {
-    /// The agent.
-    pub agent: String,
-    /// Whether the agent is connected.
-    pub agent_status: AgentStatus,
-    /// The version it reported, if any.
-    pub version: Option<String>,
-    /// The package digest it reported, if any.
-    pub digest: Option<Digest>,
-    /// `ready`, `pending`, `failed`, or `not-reported` (assigned, but the agent has not said
-    /// anything about it yet, e.g. because it is offline).
-    pub state: &'static str,
-    /// Why it failed.
-    pub detail: Option<String>,
-    /// When the agent last reported on it.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub updated: Option<OffsetDateTime>,
-}
-
-/// Where one agent stands in a rollout.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentRollout {
-    /// The agent.
-    pub agent: String,
-    /// `ready`, `failed` or `pending` (not finished when the wait ended).
-    pub state: &'static str,
-    /// Why it failed.
-    pub detail: Option<String>,
 }
 
 struct Reported {
@@ -634,10 +502,10 @@ impl PluginRegistry {
                 continue;
             }
             let (state, detail) = match reported.map(|r| &r.state) {
-                Some(PluginState::Ready) => ("ready", None),
-                Some(PluginState::Pending) => ("pending", None),
-                Some(PluginState::Failed(why)) => ("failed", Some(why.clone())),
-                None => ("not-reported", None),
+                Some(PluginState::Ready) => (LoadState::Ready, None),
+                Some(PluginState::Pending) => (LoadState::Pending, None),
+                Some(PluginState::Failed(why)) => (LoadState::Failed, Some(why.clone())),
+                None => (LoadState::NotReported, None),
             };
             views.push(AgentPlugin {
                 agent: agent.id.clone(),
@@ -737,7 +605,7 @@ impl PluginRegistry {
         loop {
             reports.mark_unchanged();
             let states = self.rollout(name, agents);
-            let settled = states.iter().all(|s| s.state != "pending");
+            let settled = states.iter().all(|s| s.state != LoadState::Pending);
             if settled || tokio::time::Instant::now() >= deadline {
                 return states;
             }
@@ -761,9 +629,9 @@ impl PluginRegistry {
                     .and_then(|r| r.get(name))
                     .filter(|r| Some(r.digest) == digest);
                 let (state, detail) = match reported.map(|r| &r.state) {
-                    Some(PluginState::Ready) => ("ready", None),
-                    Some(PluginState::Failed(why)) => ("failed", Some(why.clone())),
-                    Some(PluginState::Pending) | None => ("pending", None),
+                    Some(PluginState::Ready) => (LoadState::Ready, None),
+                    Some(PluginState::Failed(why)) => (LoadState::Failed, Some(why.clone())),
+                    Some(PluginState::Pending) | None => (LoadState::Pending, None),
                 };
                 AgentRollout {
                     agent: agent.clone(),

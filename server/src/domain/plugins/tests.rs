@@ -309,7 +309,7 @@ fn the_registry_survives_a_restart_and_reports_are_shown() {
     let states: Vec<(&str, &str)> = shown
         .agents
         .iter()
-        .map(|a| (a.agent.as_str(), a.state))
+        .map(|a| (a.agent.as_str(), a.state.name()))
         .collect();
     assert_eq!(states, [("a", "failed"), ("b", "not-reported")]);
     assert_eq!(shown.agents[0].detail.as_deref(), Some("tampered"));
