@@ -68,7 +68,9 @@ use super::agents::NotConnected;
 use super::names;
 use super::plugins::Selector;
 use super::ports::{AgentOverrides, CommandLog, Deliver, Delivery, Directory};
-use super::records::{Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord};
+use super::records::{
+    COMMAND_LAYOUT, Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord,
+};
 use super::runs::{
     CommandEntry, CommandEvent, CommandStatus, CommandStore, Origin, RenderedPayload,
 };
@@ -367,6 +369,7 @@ impl FleetEntry {
         let inner = self.inner.lock();
         let request = &self.request;
         FleetRecord {
+            layout: COMMAND_LAYOUT,
             id: self.id.clone(),
             topic: self.topic.clone(),
             target: match &request.target {
@@ -749,10 +752,7 @@ pub(crate) async fn start(
     let overlapped = match (&single, fleet.request.idempotency_key.is_some()) {
         (Some(agent), false) => {
             let (entry, delivery) = new_run(cx, &fleet, 0, agent, deliver_by, true);
-            let run = RunRecord {
-                origin: entry.origin().clone(),
-                view: entry.view(),
-            };
+            let run = RunRecord::new(entry.origin().clone(), entry.view());
             let recorded = cx
                 .log
                 .create_command(&fleet.record(), Some(&run), fleet.durable);
@@ -1138,7 +1138,8 @@ pub(crate) fn restore(cx: &Arc<Commands>, loaded: Loaded) {
                 continue;
             }
             let timeout_ms = run.origin.timeout_ms;
-            let entry = cx.runs.restore(run.origin, run.view);
+            let (origin, view) = run.into_parts();
+            let entry = cx.runs.restore(origin, view);
             fleet.restore_run(index, entry.clone());
             let view = entry.view();
             if view.status.is_final() {

@@ -8,11 +8,18 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::agents::AgentInfo;
-use super::runs::{CommandStatus, CommandView, Origin};
+use ferry_protocol::ResultStats;
+
+use super::runs::{CommandStatus, CommandView, Origin, RenderedPayload};
+
+/// The layout of the command records this server writes; as [`RUN_LAYOUT`] is for runs.
+pub(crate) const COMMAND_LAYOUT: u32 = 1;
 
 /// An operator command as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct FleetRecord {
+    #[serde(default = "first_layout")]
+    pub(crate) layout: u32,
     pub(crate) id: String,
     pub(crate) topic: String,
     /// `Agents` ids or a selector's text.
@@ -60,11 +67,160 @@ pub(crate) struct NotSent {
     pub(crate) at: OffsetDateTime,
 }
 
-/// One agent's run as stored.
+/// The layout of the run records this server writes. A record says which layout it has; one
+/// that says none was written in layout 1, before records carried it (as for commands,
+/// [`COMMAND_LAYOUT`]). A change to a record's
+/// fields bumps this and keeps a reader for every older layout, so a data directory written by
+/// any earlier version still loads; a record of a newer layout is refused by name.
+pub(crate) const RUN_LAYOUT: u32 = 1;
+
+/// One agent's run as stored: a record of its own, so that the operator API's view of a run
+/// (`CommandView`) can change without changing what is on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RunRecord {
+    #[serde(default = "first_layout")]
+    pub(crate) layout: u32,
     pub(crate) origin: Origin,
-    pub(crate) view: CommandView,
+    /// Under the key `view`: layout 1 was written when the record held the API's view, whose
+    /// fields `StoredRun` keeps.
+    #[serde(rename = "view")]
+    pub(crate) run: StoredRun,
+}
+
+fn first_layout() -> u32 {
+    1
+}
+
+/// A run's state as stored (layout 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredRun {
+    pub(crate) id: String,
+    pub(crate) agent: String,
+    pub(crate) topic: String,
+    pub(crate) status: CommandStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) finished_at: Option<OffsetDateTime>,
+    pub(crate) progress: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<String>,
+    #[serde(flatten)]
+    pub(crate) output: StoredOutput,
+    pub(crate) stats: Option<ResultStats>,
+}
+
+/// The plugin's output as stored: as JSON when it parses, else as text, else base64.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub(crate) struct StoredOutput {
+    /// Present (even as `null`, which a plugin may answer) when the output is JSON.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub(crate) payload: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) payload_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) payload_base64: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
+impl RunRecord {
+    /// The record of a run whose view is `view`, in the newest layout.
+    pub(crate) fn new(origin: Origin, view: CommandView) -> RunRecord {
+        // Destructured, so that a field added to the view does not compile until it is either
+        // stored (a new layout) or deliberately left out here.
+        let CommandView {
+            id,
+            agent,
+            topic,
+            status,
+            created_at,
+            finished_at,
+            progress,
+            detail,
+            output:
+                RenderedPayload {
+                    payload,
+                    payload_text,
+                    payload_base64,
+                },
+            stats,
+        } = view;
+        RunRecord {
+            layout: RUN_LAYOUT,
+            origin,
+            run: StoredRun {
+                id,
+                agent,
+                topic,
+                status,
+                created_at,
+                finished_at,
+                progress,
+                detail,
+                output: StoredOutput {
+                    payload,
+                    payload_text,
+                    payload_base64,
+                },
+                stats,
+            },
+        }
+    }
+
+    /// The run's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.run.id
+    }
+
+    /// What the run's entry is restored from (the storage backend refuses layouts newer than
+    /// [`RUN_LAYOUT`] as it loads them).
+    pub(crate) fn into_parts(self) -> (Origin, CommandView) {
+        let StoredRun {
+            id,
+            agent,
+            topic,
+            status,
+            created_at,
+            finished_at,
+            progress,
+            detail,
+            output:
+                StoredOutput {
+                    payload,
+                    payload_text,
+                    payload_base64,
+                },
+            stats,
+        } = self.run;
+        (
+            self.origin,
+            CommandView {
+                id,
+                agent,
+                topic,
+                status,
+                created_at,
+                finished_at,
+                progress,
+                detail,
+                output: RenderedPayload {
+                    payload,
+                    payload_text,
+                    payload_base64,
+                },
+                stats,
+            },
+        )
+    }
 }
 
 /// What [`CommandLog::create_command`](super::ports::CommandLog::create_command) did.

@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::agents::AgentInfo;
 use crate::domain::ports::{CommandLog, StorageError, Written};
-use crate::domain::records::{Created, FleetRecord, Loaded, NotSent, RunRecord};
+use crate::domain::records::{
+    COMMAND_LAYOUT, Created, FleetRecord, Loaded, NotSent, RUN_LAYOUT, RunRecord,
+};
 
 /// Operator command id → [`FleetRecord`] (CBOR).
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
@@ -155,7 +157,7 @@ impl Persist {
         let id = record.id.clone();
         let key = record.idempotency_key.clone();
         let bytes = encode(record);
-        let run = run.map(|run| (run.view.id.clone(), encode(run)));
+        let run = run.map(|run| (run.id().to_string(), encode(run)));
         self.writer.write_logged("a new command", move |tx| {
             let mut rows = Vec::new();
             if let Some(key) = key {
@@ -215,7 +217,7 @@ impl Persist {
         record: &RunRecord,
         durable: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let id = record.view.id.clone();
+        let id = record.id().to_string();
         let bytes = encode(record);
         self.writer
             .write_logged("a command's run on an agent", move |tx| {
@@ -254,6 +256,9 @@ impl Persist {
             for row in table.iter().map_err(failed)? {
                 let (id, value) = row.map_err(failed)?;
                 match decode::<FleetRecord>(value.value()) {
+                    Some(record) if record.layout > COMMAND_LAYOUT => {
+                        return Err(newer("command", &record.id, record.layout, COMMAND_LAYOUT));
+                    }
                     Some(record) => loaded.commands.push(record),
                     None => tracing::warn!(
                         id = id.value(),
@@ -266,6 +271,11 @@ impl Persist {
             for row in table.iter().map_err(failed)? {
                 let (_, value) = row.map_err(failed)?;
                 if let Some(record) = decode::<RunRecord>(value.value()) {
+                    // Skipping it would let the fan-out send its agent the command again under a
+                    // new id, so a newer layout stops the start instead.
+                    if record.layout > RUN_LAYOUT {
+                        return Err(newer("run", record.id(), record.layout, RUN_LAYOUT));
+                    }
                     loaded.runs.push(record);
                 }
             }
@@ -328,7 +338,7 @@ impl Persist {
                 .runs
                 .iter()
                 .filter(|r| forgotten.contains(&r.origin.fleet))
-                .map(|r| r.view.id.clone())
+                .map(|r| r.id().to_string())
                 .collect();
             loaded.runs.retain(|r| !forgotten.contains(&r.origin.fleet));
             self.writer
@@ -368,6 +378,13 @@ fn open(
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(failed(e)),
     }
+}
+
+/// Why a start stops at a record a newer server wrote: skipping it could send a command again.
+fn newer(what: &str, id: &str, layout: u32, reads: u32) -> String {
+    format!(
+        "{what} {id} was written in record layout {layout} by a newer ferry server (this one reads up to {reads}); run that version or a newer one on this data directory"
+    )
 }
 
 /// A write's future as the domain's port gives it: boxed, with the backend's error as text.
@@ -420,6 +437,7 @@ mod tests {
 
     fn command(id: &str, key: Option<&str>) -> FleetRecord {
         FleetRecord {
+            layout: COMMAND_LAYOUT,
             id: id.into(),
             topic: "echo".into(),
             target: TargetRecord::Agents(vec!["a1".into()]),
@@ -444,13 +462,13 @@ mod tests {
     }
 
     fn run(command: &str, status: CommandStatus) -> RunRecord {
-        RunRecord {
-            origin: Origin {
+        RunRecord::new(
+            Origin {
                 fleet: command.into(),
                 index: 0,
                 timeout_ms: None,
             },
-            view: CommandView {
+            CommandView {
                 id: format!("{command}-run"),
                 agent: "a1".into(),
                 topic: "echo".into(),
@@ -462,7 +480,70 @@ mod tests {
                 output: RenderedPayload::default(),
                 stats: None,
             },
+        )
+    }
+
+    /// A run record as servers wrote it before records carried a layout: the API's view of
+    /// the run under `view`, nothing else. It must still load, unchanged.
+    #[derive(Serialize)]
+    struct FirstLayout {
+        origin: Origin,
+        view: serde_json::Value,
+    }
+
+    #[test]
+    fn run_records_of_the_first_layout_load_and_newer_ones_stop_the_start() {
+        let created = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let origin = Origin {
+            fleet: "c1".into(),
+            index: 0,
+            timeout_ms: Some(1000),
+        };
+        let view = serde_json::json!({
+            "id": "r1", "agent": "a1", "topic": "echo", "status": "succeeded",
+            "created_at": "2023-11-14T22:13:20Z", "finished_at": "2023-11-14T22:13:20Z",
+            "progress": 100, "payload": null,
+            "stats": {"duration_us": 3, "fuel": null, "peak_memory_bytes": 65536},
+        });
+        let old = encode(&FirstLayout {
+            origin: origin.clone(),
+            view,
+        });
+        let record: RunRecord = decode(&old).expect("a first-layout record decodes");
+        assert_eq!(record.layout, 1);
+        let (back, view) = record.clone().into_parts();
+        assert_eq!(back, origin);
+        assert_eq!(view.id, "r1");
+        assert_eq!(view.created_at, created);
+        assert_eq!(view.output.payload, Some(serde_json::Value::Null));
+        assert_eq!(view.stats.as_ref().map(|s| s.duration_us), Some(3));
+        // Written again, it is the same run in the current layout.
+        let again: RunRecord = decode(&encode(&RunRecord::new(back, view))).unwrap();
+        assert_eq!(again.layout, RUN_LAYOUT);
+        assert_eq!(again.run, record.run);
+
+        // A record from a newer server stops the start, naming the layout.
+        let dir = tempfile::tempdir().unwrap();
+        let newer = RunRecord {
+            layout: RUN_LAYOUT + 1,
+            ..again
+        };
+        {
+            let db = crate::storage::db::open(dir.path()).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(RUNS)
+                .unwrap()
+                .insert("r1", encode(&newer).as_slice())
+                .unwrap();
+            tx.commit().unwrap();
         }
+        let db = crate::storage::db::open(dir.path()).unwrap();
+        let err = Persist::open(db, dir.path())
+            .unwrap()
+            .load(100)
+            .err()
+            .expect("a newer layout is refused");
+        assert!(err.contains("layout 2") && err.contains("newer"), "{err}");
     }
 
     /// A power cut leaves the database as of its last durable commit (here: before any
@@ -514,11 +595,7 @@ mod tests {
         let loaded = persist.load(100).unwrap();
         let commands: Vec<_> = loaded.commands.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(commands, ["c1"]);
-        let runs: Vec<_> = loaded
-            .runs
-            .iter()
-            .map(|r| (r.view.id.as_str(), r.view.status))
-            .collect();
+        let runs: Vec<_> = loaded.runs.iter().map(|r| (r.id(), r.run.status)).collect();
         assert_eq!(runs, [("c1-run", CommandStatus::Succeeded)]);
         assert_eq!(persist.command_for_key("key-1").as_deref(), Some("c1"));
         // The key is claimed: a second command with it is not created.

@@ -126,10 +126,7 @@ struct Stream {
 
 async fn drive(state: &Dispatcher, d: Delivery) {
     let entry = &d.entry;
-    let record = || RunRecord {
-        origin: entry.origin().clone(),
-        view: entry.view(),
-    };
+    let record = || RunRecord::new(entry.origin().clone(), entry.view());
     if !d.recorded
         && let Err(e) = state.log.save_run(&record(), true).await
     {
@@ -223,10 +220,7 @@ async fn drive(state: &Dispatcher, d: Delivery) {
                 Effect::Log(level, message) => entry.log(level, message),
                 Effect::Record(end) => {
                     let (view, event) = entry.ending(&end);
-                    let record = RunRecord {
-                        origin: entry.origin().clone(),
-                        view,
-                    };
+                    let record = RunRecord::new(entry.origin().clone(), view);
                     let written = state.log.save_run(&record, d.durable);
                     let written = if d.durable {
                         written.await
