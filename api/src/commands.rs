@@ -65,7 +65,7 @@ impl RenderedPayload {
 /// One thing that happened to one agent's run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-pub enum CommandEvent {
+pub enum RunEvent {
     /// The agent accepted the command.
     Accepted {
         /// When.
@@ -114,7 +114,7 @@ pub enum CommandEvent {
 /// Where a command is, or how it ended as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum FleetStatus {
+pub enum CommandStatus {
     /// Agents are still being sent it or running it.
     Running,
     /// Every agent succeeded.
@@ -125,32 +125,32 @@ pub enum FleetStatus {
     Cancelled,
 }
 
-impl FleetStatus {
+impl CommandStatus {
     /// Every command status.
-    pub const ALL: &'static [FleetStatus] = &[
-        FleetStatus::Running,
-        FleetStatus::Succeeded,
-        FleetStatus::Failed,
-        FleetStatus::Cancelled,
+    pub const ALL: &'static [CommandStatus] = &[
+        CommandStatus::Running,
+        CommandStatus::Succeeded,
+        CommandStatus::Failed,
+        CommandStatus::Cancelled,
     ];
 
     /// The name the API uses.
     pub fn name(self) -> &'static str {
         match self {
-            FleetStatus::Running => "running",
-            FleetStatus::Succeeded => "succeeded",
-            FleetStatus::Failed => "failed",
-            FleetStatus::Cancelled => "cancelled",
+            CommandStatus::Running => "running",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+            CommandStatus::Cancelled => "cancelled",
         }
     }
 
     /// Parses the name the API uses.
-    pub fn parse(s: &str) -> Option<FleetStatus> {
+    pub fn parse(s: &str) -> Option<CommandStatus> {
         Self::ALL.iter().copied().find(|f| f.name() == s)
     }
 }
 
-impl fmt::Display for FleetStatus {
+impl fmt::Display for CommandStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -224,7 +224,7 @@ pub struct AgentResult {
 
 /// A command as the operator API shows it (the OpenAPI document's `Command`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FleetView {
+pub struct CommandView {
     /// Its id.
     pub id: String,
     /// Its topic.
@@ -232,7 +232,7 @@ pub struct FleetView {
     /// The target as given: agent ids, a selector, or `all`.
     pub target: String,
     /// Where it is, or how it ended.
-    pub status: FleetStatus,
+    pub status: CommandStatus,
     /// Who sent it (a token's name).
     pub created_by: String,
     /// When it was created.
@@ -259,7 +259,7 @@ pub struct FleetView {
 /// `finished` saying why), then its own events with `agent` added; `done` comes last, once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-pub enum FleetEvent {
+pub enum CommandEvent {
     /// The command was sent to an agent.
     Dispatched {
         /// The agent.
@@ -324,7 +324,7 @@ pub enum FleetEvent {
     /// Every agent is done; always the last event.
     Done {
         /// How the command ended.
-        status: FleetStatus,
+        status: CommandStatus,
         /// How many agents ended where.
         summary: Summary,
         /// The most agents that ran it at once.
@@ -335,34 +335,34 @@ pub enum FleetEvent {
     },
 }
 
-impl FleetEvent {
+impl CommandEvent {
     /// `agent`'s run's `event`, as the command's stream carries it.
-    pub fn of(agent: String, event: CommandEvent) -> FleetEvent {
+    pub fn of(agent: String, event: RunEvent) -> CommandEvent {
         match event {
-            CommandEvent::Accepted { at } => FleetEvent::Accepted { agent, at },
-            CommandEvent::Progress {
+            RunEvent::Accepted { at } => CommandEvent::Accepted { agent, at },
+            RunEvent::Progress {
                 at,
                 percent,
                 message,
-            } => FleetEvent::Progress {
+            } => CommandEvent::Progress {
                 agent,
                 at,
                 percent,
                 message,
             },
-            CommandEvent::Log { at, level, message } => FleetEvent::Log {
+            RunEvent::Log { at, level, message } => CommandEvent::Log {
                 agent,
                 at,
                 level,
                 message,
             },
-            CommandEvent::Finished {
+            RunEvent::Finished {
                 at,
                 status,
                 detail,
                 output,
                 stats,
-            } => FleetEvent::Finished {
+            } => CommandEvent::Finished {
                 agent,
                 at,
                 status,
@@ -376,24 +376,24 @@ impl FleetEvent {
     /// Its `type`: the SSE event's name.
     pub fn kind(&self) -> &'static str {
         match self {
-            FleetEvent::Dispatched { .. } => "dispatched",
-            FleetEvent::Accepted { .. } => "accepted",
-            FleetEvent::Progress { .. } => "progress",
-            FleetEvent::Log { .. } => "log",
-            FleetEvent::Finished { .. } => "finished",
-            FleetEvent::Done { .. } => "done",
+            CommandEvent::Dispatched { .. } => "dispatched",
+            CommandEvent::Accepted { .. } => "accepted",
+            CommandEvent::Progress { .. } => "progress",
+            CommandEvent::Log { .. } => "log",
+            CommandEvent::Finished { .. } => "finished",
+            CommandEvent::Done { .. } => "done",
         }
     }
 
     /// The agent it is about; none for `done`.
     pub fn agent(&self) -> Option<&str> {
         match self {
-            FleetEvent::Dispatched { agent, .. }
-            | FleetEvent::Accepted { agent, .. }
-            | FleetEvent::Progress { agent, .. }
-            | FleetEvent::Log { agent, .. }
-            | FleetEvent::Finished { agent, .. } => Some(agent),
-            FleetEvent::Done { .. } => None,
+            CommandEvent::Dispatched { agent, .. }
+            | CommandEvent::Accepted { agent, .. }
+            | CommandEvent::Progress { agent, .. }
+            | CommandEvent::Log { agent, .. }
+            | CommandEvent::Finished { agent, .. } => Some(agent),
+            CommandEvent::Done { .. } => None,
         }
     }
 }
@@ -487,7 +487,7 @@ mod tests {
         let at = OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(500);
         let text = "1970-01-01T00:00:00.5Z";
         same(
-            &FleetEvent::Dispatched {
+            &CommandEvent::Dispatched {
                 agent: "a".into(),
                 agent_command_id: "c1".into(),
                 at,
@@ -495,13 +495,13 @@ mod tests {
             json!({"type": "dispatched", "agent": "a", "agent_command_id": "c1", "at": text}),
         );
         same(
-            &FleetEvent::of("a".into(), CommandEvent::Accepted { at }),
+            &CommandEvent::of("a".into(), RunEvent::Accepted { at }),
             json!({"type": "accepted", "agent": "a", "at": text}),
         );
         same(
-            &FleetEvent::of(
+            &CommandEvent::of(
                 "a".into(),
-                CommandEvent::Progress {
+                RunEvent::Progress {
                     at,
                     percent: 40,
                     message: "copying".into(),
@@ -510,9 +510,9 @@ mod tests {
             json!({"type": "progress", "agent": "a", "at": text, "percent": 40, "message": "copying"}),
         );
         same(
-            &FleetEvent::of(
+            &CommandEvent::of(
                 "a".into(),
-                CommandEvent::Log {
+                RunEvent::Log {
                     at,
                     level: LogLevel::Warn,
                     message: "disk".into(),
@@ -521,9 +521,9 @@ mod tests {
             json!({"type": "log", "agent": "a", "at": text, "level": "Warn", "message": "disk"}),
         );
         same(
-            &FleetEvent::of(
+            &CommandEvent::of(
                 "a".into(),
-                CommandEvent::Finished {
+                RunEvent::Finished {
                     at,
                     status: Status::Succeeded,
                     detail: None,
@@ -540,7 +540,7 @@ mod tests {
         );
         // An agent never sent the command: why, and nothing else.
         same(
-            &FleetEvent::Finished {
+            &CommandEvent::Finished {
                 agent: "b".into(),
                 at,
                 status: Status::Undelivered,
@@ -554,8 +554,8 @@ mod tests {
         summary.add(Status::Succeeded);
         summary.add(Status::Lost);
         same(
-            &FleetEvent::Done {
-                status: FleetStatus::Failed,
+            &CommandEvent::Done {
+                status: CommandStatus::Failed,
                 summary,
                 peak_concurrency: 2,
                 at,
@@ -596,8 +596,8 @@ mod tests {
                 "{status:?}"
             );
         }
-        for status in FleetStatus::ALL {
-            assert_eq!(FleetStatus::parse(status.name()), Some(*status));
+        for status in CommandStatus::ALL {
+            assert_eq!(CommandStatus::parse(status.name()), Some(*status));
             assert_eq!(serde_json::to_value(status).unwrap(), json!(status.name()));
         }
     }

@@ -21,8 +21,8 @@ pub use agents::{
     HeartbeatView, LabelsRequest, Revocation, RevokeRequest, RevokedAgent, UnseenAgent,
 };
 pub use commands::{
-    AgentResult, CommandEvent, CommandsQuery, CreateCommand, FleetEvent, FleetStatus, FleetView,
-    RenderedPayload, Summary,
+    AgentResult, CommandEvent, CommandStatus, CommandView, CommandsQuery, CreateCommand,
+    RenderedPayload, RunEvent, Summary,
 };
 pub use ferry_lifecycle::Status;
 pub use ferry_protocol::digest::Digest;

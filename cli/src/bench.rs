@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use ferry_agent::{Agent, AgentConfig, PluginConfig};
 use ferry_protocol::AgentId;
 use ferry_protocol::pki::PkiDir;
-use ferry_server::{CommandRequest, CommandStatus, Server, ServerConfig};
+use ferry_server::{RunRequest, RunStatus, Server, ServerConfig};
 use serde::Serialize;
 
 /// The topic of the durable round trip: the echo plugin, journaled.
@@ -134,7 +134,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         async move {
             let start = Instant::now();
             let entry = server
-                .submit(CommandRequest {
+                .submit(RunRequest {
                     agent: id,
                     topic: topic.into(),
                     payload,
@@ -147,7 +147,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .await?;
             let view = entry.wait().await;
             let elapsed = start.elapsed();
-            if view.status != CommandStatus::Succeeded {
+            if view.status != RunStatus::Succeeded {
                 bail!(
                     "a benchmark command ended {:?}: {:?}",
                     view.status,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ferry_api::{ErrorBody, FleetEvent};
+use ferry_api::{CommandEvent, ErrorBody};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -173,9 +173,9 @@ impl Client {
 
     /// Follows a command's event stream (`/v1/commands/{id}/events`), calling `on_event` for
     /// each event until the stream ends.
-    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(FleetEvent)) -> Result<()> {
+    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(CommandEvent)) -> Result<()> {
         let mut unreadable = None;
-        self.follow_raw(path, |kind, data| match read::<FleetEvent>(data) {
+        self.follow_raw(path, |kind, data| match read::<CommandEvent>(data) {
             Ok(event) => on_event(event),
             Err(e) => {
                 unreadable.get_or_insert_with(|| format!("a `{kind}` event: {e:#}"));

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use ferry_api::{
-    Agent, AgentResult, CreateCommand, FleetEvent, FleetStatus, FleetView, HostMetrics, NoBody,
+    Agent, AgentResult, CommandEvent, CommandStatus, CommandView, CreateCommand, HostMetrics,
+    NoBody,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -211,7 +212,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         body.data = Some(data);
     }
     let answer = client.post_value("/v1/commands", &body).await?;
-    let created: FleetView = read(answer.clone())?;
+    let created: CommandView = read(answer.clone())?;
     let id = created.id.clone();
     if args.no_wait {
         if args.json {
@@ -239,7 +240,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// The agents a command was sent to, in its results' order.
-fn agents_of(command: &FleetView) -> Vec<String> {
+fn agents_of(command: &CommandView) -> Vec<String> {
     command
         .results
         .iter()
@@ -259,7 +260,7 @@ async fn watch(client: &Client, id: &str, agents: &[String], json: bool) -> Resu
         .await?;
     display.finish();
     let answer = client.get_value(&format!("/v1/commands/{id}")).await?;
-    let done: FleetView = read(answer.clone())?;
+    let done: CommandView = read(answer.clone())?;
     let first = done.results.iter().flatten().next();
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -272,7 +273,7 @@ async fn watch(client: &Client, id: &str, agents: &[String], json: bool) -> Resu
         print_results(&done);
         eprintln!("{}", summary_line(&done));
     }
-    if done.status != FleetStatus::Succeeded {
+    if done.status != CommandStatus::Succeeded {
         if agents.len() == 1 {
             let one = first.map_or(done.status.name(), |r| r.status.name());
             bail!("command {id} ended {one}");
@@ -337,7 +338,7 @@ fn output_cell(result: &AgentResult) -> String {
     }
 }
 
-fn print_results(command: &FleetView) {
+fn print_results(command: &CommandView) {
     let rows: Vec<Vec<String>> = command
         .results
         .iter()
@@ -360,7 +361,7 @@ fn print_results(command: &FleetView) {
 }
 
 /// `50 agents: 48 succeeded, 2 failed (at most 10 at once)`.
-fn summary_line(command: &FleetView) -> String {
+fn summary_line(command: &CommandView) -> String {
     let s = &command.summary;
     let mut parts = Vec::new();
     for (n, name) in [
@@ -387,7 +388,7 @@ fn summary_line(command: &FleetView) -> String {
 pub async fn cancel(args: CancelArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let id = &args.id;
-    let _: FleetView = client
+    let _: CommandView = client
         .post(&format!("/v1/commands/{id}/cancel"), &NoBody {})
         .await?;
     if args.no_wait {
@@ -402,7 +403,7 @@ pub async fn cancel(args: CancelArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        let done: FleetView = read(answer)?;
+        let done: CommandView = read(answer)?;
         println!(
             "command {id} ended {}: {}",
             done.status,
@@ -546,7 +547,7 @@ pub async fn commands(args: CommandsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let list: Vec<FleetView> = read(answer)?;
+    let list: Vec<CommandView> = read(answer)?;
     if list.is_empty() {
         eprintln!("no commands match");
         return Ok(());
@@ -592,7 +593,7 @@ pub async fn command(args: CommandArgs) -> Result<()> {
 async fn follow_command(args: ShowCommandArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
     let id = segment(&args.id);
-    let command: FleetView = client.get(&format!("/v1/commands/{id}")).await?;
+    let command: CommandView = client.get(&format!("/v1/commands/{id}")).await?;
     let agents = agents_of(&command);
     if !args.json {
         eprintln!(
@@ -620,7 +621,7 @@ async fn command_logs(args: ShowCommandArgs) -> Result<()> {
     }
     client
         .follow(&path, |event| {
-            if let FleetEvent::Log {
+            if let CommandEvent::Log {
                 agent,
                 at,
                 level,
@@ -648,7 +649,7 @@ async fn show_command(args: ShowCommandArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    let command: FleetView = read(answer)?;
+    let command: CommandView = read(answer)?;
     let limit = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
     println!("command   {}", command.id);
     println!("topic     {}", command.topic);

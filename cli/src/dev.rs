@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use ferry_agent::{Agent, AgentConfig};
 use ferry_protocol::AgentId;
 use ferry_protocol::pki::PkiDir;
-use ferry_server::{CommandRequest, CommandStatus, Server, ServerConfig, StartError};
+use ferry_server::{RunRequest, RunStatus, Server, ServerConfig, StartError};
 
 use crate::client::{CliConfig, default_config_path, write_config};
 use crate::daemons::shutdown_signal;
@@ -80,7 +80,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     // A command through the whole path: API-side dispatch, QUIC, the agent, the wasm plugin.
     let check = server
-        .submit(CommandRequest {
+        .submit(RunRequest {
             agent: agent_id.clone(),
             topic: "echo".into(),
             payload: br#"{"hello":"ferry"}"#.to_vec(),
@@ -93,7 +93,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .await?;
     let view = check.wait().await;
     let self_check = match (&view.status, &view.stats) {
-        (CommandStatus::Succeeded, Some(stats)) => format!(
+        (RunStatus::Succeeded, Some(stats)) => format!(
             "echo succeeded on the agent in {} (plugin time)",
             micros(stats.duration_us)
         ),
@@ -102,7 +102,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             view.detail.clone().unwrap_or_default()
         ),
     };
-    let ok = view.status == CommandStatus::Succeeded;
+    let ok = view.status == RunStatus::Succeeded;
 
     let token_path = data_dir.join("server/operator.token");
     let cli_config = args.cli_config.clone().or_else(default_config_path);

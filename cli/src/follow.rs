@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use ferry_api::{FleetEvent, Status};
+use ferry_api::{CommandEvent, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Up to this many agents get a bar each.
@@ -105,7 +105,7 @@ impl Follow {
     }
 
     /// One event of the command.
-    pub fn event(&mut self, event: &FleetEvent) {
+    pub fn event(&mut self, event: &CommandEvent) {
         let agent = event.agent().unwrap_or("?");
         let bar = self.bars.get(agent).cloned();
         // Lines for one agent read as they did before fleets; with several, they name the agent.
@@ -116,12 +116,12 @@ impl Follow {
         };
         let plain = !self.bars_visible && self.summary.is_none();
         match event {
-            FleetEvent::Dispatched { .. } => {
+            CommandEvent::Dispatched { .. } => {
                 if let Some(bar) = bar {
                     bar.set_message("sent");
                 }
             }
-            FleetEvent::Accepted { .. } => {
+            CommandEvent::Accepted { .. } => {
                 if let Some(bar) = bar {
                     bar.set_message("running");
                 }
@@ -129,7 +129,7 @@ impl Follow {
                     self.line(format!("  {prefix}accepted"));
                 }
             }
-            FleetEvent::Progress {
+            CommandEvent::Progress {
                 percent, message, ..
             } => {
                 if let Some(bar) = bar {
@@ -140,12 +140,12 @@ impl Follow {
                     self.line(format!("  {prefix}[{percent:>3}%] {message}"));
                 }
             }
-            FleetEvent::Log { level, message, .. } if self.summary.is_none() => {
+            CommandEvent::Log { level, message, .. } if self.summary.is_none() => {
                 let level = level.to_string();
                 self.line(format!("  {prefix}{level:<5} {message}"));
             }
-            FleetEvent::Log { .. } => {}
-            FleetEvent::Finished { status, .. } => {
+            CommandEvent::Log { .. } => {}
+            CommandEvent::Finished { status, .. } => {
                 let status = *status;
                 let category = category(status);
                 match self.counts.iter_mut().find(|(c, _)| *c == category) {
@@ -168,7 +168,7 @@ impl Follow {
                     self.line(format!("  {agent}: {}", status.name()));
                 }
             }
-            FleetEvent::Done { .. } => self.finish(),
+            CommandEvent::Done { .. } => self.finish(),
         }
     }
 

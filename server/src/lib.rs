@@ -18,12 +18,13 @@ mod transport;
 pub use config::{ServerConfig, TlsPaths};
 pub use domain::agents::{AgentInfo, AgentStatus, DuplicateSeen, HeartbeatView};
 pub use domain::commands::{
-    AgentResult, FleetEntry, FleetRequest, FleetStatus, FleetView, SubmitError, Summary, Target,
+    AgentResult, CommandEntry, CommandRequest, CommandStatus, CommandView, SubmitError, Summary,
+    Target,
 };
 pub use domain::plugins::{
     AgentPlugin, AgentRollout, Assignment, PackageRecord, PluginDetails, PluginError,
     PluginRegistry, PluginSummary, PushOutcome, Selector,
 };
-pub use domain::runs::{CommandEntry, CommandEvent, CommandStatus, CommandView, RenderedPayload};
-pub use server::{CommandRequest, PLUGIN_KEY, PLUGIN_KEY_PUB, Server, StartError};
+pub use domain::runs::{RenderedPayload, RunEntry, RunEvent, RunStatus, RunView};
+pub use server::{PLUGIN_KEY, PLUGIN_KEY_PUB, RunRequest, Server, StartError};
 pub use storage::tokens::Scope;

@@ -37,10 +37,10 @@ use crate::domain::ServerData;
 use crate::domain::agents::AgentInfo;
 use crate::domain::commands as fleet;
 use crate::domain::commands::{
-    Commands, FleetEntry, FleetRequest, FleetStore, Settings, SubmitError, Target,
+    CommandEntry, CommandRequest, CommandStore, Commands, Settings, SubmitError, Target,
 };
 use crate::domain::plugins::PluginRegistry;
-use crate::domain::runs::{CommandEntry, CommandStore};
+use crate::domain::runs::{RunEntry, RunStore};
 use crate::storage::audit::AuditLog;
 use crate::storage::db;
 use crate::storage::enrollment::{Enrollment, JoinToken};
@@ -97,9 +97,10 @@ pub enum StartError {
     },
 }
 
-/// What to run, where.
+/// What to run on one agent: [`Server::submit`] makes a command for that agent alone and
+/// hands back its run.
 #[derive(Debug, Clone)]
-pub struct CommandRequest {
+pub struct RunRequest {
     /// The agent to run it on.
     pub agent: AgentId,
     /// The topic.
@@ -123,7 +124,7 @@ pub struct CommandRequest {
 /// A running ferry server.
 pub struct Server {
     registry: Arc<Agents>,
-    runs: Arc<CommandStore>,
+    runs: Arc<RunStore>,
     commands: Arc<Commands>,
     plugins: Arc<PluginRegistry>,
     tokens: Arc<TokenStore>,
@@ -269,7 +270,7 @@ impl Server {
         let stop = CancellationToken::new();
         let tracked = TaskTracker::new();
         let registry = Arc::new(Agents::default());
-        let runs = Arc::new(CommandStore::default());
+        let runs = Arc::new(RunStore::default());
         let persist = Arc::new(persist);
         let overrides = Arc::new(overrides);
         let plugins = Arc::new(plugins);
@@ -291,7 +292,7 @@ impl Server {
                 restart_grace: config.restart_grace,
                 max_frame_bytes: config.max_frame_bytes,
             },
-            store: FleetStore::default(),
+            store: CommandStore::default(),
             runs: runs.clone(),
             agents: registry.clone(),
             overrides: overrides.clone(),
@@ -446,9 +447,9 @@ impl Server {
 
     /// Sends a command to an agent; the returned entry follows it to its end. The command is
     /// listed by the operator API like any other, created by `server`.
-    pub async fn submit(&self, request: CommandRequest) -> Result<Arc<CommandEntry>, SubmitError> {
+    pub async fn submit(&self, request: RunRequest) -> Result<Arc<RunEntry>, SubmitError> {
         let fleet = self
-            .submit_fleet(FleetRequest {
+            .submit_fleet(CommandRequest {
                 target: Target::Agents(vec![request.agent]),
                 topic: request.topic,
                 payload: request.payload,
@@ -471,13 +472,13 @@ impl Server {
     /// idempotency key was used before is not sent again: the first one is returned.
     pub async fn submit_fleet(
         &self,
-        request: FleetRequest,
-    ) -> Result<Arc<FleetEntry>, SubmitError> {
+        request: CommandRequest,
+    ) -> Result<Arc<CommandEntry>, SubmitError> {
         fleet::start(&self.commands, request).await.map(|(f, _)| f)
     }
 
     /// A command by id, as [`Server::submit_fleet`] returned it.
-    pub fn fleet_command(&self, id: &str) -> Option<Arc<FleetEntry>> {
+    pub fn fleet_command(&self, id: &str) -> Option<Arc<CommandEntry>> {
         self.commands.store.get(id)
     }
 
@@ -500,7 +501,7 @@ impl Server {
     }
 
     /// A command by id.
-    pub fn command(&self, id: &str) -> Option<Arc<CommandEntry>> {
+    pub fn command(&self, id: &str) -> Option<Arc<RunEntry>> {
         self.runs.get(id)
     }
 

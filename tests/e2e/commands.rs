@@ -1,6 +1,6 @@
 //! A command's round trip: server → agent → wasm plugin → server, with progress and logs.
 
-use ferry_server::{AgentStatus, CommandEvent, CommandStatus};
+use ferry_server::{AgentStatus, RunEvent, RunStatus};
 use ferry_tests::{Harness, eventually};
 
 #[tokio::test]
@@ -10,7 +10,7 @@ async fn echo_returns_its_payload_with_progress_and_logs() {
 
     let payload = br#"{"greeting":"hello","n":[1,2,3]}"#;
     let view = harness.run("edge-1", "echo", payload, None).await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     assert_eq!(
         view.output.payload,
         Some(serde_json::from_slice(payload).unwrap())
@@ -20,17 +20,17 @@ async fn echo_returns_its_payload_with_progress_and_logs() {
 
     let events = harness.server().command(&view.id).unwrap().events_since(0);
     assert!(
-        matches!(events.first(), Some(CommandEvent::Accepted { .. })),
+        matches!(events.first(), Some(RunEvent::Accepted { .. })),
         "{events:?}"
     );
     assert!(
-        matches!(events.last(), Some(CommandEvent::Finished { .. })),
+        matches!(events.last(), Some(RunEvent::Finished { .. })),
         "{events:?}"
     );
     let progress: Vec<u8> = events
         .iter()
         .filter_map(|e| match e {
-            CommandEvent::Progress { percent, .. } => Some(*percent),
+            RunEvent::Progress { percent, .. } => Some(*percent),
             _ => None,
         })
         .collect();
@@ -43,7 +43,7 @@ async fn echo_returns_its_payload_with_progress_and_logs() {
         "progress never goes back: {progress:?}"
     );
     assert!(
-        events.iter().any(|e| matches!(e, CommandEvent::Log { .. })),
+        events.iter().any(|e| matches!(e, RunEvent::Log { .. })),
         "the plugin's log lines arrive: {events:?}"
     );
 }
@@ -63,7 +63,7 @@ async fn many_commands_run_concurrently_on_one_agent() {
         }
     });
     for (i, view) in futures::future::join_all(runs).await {
-        assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+        assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
         assert_eq!(view.output.payload, Some(serde_json::json!({"i": i})));
     }
 }
@@ -73,7 +73,7 @@ async fn an_unknown_topic_is_answered_by_name() {
     let harness = Harness::start().await;
     let _agent = harness.start_agent("edge-2").await;
     let view = harness.run("edge-2", "no.such.topic", b"{}", None).await;
-    assert_eq!(view.status, CommandStatus::UnknownTopic, "{view:?}");
+    assert_eq!(view.status, RunStatus::UnknownTopic, "{view:?}");
     let detail = view.detail.unwrap();
     assert!(
         detail.contains("no.such.topic") && detail.contains("echo"),
@@ -86,7 +86,7 @@ async fn commands_for_an_agent_that_is_not_connected_are_refused() {
     let harness = Harness::start().await;
     let err = harness
         .server()
-        .submit(ferry_server::CommandRequest {
+        .submit(ferry_server::RunRequest {
             agent: "ghost".parse().unwrap(),
             topic: "echo".into(),
             payload: vec![],
@@ -169,12 +169,12 @@ async fn read_only_topics_are_reported_and_run_without_the_journals() {
         let view = harness
             .run("reader", "echo", payload.as_bytes(), None)
             .await;
-        assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+        assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
         assert_eq!(view.output.payload, Some(serde_json::json!({"i": i})));
         let events = harness.server().command(&view.id).unwrap().events_since(0);
         assert!(
-            events.iter().any(|e| matches!(e, CommandEvent::Log { .. }))
-                && matches!(events.first(), Some(CommandEvent::Accepted { .. })),
+            events.iter().any(|e| matches!(e, RunEvent::Log { .. }))
+                && matches!(events.first(), Some(RunEvent::Accepted { .. })),
             "{events:?}"
         );
     }

@@ -5,7 +5,7 @@ use ferry_protocol::{
     Accepted, CommandResult, DataRequest, FrameReader, Message, Outcome, ResultStats, SUPPORTED,
     write_frame,
 };
-use ferry_server::{CommandRequest, CommandStatus};
+use ferry_server::{RunRequest, RunStatus};
 use ferry_tests::{Harness, WAIT};
 
 use crate::handshake::{hello, raw_agent};
@@ -28,7 +28,7 @@ async fn a_command_gets_its_own_data_then_the_servers() {
 
     let entry = harness
         .server()
-        .submit(CommandRequest {
+        .submit(RunRequest {
             agent: "asker".parse().unwrap(),
             topic: "anything".into(),
             payload: vec![],
@@ -97,7 +97,7 @@ async fn a_command_gets_its_own_data_then_the_servers() {
     });
     write_frame(&mut send, &result, 1 << 20).await.unwrap();
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
 }
 
 /// Starts agent `id` serving the `probe` fixture with a manifest that asks for request-data;
@@ -132,14 +132,10 @@ async fn agent_with_probe(harness: &Harness, id: &str, allow: bool) -> ferry_age
     agent
 }
 
-async fn ask(
-    harness: &Harness,
-    agent: &str,
-    key: &str,
-) -> std::sync::Arc<ferry_server::CommandEntry> {
+async fn ask(harness: &Harness, agent: &str, key: &str) -> std::sync::Arc<ferry_server::RunEntry> {
     harness
         .server()
-        .submit(CommandRequest {
+        .submit(RunRequest {
             agent: agent.parse().unwrap(),
             topic: "probe.data".into(),
             payload: key.as_bytes().to_vec(),
@@ -162,7 +158,7 @@ async fn a_plugin_asks_for_data_through_a_real_agent() {
     let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "token").await.wait())
         .await
         .unwrap();
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     assert_eq!(view.output.payload_text.as_deref(), Some("s3cret"));
     let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "motd").await.wait())
         .await
@@ -171,7 +167,7 @@ async fn a_plugin_asks_for_data_through_a_real_agent() {
     let view = tokio::time::timeout(WAIT, ask(&harness, "data-agent", "nothing").await.wait())
         .await
         .unwrap();
-    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert_eq!(view.status, RunStatus::Denied, "{view:?}");
     assert!(view.detail.unwrap().contains("no data under 'nothing'"));
 }
 
@@ -182,7 +178,7 @@ async fn without_the_policy_grant_request_data_is_refused_by_name() {
     let view = tokio::time::timeout(WAIT, ask(&harness, "no-data-agent", "token").await.wait())
         .await
         .unwrap();
-    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert_eq!(view.status, RunStatus::Denied, "{view:?}");
     let detail = view.detail.unwrap();
     assert!(detail.contains("request_data is not granted"), "{detail}");
 }

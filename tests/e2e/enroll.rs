@@ -11,7 +11,7 @@ use ferry_protocol::tls::{self, TransportSettings};
 use ferry_protocol::{
     AgentId, Enroll, EnrollCode, FrameReader, Message, SUPPORTED, close, write_frame,
 };
-use ferry_server::{CommandRequest, CommandStatus};
+use ferry_server::{RunRequest, RunStatus};
 use ferry_tests::{Harness, WAIT, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -114,7 +114,7 @@ async fn an_agent_joins_with_a_token_runs_commands_and_carries_the_tokens_labels
     assert_eq!(agent.id().as_str(), "joiner");
     agent.wait_connected(WAIT).await.expect("it connects");
     let result = harness.run("joiner", "echo", b"{\"hi\":1}", None).await;
-    assert_eq!(result.status, CommandStatus::Succeeded, "{result:?}");
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
 
     let (_, found) = api(&harness, Method::GET, "/v1/agents?selector=site=lab", None).await;
     let ids: Vec<&str> = found
@@ -409,7 +409,7 @@ async fn the_certificate_is_renewed_on_the_live_connection_without_dropping_comm
     // Runs until cancelled: across the renewal, at about 8 s.
     let command = harness
         .server()
-        .submit(CommandRequest {
+        .submit(RunRequest {
             agent: AgentId::new("renewer").unwrap(),
             topic: "fault.cancel".into(),
             payload: b"{}".to_vec(),
@@ -422,7 +422,7 @@ async fn the_certificate_is_renewed_on_the_live_connection_without_dropping_comm
         .await
         .unwrap();
     eventually("the command runs", || {
-        command.view().status == CommandStatus::Running
+        command.view().status == RunStatus::Running
     })
     .await;
     eventually("the certificate file is renewed", || {
@@ -441,7 +441,7 @@ async fn the_certificate_is_renewed_on_the_live_connection_without_dropping_comm
     );
     command.request_cancel();
     let view = tokio::time::timeout(WAIT, command.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Cancelled, "{view:?}");
+    assert_eq!(view.status, RunStatus::Cancelled, "{view:?}");
     assert_eq!(
         agent.status(),
         ConnectionStatus::Connected { session },
@@ -460,7 +460,7 @@ async fn the_certificate_is_renewed_on_the_live_connection_without_dropping_comm
         .await
         .expect("the agent reconnects with its renewed certificate");
     let result = harness.run("renewer", "fault.nap", b"10", None).await;
-    assert_eq!(result.status, CommandStatus::Succeeded, "{result:?}");
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
     agent.shutdown().await;
 }
 

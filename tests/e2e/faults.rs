@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_server::CommandStatus;
+use ferry_server::RunStatus;
 use ferry_tests::Harness;
 
 #[tokio::test]
@@ -11,7 +11,7 @@ async fn a_trapping_plugin_fails_its_command_and_the_agent_keeps_serving() {
     let _agent = harness.start_agent("sturdy").await;
 
     let view = harness.run("sturdy", "fault.trap", b"{}", None).await;
-    assert_eq!(view.status, CommandStatus::Crashed, "{view:?}");
+    assert_eq!(view.status, RunStatus::Crashed, "{view:?}");
     let detail = view.detail.unwrap_or_default();
     assert!(
         detail.contains("trap") || detail.contains("unreachable"),
@@ -19,15 +19,15 @@ async fn a_trapping_plugin_fails_its_command_and_the_agent_keeps_serving() {
     );
 
     let view = harness.run("sturdy", "fault.panic", b"{}", None).await;
-    assert_eq!(view.status, CommandStatus::Crashed, "{view:?}");
+    assert_eq!(view.status, RunStatus::Crashed, "{view:?}");
 
     // The same plugin and the agent both still work.
     let view = harness.run("sturdy", "fault.fail", b"{}", None).await;
-    assert_eq!(view.status, CommandStatus::Failed, "{view:?}");
+    assert_eq!(view.status, RunStatus::Failed, "{view:?}");
     let view = harness
         .run("sturdy", "echo", br#""still here""#, None)
         .await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
 }
 
 #[tokio::test]
@@ -42,9 +42,9 @@ async fn a_plugin_that_loops_forever_is_stopped_at_its_timeout() {
             Some(Duration::from_millis(300)),
         )
         .await;
-    assert_eq!(view.status, CommandStatus::TimedOut, "{view:?}");
+    assert_eq!(view.status, RunStatus::TimedOut, "{view:?}");
     let view = harness.run("looper", "echo", b"1", None).await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
 }
 
 #[tokio::test]
@@ -53,7 +53,7 @@ async fn a_cancel_reaches_the_plugin() {
     let _agent = harness.start_agent("canceller").await;
     let entry = harness
         .server()
-        .submit(ferry_server::CommandRequest {
+        .submit(ferry_server::RunRequest {
             agent: "canceller".parse().unwrap(),
             topic: "fault.cancel".into(),
             payload: b"{}".to_vec(),
@@ -66,14 +66,14 @@ async fn a_cancel_reaches_the_plugin() {
         .await
         .unwrap();
     ferry_tests::eventually("the command runs", || {
-        entry.view().status == CommandStatus::Running
+        entry.view().status == RunStatus::Running
     })
     .await;
     entry.request_cancel();
     let view = tokio::time::timeout(ferry_tests::WAIT, entry.wait())
         .await
         .unwrap();
-    assert_eq!(view.status, CommandStatus::Cancelled, "{view:?}");
+    assert_eq!(view.status, RunStatus::Cancelled, "{view:?}");
 }
 
 #[tokio::test]
@@ -98,7 +98,7 @@ async fn a_fuel_budget_from_the_manifest_ends_a_runaway_plugin_and_is_reported()
             Some(Duration::from_secs(20)),
         )
         .await;
-    assert_eq!(view.status, CommandStatus::Crashed, "{view:?}");
+    assert_eq!(view.status, RunStatus::Crashed, "{view:?}");
     assert!(
         view.detail
             .as_deref()
@@ -115,7 +115,7 @@ async fn a_fuel_budget_from_the_manifest_ends_a_runaway_plugin_and_is_reported()
     let view = harness.run("metered", "fault.fail", b"{}", None).await;
     assert_eq!(
         view.status,
-        CommandStatus::Failed,
+        RunStatus::Failed,
         "the agent keeps serving: {view:?}"
     );
     let fuel = view

@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use ferry_server::CommandStatus;
+use ferry_server::RunStatus;
 use ferry_tests::Harness;
 
 fn mode(path: &Path) -> u32 {
@@ -36,7 +36,7 @@ async fn data_directories_databases_and_logs_are_private() {
     // A command puts something in every database and log: the server's command log, the
     // agent's journal.
     let view = harness.run("private", "echo", b"\"secret\"", None).await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
 
     let server = &harness.config.data_dir;
     let agent = &harness.agent_config("private").data_dir;

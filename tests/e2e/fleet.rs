@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use ferry_agent::Agent;
-use ferry_server::{CommandStatus, FleetRequest, FleetStatus, FleetView, Selector, Target};
+use ferry_server::{CommandRequest, CommandStatus, CommandView, RunStatus, Selector, Target};
 use ferry_tests::{Harness, WAIT};
 
-fn request(topic: &str, target: Target) -> FleetRequest {
-    FleetRequest {
+fn request(topic: &str, target: Target) -> CommandRequest {
+    CommandRequest {
         target,
         topic: topic.into(),
         payload: br#"{"fleet":true}"#.to_vec(),
@@ -26,7 +26,7 @@ fn request(topic: &str, target: Target) -> FleetRequest {
 
 /// The most agents whose runs overlapped, from when each was sent the command to when it
 /// ended: the server's accounting does not enter into it.
-fn overlap(view: &FleetView) -> usize {
+fn overlap(view: &CommandView) -> usize {
     let mut edges = Vec::new();
     for r in view.results.as_ref().unwrap() {
         if let (Some(sent), Some(ended)) = (r.sent_at, r.finished_at) {
@@ -84,7 +84,7 @@ async fn a_fan_out_to_50_agents_never_runs_more_than_max_concurrency_at_once() {
     let fleet = harness.server().submit_fleet(limited).await.unwrap();
     let view = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
     eprintln!("fan-out to 50 agents, {limit} at a time: {:?}", t.elapsed());
-    assert_eq!(view.status, FleetStatus::Succeeded, "{:?}", view.summary);
+    assert_eq!(view.status, CommandStatus::Succeeded, "{:?}", view.summary);
     assert_eq!(view.summary.total, 50);
     assert_eq!(view.summary.succeeded, 50);
     for result in view.results.as_ref().unwrap() {
@@ -156,11 +156,11 @@ async fn sending_stops_once_max_errors_agents_have_failed() {
     failing.max_errors = Some(2);
     let fleet = harness.server().submit_fleet(failing).await.unwrap();
     let view = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
-    assert_eq!(view.status, FleetStatus::Failed);
+    assert_eq!(view.status, CommandStatus::Failed);
     assert_eq!(view.summary.failed, 2, "{:?}", view.summary);
     assert_eq!(view.summary.undelivered, 5, "{:?}", view.summary);
     let results = view.results.unwrap();
-    assert_eq!(results[0].status, CommandStatus::Undelivered);
+    assert_eq!(results[0].status, RunStatus::Undelivered);
     assert!(
         results[0]
             .detail
@@ -169,7 +169,7 @@ async fn sending_stops_once_max_errors_agents_have_failed() {
             .contains("not connected")
     );
     let skipped = &results[3];
-    assert_eq!(skipped.status, CommandStatus::Undelivered);
+    assert_eq!(skipped.status, RunStatus::Undelivered);
     assert!(skipped.agent_command_id.is_none(), "{skipped:?}");
     assert!(
         skipped
@@ -198,7 +198,7 @@ async fn cancelling_stops_the_sending_and_the_running() {
     .await;
     assert!(fleet.request_cancel());
     let view = tokio::time::timeout(WAIT, fleet.wait()).await.unwrap();
-    assert_eq!(view.status, FleetStatus::Cancelled);
+    assert_eq!(view.status, CommandStatus::Cancelled);
     assert_eq!(view.summary.cancelled, 4, "{:?}", view.summary);
     let results = view.results.unwrap();
     assert!(results[0].agent_command_id.is_some() && results[1].agent_command_id.is_some());

@@ -140,11 +140,7 @@ async fn a_message_from_the_wrong_role_closes_only_that_connection() {
     assert!(reason.to_string().contains("Welcome"), "{reason}");
     // The other agent is unaffected.
     let view = harness.run("good-citizen", "echo", b"1", None).await;
-    assert_eq!(
-        view.status,
-        ferry_server::CommandStatus::Succeeded,
-        "{view:?}"
-    );
+    assert_eq!(view.status, ferry_server::RunStatus::Succeeded, "{view:?}");
 }
 
 #[tokio::test]
@@ -160,9 +156,5 @@ async fn garbage_on_the_control_stream_closes_only_that_connection() {
     }
     assert!(matches!(rest.first(), Some(Message::Reject(_))), "{rest:?}");
     let view = harness.run("bystander", "echo", b"2", None).await;
-    assert_eq!(
-        view.status,
-        ferry_server::CommandStatus::Succeeded,
-        "{view:?}"
-    );
+    assert_eq!(view.status, ferry_server::RunStatus::Succeeded, "{view:?}");
 }

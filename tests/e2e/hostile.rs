@@ -10,7 +10,7 @@ use ferry_protocol::{
     Command, FetchReply, Limits, Message, PluginAssign, RejectCode, SUPPORTED, Welcome, close,
     codec, write_frame,
 };
-use ferry_server::{CommandStatus, ServerConfig};
+use ferry_server::{RunStatus, ServerConfig};
 use ferry_tests::{Harness, WAIT};
 
 use crate::handshake::{RawAgent, hello, raw_agent, try_raw_agent};
@@ -38,7 +38,7 @@ async fn during<T>(harness: &Harness, attack: impl Future<Output = T>) -> T {
         let mut ran = 0;
         while !done.load(Ordering::Relaxed) || ran == 0 {
             let view = harness.run(GOOD, "echo", b"\"still here\"", None).await;
-            assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+            assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
             ran += 1;
         }
         ran
@@ -61,10 +61,10 @@ async fn still_serving(harness: &Harness, fresh: &str) {
         .expect("the operator API answers");
     assert!(health.status().is_success(), "{health:?}");
     let view = harness.run(GOOD, "echo", b"1", None).await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     let _agent = harness.start_agent(fresh).await;
     let view = harness.run(fresh, "echo", b"2", None).await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
 }
 
 /// Waits for the server to close `connection`, and returns its code and reason.

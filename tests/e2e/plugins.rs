@@ -8,7 +8,7 @@ use ferry_agent::Agent;
 use ferry_builtins::ECHO;
 use ferry_builtins::fixtures::FAULTY;
 use ferry_protocol::AgentId;
-use ferry_server::{CommandRequest, CommandStatus, Selector};
+use ferry_server::{RunRequest, RunStatus, Selector};
 use ferry_tests::{Harness, WAIT, eventually};
 
 fn manifest(name: &str, version: &str, topics: &[&str]) -> String {
@@ -27,7 +27,7 @@ fn states(rollout: &[ferry_server::AgentRollout]) -> Vec<(String, &'static str)>
 }
 
 /// The status, and the detail when there is one: `unknown-topic: no plugin…`.
-fn outcome(view: &ferry_server::CommandView) -> String {
+fn outcome(view: &ferry_server::RunView) -> String {
     let status = serde_json::to_value(view.status).unwrap();
     let status = status.as_str().unwrap().to_string();
     match &view.detail {
@@ -36,7 +36,7 @@ fn outcome(view: &ferry_server::CommandView) -> String {
     }
 }
 
-fn json(view: &ferry_server::CommandView) -> serde_json::Value {
+fn json(view: &ferry_server::RunView) -> serde_json::Value {
     view.output.payload.clone().unwrap_or_default()
 }
 
@@ -164,7 +164,7 @@ async fn a_running_command_finishes_on_the_version_it_started_with() {
         .await;
     let long = harness
         .server()
-        .submit(CommandRequest {
+        .submit(RunRequest {
             agent: AgentId::new("edge-1").unwrap(),
             topic: "fault.cancel".into(),
             payload: vec![],
@@ -177,7 +177,7 @@ async fn a_running_command_finishes_on_the_version_it_started_with() {
         .await
         .unwrap();
     eventually("the long command runs", || {
-        long.view().status == CommandStatus::Running
+        long.view().status == RunStatus::Running
     })
     .await;
 

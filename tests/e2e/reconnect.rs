@@ -1,7 +1,7 @@
 //! Agents come back by themselves when their server does.
 
 use ferry_agent::ConnectionStatus;
-use ferry_server::CommandStatus;
+use ferry_server::RunStatus;
 use ferry_tests::{Harness, WAIT, eventually};
 
 #[tokio::test]
@@ -28,7 +28,7 @@ async fn an_agent_reconnects_after_the_server_restarts() {
     let view = harness
         .run("comeback", "echo", br#"{"after":"restart"}"#, None)
         .await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
 }
 
 /// One identity on two hosts (a copied data directory, a cloned machine): the second
@@ -38,7 +38,7 @@ async fn an_agent_reconnects_after_the_server_restarts() {
 #[tokio::test]
 async fn a_second_installation_of_one_identity_is_refused_while_the_first_answers() {
     use ferry_protocol::AgentId;
-    use ferry_server::CommandRequest;
+    use ferry_server::RunRequest;
     use std::time::Duration;
 
     let harness = Harness::start().await;
@@ -69,7 +69,7 @@ async fn a_second_installation_of_one_identity_is_refused_while_the_first_answer
     // A command for the identity runs once, on the installation that holds it.
     let run = harness
         .server()
-        .submit(CommandRequest {
+        .submit(RunRequest {
             agent: id.clone(),
             topic: "fault.nap".into(),
             payload: b"10".to_vec(),
@@ -81,7 +81,7 @@ async fn a_second_installation_of_one_identity_is_refused_while_the_first_answer
         })
         .await
         .unwrap();
-    assert_eq!(run.wait().await.status, CommandStatus::Succeeded);
+    assert_eq!(run.wait().await.status, RunStatus::Succeeded);
     assert_eq!(ferry_tests::runs_of(&run.view().id), 1);
 
     // The first host goes away: the second takes over without anyone's help.

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use ferry_agent::{Agent, ConnectionStatus};
 use ferry_protocol::AgentId;
-use ferry_server::{CommandEvent, CommandRequest, CommandStatus};
-use ferry_server::{FleetRequest, FleetStatus, Selector, Target};
+use ferry_server::{CommandRequest, CommandStatus, Selector, Target};
+use ferry_server::{RunEvent, RunRequest, RunStatus};
 use ferry_tests::{Harness, Relay, WAIT, eventually, runs_of};
 
-fn nap(agent: &str, ms: u64) -> CommandRequest {
-    CommandRequest {
+fn nap(agent: &str, ms: u64) -> RunRequest {
+    RunRequest {
         agent: AgentId::new(agent).unwrap(),
         topic: "fault.nap".into(),
         payload: ms.to_string().into_bytes(),
@@ -40,10 +40,10 @@ fn config(harness: &Harness, id: &str) -> ferry_agent::AgentConfig {
     config
 }
 
-fn finished_events(events: &[CommandEvent]) -> usize {
+fn finished_events(events: &[RunEvent]) -> usize {
     events
         .iter()
-        .filter(|e| matches!(e, CommandEvent::Finished { .. }))
+        .filter(|e| matches!(e, RunEvent::Finished { .. }))
         .count()
 }
 
@@ -63,7 +63,7 @@ async fn a_result_finished_during_a_network_partition_arrives_once_after_it() {
         .await
         .unwrap();
     eventually("the agent runs the command", || {
-        entry.view().status == CommandStatus::Running
+        entry.view().status == RunStatus::Running
     })
     .await;
     // The link goes dark while the plugin naps: both sides lose the connection (idle timeout)
@@ -75,13 +75,13 @@ async fn a_result_finished_during_a_network_partition_arrives_once_after_it() {
     .await;
     assert_eq!(
         entry.view().status,
-        CommandStatus::Running,
+        RunStatus::Running,
         "still waiting for the result"
     );
     relay.mend();
 
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     assert_eq!(view.output.payload_text.as_deref(), Some("napped 1500 ms"));
     assert_eq!(finished_events(&entry.events_since(0)), 1);
     assert_eq!(runs_of(&view.id), 1, "the plugin ran exactly once");
@@ -98,7 +98,7 @@ async fn a_command_running_when_its_agent_restarts_ends_once_as_cancelled() {
         .await
         .unwrap();
     eventually("the agent runs the command", || {
-        entry.view().status == CommandStatus::Running
+        entry.view().status == RunStatus::Running
     })
     .await;
     agent.shutdown().await;
@@ -106,14 +106,14 @@ async fn a_command_running_when_its_agent_restarts_ends_once_as_cancelled() {
     // The agent journaled the cancelled run; its next start delivers the result.
     let agent = start(&harness, "restarting").await;
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Cancelled, "{view:?}");
+    assert_eq!(view.status, RunStatus::Cancelled, "{view:?}");
     assert_eq!(finished_events(&entry.events_since(0)), 1);
     assert_eq!(runs_of(&view.id), 1);
 
     // The restarted agent serves as before.
     let again = harness.server().submit(nap("restarting", 1)).await.unwrap();
     let again = tokio::time::timeout(WAIT, again.wait()).await.unwrap();
-    assert_eq!(again.status, CommandStatus::Succeeded, "{again:?}");
+    assert_eq!(again.status, RunStatus::Succeeded, "{again:?}");
     agent.shutdown().await;
 }
 
@@ -126,7 +126,7 @@ async fn a_server_restart_during_a_fan_out_loses_nothing_and_runs_nothing_twice(
     }
     let fleet = harness
         .server()
-        .submit_fleet(FleetRequest {
+        .submit_fleet(CommandRequest {
             target: Target::Selector(Selector::all()),
             topic: "fault.nap".into(),
             payload: b"1200".to_vec(),
@@ -156,7 +156,7 @@ async fn a_server_restart_during_a_fan_out_loses_nothing_and_runs_nothing_twice(
     let view = tokio::time::timeout(Duration::from_secs(90), fleet.wait())
         .await
         .expect("the restored command ends");
-    assert_eq!(view.status, FleetStatus::Succeeded, "{:?}", view.summary);
+    assert_eq!(view.status, CommandStatus::Succeeded, "{:?}", view.summary);
     assert_eq!(view.summary.total, 12);
     assert_eq!(view.summary.succeeded, 12);
     assert!(
@@ -187,12 +187,12 @@ async fn a_command_for_an_offline_agent_waits_for_it_until_its_delivery_deadline
     let mut waiting = nap("late", 10);
     waiting.deliver_within = Some(Duration::from_secs(60));
     let entry = harness.server().submit(waiting).await.unwrap();
-    assert_eq!(entry.view().status, CommandStatus::Pending);
+    assert_eq!(entry.view().status, RunStatus::Pending);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(entry.view().status, CommandStatus::Pending);
+    assert_eq!(entry.view().status, RunStatus::Pending);
     let agent = start(&harness, "late").await;
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     agent.shutdown().await;
 
     // Gone again, and back too late: undelivered, which is not a timeout.
@@ -200,7 +200,7 @@ async fn a_command_for_an_offline_agent_waits_for_it_until_its_delivery_deadline
     hopeless.deliver_within = Some(Duration::from_millis(300));
     let entry = harness.server().submit(hopeless).await.unwrap();
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Undelivered, "{view:?}");
+    assert_eq!(view.status, RunStatus::Undelivered, "{view:?}");
     let detail = view.detail.unwrap_or_default();
     assert!(detail.contains("delivery deadline"), "{detail}");
     assert_eq!(runs_of(&view.id), 0);
@@ -214,7 +214,7 @@ async fn an_idempotency_key_seen_again_returns_the_first_command_without_running
     first.idempotency_key = Some("deploy-42".into());
     let entry = harness.server().submit(first.clone()).await.unwrap();
     let view = tokio::time::timeout(WAIT, entry.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Succeeded);
+    assert_eq!(view.status, RunStatus::Succeeded);
 
     let again = harness.server().submit(first).await.unwrap();
     assert_eq!(again.view().id, view.id, "the same command answers");
@@ -228,11 +228,11 @@ async fn acknowledged_commands_and_results_survive_a_server_restart() {
     let agent = start(&harness, "keeper").await;
     let done = harness.server().submit(nap("keeper", 1)).await.unwrap();
     let done = tokio::time::timeout(WAIT, done.wait()).await.unwrap();
-    assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
     let running = harness.server().submit(nap("keeper", 1500)).await.unwrap();
     let running_id = running.view().id;
     eventually("the nap runs", || {
-        running.view().status == CommandStatus::Running
+        running.view().status == RunStatus::Running
     })
     .await;
 
@@ -242,14 +242,14 @@ async fn acknowledged_commands_and_results_survive_a_server_restart() {
         .command(&done.id)
         .expect("the ended command is kept");
     let kept = kept.view();
-    assert_eq!(kept.status, CommandStatus::Succeeded);
+    assert_eq!(kept.status, RunStatus::Succeeded);
     assert_eq!(kept.output.payload_text.as_deref(), Some("napped 1 ms"));
     let resumed = harness
         .server()
         .command(&running_id)
         .expect("the running command is kept");
     let view = tokio::time::timeout(WAIT, resumed.wait()).await.unwrap();
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     assert_eq!(runs_of(&running_id), 1);
     assert!(
         harness.server().agents().iter().any(|a| a.id == "keeper"),
@@ -274,7 +274,7 @@ async fn concurrent_submissions_of_one_key_make_one_command_that_runs_once() {
     for run in futures::future::join_all(submissions).await {
         let run = run.unwrap();
         ids.insert(run.view().id);
-        assert_eq!(run.wait().await.status, CommandStatus::Succeeded);
+        assert_eq!(run.wait().await.status, RunStatus::Succeeded);
     }
     assert_eq!(ids.len(), 1, "one key made {} runs: {ids:?}", ids.len());
     let id = ids.into_iter().next().unwrap();

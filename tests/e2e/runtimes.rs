@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ferry_agent::{Agent, AgentConfig};
-use ferry_server::{CommandStatus, CommandView};
+use ferry_server::{RunStatus, RunView};
 use ferry_tests::{Harness, WAIT, eventually};
 use serde_json::{Value, json};
 
@@ -67,7 +67,7 @@ async fn start(config: AgentConfig) -> Agent {
     agent
 }
 
-async fn run(harness: &Harness, topic: &str, payload: Value) -> CommandView {
+async fn run(harness: &Harness, topic: &str, payload: Value) -> RunView {
     let bytes = serde_json::to_vec(&payload).unwrap();
     harness.run("edge-1", topic, &bytes, None).await
 }
@@ -76,7 +76,7 @@ async fn run(harness: &Harness, topic: &str, payload: Value) -> CommandView {
 /// command's id.
 async fn ok(harness: &Harness, topic: &str, payload: Value) -> Value {
     let view = run(harness, topic, payload).await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{topic}: {view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{topic}: {view:?}");
     let answer = view.output.payload.clone().expect("a JSON answer");
     assert_eq!(answer["correlation_id"], view.id.as_str(), "{answer}");
     answer
@@ -255,7 +255,7 @@ async fn runtimes_live_through_their_topics_and_an_agent_restart() {
     let deleted = ok(&harness, "delete_device", json!({"name": "web"})).await;
     assert_eq!(deleted["deleted"], "web");
     let again = run(&harness, "start_device", json!({"name": "web"})).await;
-    assert_eq!(again.status, CommandStatus::InvalidInput, "{again:?}");
+    assert_eq!(again.status, RunStatus::InvalidInput, "{again:?}");
     assert!(again.detail.unwrap().contains("no runtime named 'web'"));
     agent.shutdown().await;
 }
@@ -322,7 +322,7 @@ async fn every_topic_checks_its_payload_against_its_contract() {
         let view = run(&harness, topic, payload.clone()).await;
         assert_eq!(
             view.status,
-            CommandStatus::InvalidInput,
+            RunStatus::InvalidInput,
             "{topic} {payload}: {view:?}"
         );
         let detail = view.detail.clone().unwrap();
@@ -339,7 +339,7 @@ async fn every_topic_checks_its_payload_against_its_contract() {
         json!({"name": "x", "command": "/usr/bin/env"}),
     )
     .await;
-    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert_eq!(view.status, RunStatus::Denied, "{view:?}");
     assert!(view.detail.unwrap().contains("/usr/bin/env"));
     agent.shutdown().await;
 }
@@ -354,7 +354,7 @@ async fn without_a_policy_grant_the_topics_are_denied_and_say_how_to_grant_them(
         json!({"name": "x", "command": "/bin/sh"}),
     )
     .await;
-    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert_eq!(view.status, RunStatus::Denied, "{view:?}");
     let detail = view.detail.unwrap();
     assert!(
         detail.contains("[plugins.runtimes.capabilities]"),
@@ -366,10 +366,10 @@ async fn without_a_policy_grant_the_topics_are_denied_and_say_how_to_grant_them(
         json!({"period_seconds": 5}),
     )
     .await;
-    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert_eq!(view.status, RunStatus::Denied, "{view:?}");
     assert!(view.detail.unwrap().contains("metrics"));
     let view = run(&harness, "delete_orchestrator", json!({})).await;
-    assert_eq!(view.status, CommandStatus::Denied, "{view:?}");
+    assert_eq!(view.status, RunStatus::Denied, "{view:?}");
     assert!(view.detail.unwrap().contains("decommission"));
     assert!(
         matches!(
@@ -427,37 +427,37 @@ async fn run_command_runs_a_program_with_input_environment_and_directory() {
     for (payload, status, expected) in [
         (
             json!({}),
-            CommandStatus::InvalidInput,
+            RunStatus::InvalidInput,
             "give either `program` or `runtime`",
         ),
         (
             json!({"program": 5}),
-            CommandStatus::InvalidInput,
+            RunStatus::InvalidInput,
             "at `program`: invalid type: integer `5`, expected a string",
         ),
         (
             json!({"program": "/bin/sh", "shell": true}),
-            CommandStatus::InvalidInput,
+            RunStatus::InvalidInput,
             "unknown field `shell`",
         ),
         (
             json!({"program": "/bin/sh", "env": {"LD_PRELOAD": "/x.so"}}),
-            CommandStatus::Denied,
+            RunStatus::Denied,
             "LD_PRELOAD",
         ),
         (
             json!({"program": "/bin/sh", "cwd": "/etc"}),
-            CommandStatus::Denied,
+            RunStatus::Denied,
             "\"/etc\"",
         ),
         (
             json!({"program": "/usr/bin/env"}),
-            CommandStatus::Denied,
+            RunStatus::Denied,
             "/usr/bin/env",
         ),
         (
             json!({"runtime": "nope"}),
-            CommandStatus::InvalidInput,
+            RunStatus::InvalidInput,
             "`runtime` needs `http`",
         ),
     ] {
@@ -513,7 +513,7 @@ async fn run_command_sends_http_requests_to_a_runtime() {
             json!({"runtime": "files", "http": {"method": "GET", "path": "/hello.txt"}, "timeout_ms": 5000}),
         )
         .await;
-        if view.status == CommandStatus::Succeeded {
+        if view.status == RunStatus::Succeeded {
             break view.output.payload.unwrap();
         }
         assert!(tokio::time::Instant::now() < deadline, "{view:?}");
@@ -560,7 +560,7 @@ async fn a_component_runtime_is_created_stopped_and_deleted_through_its_topics()
         json!({"name": "x", "backend": "component", "command": harness.path("ticker.wasm"), "cwd": "/"}),
     )
     .await;
-    assert_eq!(view.status, CommandStatus::InvalidInput, "{view:?}");
+    assert_eq!(view.status, RunStatus::InvalidInput, "{view:?}");
     assert!(view.detail.unwrap().contains("at `cwd`"));
     ok(&harness, "delete_device", json!({"name": "ticker"})).await;
     agent.shutdown().await;
@@ -582,7 +582,7 @@ async fn delete_orchestrator_removes_the_agent_for_good() {
     cleanup.add(pid);
 
     let bad = run(&harness, "delete_orchestrator", json!({"reason": 5})).await;
-    assert_eq!(bad.status, CommandStatus::InvalidInput, "{bad:?}");
+    assert_eq!(bad.status, RunStatus::InvalidInput, "{bad:?}");
     assert!(
         bad.detail
             .unwrap()

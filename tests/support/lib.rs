@@ -9,7 +9,7 @@ use tracing_subscriber::Layer as _;
 use ferry_agent::{Agent, AgentConfig, PluginConfig};
 use ferry_protocol::AgentId;
 use ferry_protocol::pki::PkiDir;
-use ferry_server::{CommandRequest, CommandView, Server, ServerConfig};
+use ferry_server::{RunRequest, RunView, Server, ServerConfig};
 
 /// How long any single wait in a test may take before the test fails. Generous: these machines
 /// are shared and small.
@@ -187,10 +187,10 @@ impl Harness {
         topic: &str,
         payload: &[u8],
         timeout: Option<Duration>,
-    ) -> CommandView {
+    ) -> RunView {
         let entry = self
             .server()
-            .submit(CommandRequest {
+            .submit(RunRequest {
                 agent: AgentId::new(agent).unwrap(),
                 topic: topic.into(),
                 payload: payload.to_vec(),

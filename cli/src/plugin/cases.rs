@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_protocol::message::Outcome;
-use ferry_server::CommandStatus;
+use ferry_server::RunStatus;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use toml::Spanned;
@@ -75,7 +75,7 @@ pub struct Case {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expect {
     /// How the command should end.
-    pub outcome: CommandStatus,
+    pub outcome: RunStatus,
     /// What the output should equal.
     pub output: Option<ExpectedOutput>,
     /// Text the output should contain.
@@ -98,12 +98,12 @@ pub enum ExpectedOutput {
 }
 
 /// How a case should end: a run's status, as `ferry run` prints it, among those a plugin's
-/// run can end in ([`CommandStatus::is_outcome`]); the one list is `CommandStatus::ALL`.
-fn outcome<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandStatus>, D::Error> {
+/// run can end in ([`RunStatus::is_outcome`]); the one list is `RunStatus::ALL`.
+fn outcome<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RunStatus>, D::Error> {
     let Some(name) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
-    let outcomes = || CommandStatus::ALL.iter().filter(|s| s.is_outcome());
+    let outcomes = || RunStatus::ALL.iter().filter(|s| s.is_outcome());
     match outcomes().find(|s| s.name() == name) {
         Some(status) => Ok(Some(*status)),
         None => {
@@ -148,7 +148,7 @@ struct CaseDef {
     #[serde(default, deserialize_with = "duration")]
     cancel_after: Option<Duration>,
     #[serde(default, deserialize_with = "outcome")]
-    outcome: Option<CommandStatus>,
+    outcome: Option<RunStatus>,
     output: Option<toml::Value>,
     output_json: Option<String>,
     output_text: Option<String>,
@@ -277,7 +277,7 @@ fn case(def: CaseDef, defaults: &Defaults, dir: &Path, line: usize) -> Result<Ca
         Vec::new()
     };
 
-    let outcome = def.outcome.unwrap_or(CommandStatus::Succeeded);
+    let outcome = def.outcome.unwrap_or(RunStatus::Succeeded);
     let exact = [
         def.output.is_some(),
         def.output_json.is_some(),
@@ -296,13 +296,13 @@ fn case(def: CaseDef, defaults: &Defaults, dir: &Path, line: usize) -> Result<Ca
         def.output_text.map(ExpectedOutput::Text)
     };
     let expects_output = output.is_some() || def.output_contains.is_some();
-    if expects_output && outcome != CommandStatus::Succeeded {
+    if expects_output && outcome != RunStatus::Succeeded {
         bail!(
             "expects an output but outcome = {:?}; only a command that succeeds has an output",
             outcome.name()
         );
     }
-    if def.error_contains.is_some() && outcome == CommandStatus::Succeeded {
+    if def.error_contains.is_some() && outcome == RunStatus::Succeeded {
         bail!(
             "has `error_contains` but expects to succeed; set `outcome` to the failure you \
              expect (invalid-input, failed, crashed, …)"
@@ -382,7 +382,7 @@ fn toml_to_json(value: toml::Value) -> Value {
 pub fn check(case: &Case, ran: &Ran) -> Vec<String> {
     let expect = &case.expect;
     let mut problems = Vec::new();
-    if expect.outcome != CommandStatus::from_outcome(&ran.outcome) {
+    if expect.outcome != RunStatus::from_outcome(&ran.outcome) {
         problems.push(format!(
             "expected {}, got {}",
             expect.outcome.name(),
@@ -538,7 +538,7 @@ cancel_after = "1s"
             json!({"hello": "ferry", "n": [1, 2.5, true]})
         );
         assert_eq!(json_case.timeout, Some(Duration::from_secs(5)));
-        assert_eq!(json_case.expect.outcome, CommandStatus::Succeeded);
+        assert_eq!(json_case.expect.outcome, RunStatus::Succeeded);
         assert_eq!(json_case.expect.logs_contain, ["bytes"]);
         assert_eq!(json_case.expect.progress_reaches, Some(100));
 
@@ -555,7 +555,7 @@ cancel_after = "1s"
         );
 
         let bad = &cases[3];
-        assert_eq!(bad.expect.outcome, CommandStatus::InvalidInput);
+        assert_eq!(bad.expect.outcome, RunStatus::InvalidInput);
         assert_eq!(bad.expect.logs_contain, ["a", "b"]);
         assert_eq!(bad.cancel_after, Some(Duration::from_secs(1)));
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_agent::{Agent, AgentConfig};
-use ferry_server::{CommandEvent, CommandStatus};
+use ferry_server::{RunEvent, RunStatus};
 use ferry_tests::{Harness, WAIT};
 use serde_json::json;
 use tracing::instrument::WithSubscriber as _;
@@ -150,7 +150,7 @@ async fn check_template(lang: &str) {
             Some(Duration::from_secs(20)),
         )
         .await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     assert_eq!(
         view.output.payload,
         Some(json!({"greeting": "hello, ferry! hello, ferry!"}))
@@ -525,7 +525,7 @@ async fn run_on_agent(harness: &Harness, example: &Example) {
             Some(Duration::from_secs(20)),
         )
         .await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     let result = view.output.payload.clone().expect("a JSON result");
     assert_eq!(result["healthy"], false, "{result}");
     let checks = result["checks"].as_array().expect("checks");
@@ -563,14 +563,14 @@ async fn run_on_agent(harness: &Harness, example: &Example) {
     let progress: Vec<u8> = events
         .iter()
         .filter_map(|e| match e {
-            CommandEvent::Progress { percent, .. } => Some(*percent),
+            RunEvent::Progress { percent, .. } => Some(*percent),
             _ => None,
         })
         .collect();
     assert_eq!(progress, [10, 50, 80, 100], "{events:?}");
     let logged = |text: &str| {
         events.iter().any(|e| match e {
-            CommandEvent::Log { message, .. } => message.contains(text),
+            RunEvent::Log { message, .. } => message.contains(text),
             _ => false,
         })
     };
@@ -585,7 +585,7 @@ async fn run_on_agent(harness: &Harness, example: &Example) {
             Some(Duration::from_secs(20)),
         )
         .await;
-    assert_eq!(view.status, CommandStatus::Succeeded, "{view:?}");
+    assert_eq!(view.status, RunStatus::Succeeded, "{view:?}");
     let result = view.output.payload.expect("a JSON result");
     assert_eq!(result["healthy"], true, "{result}");
     assert!(result.get("history").is_none(), "{result}");
@@ -598,7 +598,7 @@ async fn run_on_agent(harness: &Harness, example: &Example) {
             Some(Duration::from_secs(20)),
         )
         .await;
-    assert_eq!(view.status, CommandStatus::InvalidInput, "{view:?}");
+    assert_eq!(view.status, RunStatus::InvalidInput, "{view:?}");
     assert!(
         view.detail
             .as_deref()

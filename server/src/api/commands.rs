@@ -12,13 +12,15 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use ferry_api::{CommandsQuery, CreateCommand, FleetEvent};
+use ferry_api::{CommandEvent, CommandsQuery, CreateCommand};
 use ferry_protocol::AgentId;
 use futures::Stream;
 
 use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
 use crate::domain::commands::SubmitError;
-use crate::domain::commands::{self, FleetEntry, FleetRequest, ListFilter, StatusFilter, Target};
+use crate::domain::commands::{
+    self, CommandEntry, CommandRequest, ListFilter, StatusFilter, Target,
+};
 use crate::domain::plugins::Selector;
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -34,7 +36,7 @@ fn agent_id(id: &str) -> Result<AgentId, ApiError> {
 pub(super) fn fleet_request(
     create: CreateCommand,
     created_by: String,
-) -> Result<FleetRequest, ApiError> {
+) -> Result<CommandRequest, ApiError> {
     let target = match (create.agent, create.agents, create.selector) {
         (Some(one), None, None) => Target::Agents(vec![agent_id(&one)?]),
         (None, Some(list), None) => Target::Agents(
@@ -73,7 +75,7 @@ pub(super) fn fleet_request(
             ));
         }
     };
-    Ok(FleetRequest {
+    Ok(CommandRequest {
         target,
         topic: create.topic,
         payload,
@@ -196,14 +198,14 @@ pub(super) async fn events(State(api): State<Api>, Path(id): Path<String>) -> Re
 }
 
 /// Replays a command's events from the first and follows it until its `done` event.
-fn event_stream(fleet: Arc<FleetEntry>) -> impl Stream<Item = Result<Event, Infallible>> {
+fn event_stream(fleet: Arc<CommandEntry>) -> impl Stream<Item = Result<Event, Infallible>> {
     let rx = fleet.subscribe();
     futures::stream::unfold(
         (fleet, rx, 0usize, VecDeque::new(), false),
         |(fleet, mut rx, mut next, mut queue, mut done)| async move {
             loop {
                 if let Some(event) = queue.pop_front() {
-                    done |= matches!(event, FleetEvent::Done { .. });
+                    done |= matches!(event, CommandEvent::Done { .. });
                     let sse = Event::default()
                         .event(event.kind())
                         .json_data(&event)

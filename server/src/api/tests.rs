@@ -231,11 +231,11 @@ fn each_schema_names_exactly_the_fields_of_its_type() {
         sent_at: Some(at),
         finished_at: Some(at),
     };
-    let command = FleetView {
+    let command = CommandView {
         id: "c".into(),
         topic: "t".into(),
         target: "all".into(),
-        status: FleetStatus::Succeeded,
+        status: CommandStatus::Succeeded,
         created_by: "ops".into(),
         created_at: at,
         finished_at: Some(at),

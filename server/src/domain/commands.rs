@@ -1,6 +1,6 @@
 //! Commands as operators send them: one topic and payload for one agent, a list, the agents a
 //! label selector matches, or all of them. Each command fans out into one child
-//! [`CommandEntry`] per agent (each over its own stream, as the transport delivers it: `ports::Deliver`).
+//! [`RunEntry`] per agent (each over its own stream, as the transport delivers it: `ports::Deliver`).
 //!
 //! The server does the fan-out, honouring two limits, as fleet operators know them from SSM:
 //! - `max_concurrency`: at most this many agents run the command at once; the next agent is sent
@@ -22,7 +22,7 @@
 //! and starts its run, passes a cancel on, writes decisions and the end, shows them) and
 //! tells it when a run has ended, a write finished or an operator cancelled.
 //!
-//! A `FleetEntry` has a `Target` (`Agents(ids)` or `Selector`, `all` included), one slot per agent
+//! A `CommandEntry` has a `Target` (`Agents(ids)` or `Selector`, `all` included), one slot per agent
 //! in sending order, and its own event log (`dispatched`, the children's
 //! `accepted`/`progress`/`log`/`finished` with `agent` added, and a last `done` with the summary).
 //! The driver checks an agent when the machine asks to start it (an invalid or revoked id, or not
@@ -39,11 +39,11 @@
 //! effective labels (`AgentOverrides`) and skip revoked agents.
 //!
 //! An `idempotency_key` used before returns the first command (API: 200 instead of 202), and agents
-//! get the key too; submissions with a key take turns (`FleetStore`'s `keyed` lock) from the key's
+//! get the key too; submissions with a key take turns (`CommandStore`'s `keyed` lock) from the key's
 //! look-up to the command being stored, so concurrent ones return one command. A command for one
 //! named agent without a key is sent while its record is written (command and run in one
 //! transaction); the API answers once that is durable, or, on a topic the agent reported read-only,
-//! without waiting for it (`FleetEntry`'s `durable` flag, `Delivery::durable`). The newest
+//! without waiting for it (`CommandEntry`'s `durable` flag, `Delivery::durable`). The newest
 //! `RETAINED_FLEETS` (2,000) ended commands are kept, in memory and on disk. `Server::submit` (one
 //! agent) goes through the same path and returns the child.
 
@@ -62,27 +62,25 @@ use tokio_util::sync::CancellationToken;
 
 use tokio_util::task::TaskTracker;
 
-pub use ferry_api::{AgentResult, FleetEvent, FleetStatus, FleetView, Summary};
+pub use ferry_api::{AgentResult, CommandEvent, CommandStatus, CommandView, Summary};
 
 use super::agents::NotConnected;
 use super::names;
 use super::plugins::Selector;
 use super::ports::{AgentOverrides, CommandLog, Deliver, Delivery, Directory};
 use super::records::{
-    COMMAND_LAYOUT, Created, FleetRecord, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord,
+    COMMAND_LAYOUT, CommandRecord, Created, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord,
 };
-use super::runs::{
-    CommandEntry, CommandEvent, CommandStatus, CommandStore, Origin, RenderedPayload,
-};
+use super::runs::{Origin, RenderedPayload, RunEntry, RunEvent, RunStatus, RunStore};
 
 /// The operator's commands: the ones the server holds, and what starting, driving and
 /// restoring them needs of the rest of the server, as the composition root wires it.
 pub(crate) struct Commands {
     pub(crate) settings: Settings,
     /// Every command the server holds.
-    pub(crate) store: FleetStore,
+    pub(crate) store: CommandStore,
     /// Every agent's run of them.
-    pub(crate) runs: Arc<CommandStore>,
+    pub(crate) runs: Arc<RunStore>,
     pub(crate) agents: Arc<dyn Directory>,
     pub(crate) overrides: Arc<dyn AgentOverrides>,
     pub(crate) log: Arc<dyn CommandLog>,
@@ -131,7 +129,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Checks what every agent's copy of a command would need, and that every input is within
 /// its bound: a request past one is refused whole, before anything is held for it.
-fn check_request(max_frame_bytes: u32, request: &FleetRequest) -> Result<(), SubmitError> {
+fn check_request(max_frame_bytes: u32, request: &CommandRequest) -> Result<(), SubmitError> {
     let invalid = |what: &str, why: String| Err(SubmitError::Invalid(format!("{what}: {why}")));
     if let Err(why) = names::check(&request.topic, MAX_TOPIC_BYTES, false) {
         return invalid("the topic cannot be used", why);
@@ -205,7 +203,7 @@ impl fmt::Display for Target {
 
 /// A command for one or many agents.
 #[derive(Debug, Clone)]
-pub struct FleetRequest {
+pub struct CommandRequest {
     /// Where.
     pub target: Target,
     /// The topic.
@@ -237,22 +235,22 @@ pub struct FleetRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusFilter {
     /// The command's own status.
-    Command(FleetStatus),
+    Command(CommandStatus),
     /// At least one of its runs is in this status.
-    Run(CommandStatus),
+    Run(RunStatus),
 }
 
 impl StatusFilter {
     /// Parses a status name: a command's first (`failed` is the command's), then a run's.
     pub fn parse(s: &str) -> Result<StatusFilter, String> {
-        if let Some(status) = FleetStatus::parse(s) {
+        if let Some(status) = CommandStatus::parse(s) {
             return Ok(StatusFilter::Command(status));
         }
-        if let Some(status) = CommandStatus::ALL.iter().find(|r| r.name() == s) {
+        if let Some(status) = RunStatus::ALL.iter().find(|r| r.name() == s) {
             return Ok(StatusFilter::Run(*status));
         }
-        let mut names: Vec<&str> = FleetStatus::ALL.iter().map(|f| f.name()).collect();
-        for run in CommandStatus::ALL {
+        let mut names: Vec<&str> = CommandStatus::ALL.iter().map(|f| f.name()).collect();
+        for run in RunStatus::ALL {
             if !names.contains(&run.name()) {
                 names.push(run.name());
             }
@@ -267,19 +265,19 @@ impl StatusFilter {
 /// An agent's place in a command.
 struct Slot {
     agent: String,
-    entry: Option<Arc<CommandEntry>>,
+    entry: Option<Arc<RunEntry>>,
     /// How many of the run's events are in the command's log already (restored runs).
     copied: usize,
     /// Why it was never sent, and when that was decided.
-    not_sent: Option<(CommandStatus, String, OffsetDateTime)>,
+    not_sent: Option<(RunStatus, String, OffsetDateTime)>,
 }
 
 impl Slot {
-    fn status(&self) -> CommandStatus {
+    fn status(&self) -> RunStatus {
         match (&self.entry, &self.not_sent) {
             (Some(entry), _) => entry.view().status,
             (None, Some((status, _, _))) => *status,
-            (None, None) => CommandStatus::Pending,
+            (None, None) => RunStatus::Pending,
         }
     }
 
@@ -302,9 +300,7 @@ impl Slot {
             (None, not_sent) => AgentResult {
                 agent: self.agent.clone(),
                 agent_command_id: None,
-                status: not_sent
-                    .as_ref()
-                    .map_or(CommandStatus::Pending, |(s, _, _)| *s),
+                status: not_sent.as_ref().map_or(RunStatus::Pending, |(s, _, _)| *s),
                 progress: None,
                 detail: not_sent.as_ref().map(|(_, why, _)| why.clone()),
                 output: RenderedPayload::default(),
@@ -319,21 +315,21 @@ impl Slot {
 struct Inner {
     slots: Vec<Slot>,
     /// Every event, in order.
-    events: Vec<FleetEvent>,
+    events: Vec<CommandEvent>,
     finished_at: Option<OffsetDateTime>,
     /// `Running` until the end is shown.
-    status: FleetStatus,
+    status: CommandStatus,
     /// The most runs in flight at once, as the fan-out counts them.
     peak: u32,
 }
 
 /// A run to follow: its slot, its entry, and how many of its events the command has already.
-type Going = (usize, Arc<CommandEntry>, usize);
+type Going = (usize, Arc<RunEntry>, usize);
 
 /// A command for one or many agents.
-pub struct FleetEntry {
+pub struct CommandEntry {
     id: String,
-    request: Arc<FleetRequest>,
+    request: Arc<CommandRequest>,
     topic: String,
     target: String,
     created_by: String,
@@ -352,23 +348,23 @@ pub struct FleetEntry {
     durable: bool,
 }
 
-impl FleetEntry {
+impl CommandEntry {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The command as stored on disk.
-    pub(crate) fn record(&self) -> FleetRecord {
+    pub(crate) fn record(&self) -> CommandRecord {
         let finished_at = self.inner.lock().finished_at;
         self.record_as(finished_at, self.cancel.is_cancelled())
     }
 
     /// The command as stored on disk, ended at `finished_at` (before that is shown).
-    fn record_as(&self, finished_at: Option<OffsetDateTime>, cancelled: bool) -> FleetRecord {
+    fn record_as(&self, finished_at: Option<OffsetDateTime>, cancelled: bool) -> CommandRecord {
         let inner = self.inner.lock();
         let request = &self.request;
-        FleetRecord {
+        CommandRecord {
             layout: COMMAND_LAYOUT,
             id: self.id.clone(),
             topic: self.topic.clone(),
@@ -411,7 +407,7 @@ impl FleetEntry {
     }
 
     /// The child command sent to the agent at `index` (in sending order), once sent.
-    pub fn child(&self, index: usize) -> Option<Arc<CommandEntry>> {
+    pub fn child(&self, index: usize) -> Option<Arc<RunEntry>> {
         self.inner.lock().slots.get(index)?.entry.clone()
     }
 
@@ -421,7 +417,7 @@ impl FleetEntry {
     }
 
     /// Its current view, with each agent's result when `results`.
-    pub fn view(&self, results: bool) -> FleetView {
+    pub fn view(&self, results: bool) -> CommandView {
         let inner = self.inner.lock();
         let mut summary = Summary::default();
         let mut list = Vec::new();
@@ -434,7 +430,7 @@ impl FleetEntry {
                 summary.add(slot.status());
             }
         }
-        FleetView {
+        CommandView {
             id: self.id.clone(),
             topic: self.topic.clone(),
             target: self.target.clone(),
@@ -451,7 +447,7 @@ impl FleetEntry {
     }
 
     /// Is one of its runs (or a slot decided not to be sent) in `status`?
-    pub fn has_run_in(&self, status: CommandStatus) -> bool {
+    pub fn has_run_in(&self, status: RunStatus) -> bool {
         self.inner.lock().slots.iter().any(|s| s.status() == status)
     }
 
@@ -461,7 +457,7 @@ impl FleetEntry {
     }
 
     /// Events from number `from` on.
-    pub fn events_since(&self, from: usize) -> Vec<FleetEvent> {
+    pub fn events_since(&self, from: usize) -> Vec<CommandEvent> {
         self.inner
             .lock()
             .events
@@ -486,7 +482,7 @@ impl FleetEntry {
     }
 
     /// Waits until every agent is done and returns the final view.
-    pub async fn wait(&self) -> FleetView {
+    pub async fn wait(&self) -> CommandView {
         let mut rx = self.subscribe();
         while !self.is_finished() {
             if rx.changed().await.is_err() {
@@ -496,12 +492,12 @@ impl FleetEntry {
         self.view(true)
     }
 
-    fn push_locked(&self, inner: &mut Inner, event: FleetEvent) {
+    fn push_locked(&self, inner: &mut Inner, event: CommandEvent) {
         inner.events.push(event);
         self.changed.send_replace(inner.events.len());
     }
 
-    fn dispatched(&self, index: usize, entry: Arc<CommandEntry>) {
+    fn dispatched(&self, index: usize, entry: Arc<RunEntry>) {
         let mut inner = self.inner.lock();
         let agent = inner.slots[index].agent.clone();
         let view = entry.view();
@@ -509,7 +505,7 @@ impl FleetEntry {
         inner.slots[index].entry = Some(entry);
         self.push_locked(
             &mut inner,
-            FleetEvent::Dispatched {
+            CommandEvent::Dispatched {
                 agent,
                 agent_command_id: id,
                 at: view.created_at,
@@ -517,13 +513,13 @@ impl FleetEntry {
         );
     }
 
-    fn not_sent(&self, index: usize, status: CommandStatus, why: String, at: OffsetDateTime) {
+    fn not_sent(&self, index: usize, status: RunStatus, why: String, at: OffsetDateTime) {
         let mut inner = self.inner.lock();
         let agent = inner.slots[index].agent.clone();
         inner.slots[index].not_sent = Some((status, why.clone(), at));
         self.push_locked(
             &mut inner,
-            FleetEvent::Finished {
+            CommandEvent::Finished {
                 agent,
                 at,
                 status,
@@ -534,10 +530,10 @@ impl FleetEntry {
         );
     }
 
-    fn agent_event(&self, index: usize, event: &CommandEvent) {
+    fn agent_event(&self, index: usize, event: &RunEvent) {
         let mut inner = self.inner.lock();
         let agent = inner.slots[index].agent.clone();
-        self.push_locked(&mut inner, FleetEvent::of(agent, event.clone()));
+        self.push_locked(&mut inner, CommandEvent::of(agent, event.clone()));
     }
 
     fn set_peak(&self, peak: u32) {
@@ -545,7 +541,7 @@ impl FleetEntry {
     }
 
     /// Puts back a run restored from disk, with its events so far.
-    fn restore_run(&self, index: usize, entry: Arc<CommandEntry>) {
+    fn restore_run(&self, index: usize, entry: Arc<RunEntry>) {
         let events = entry.events_since(0);
         self.dispatched(index, entry);
         for event in &events {
@@ -584,9 +580,9 @@ impl FleetEntry {
     fn finish_at(&self, now: OffsetDateTime, verdict: Verdict) {
         let mut inner = self.inner.lock();
         let status = match verdict {
-            Verdict::Succeeded => FleetStatus::Succeeded,
-            Verdict::Failed => FleetStatus::Failed,
-            Verdict::Cancelled => FleetStatus::Cancelled,
+            Verdict::Succeeded => CommandStatus::Succeeded,
+            Verdict::Failed => CommandStatus::Failed,
+            Verdict::Cancelled => CommandStatus::Cancelled,
         };
         inner.finished_at = Some(now);
         inner.status = status;
@@ -597,7 +593,7 @@ impl FleetEntry {
         let peak_concurrency = inner.peak;
         self.push_locked(
             &mut inner,
-            FleetEvent::Done {
+            CommandEvent::Done {
                 status,
                 summary,
                 peak_concurrency,
@@ -608,8 +604,7 @@ impl FleetEntry {
 
     /// Shows the end of a command restored after it had ended, as its record says.
     fn finish_restored(&self, at: OffsetDateTime) {
-        let statuses: Vec<CommandStatus> =
-            self.inner.lock().slots.iter().map(Slot::status).collect();
+        let statuses: Vec<RunStatus> = self.inner.lock().slots.iter().map(Slot::status).collect();
         self.finish_at(at, Verdict::of(self.cancel.is_cancelled(), statuses));
     }
 }
@@ -659,8 +654,8 @@ fn resolve(cx: &Commands, target: &Target) -> Result<Vec<String>, SubmitError> {
 /// `false`.
 pub(crate) async fn start(
     cx: &Arc<Commands>,
-    request: FleetRequest,
-) -> Result<(Arc<FleetEntry>, bool), SubmitError> {
+    request: CommandRequest,
+) -> Result<(Arc<CommandEntry>, bool), SubmitError> {
     if request.max_concurrency == Some(0) {
         return Err(SubmitError::Invalid(
             "max_concurrency must be at least 1; leave it out to send to every agent at once"
@@ -711,7 +706,7 @@ pub(crate) async fn start(
         request.idempotency_key.is_none() && cx.agents.is_read_only(agent, &request.topic)
     });
     let id = uuid::Uuid::new_v4().to_string();
-    let fleet = Arc::new(FleetEntry {
+    let fleet = Arc::new(CommandEntry {
         durable,
         id: id.clone(),
         topic: request.topic.clone(),
@@ -733,7 +728,7 @@ pub(crate) async fn start(
                 .collect(),
             events: Vec::new(),
             finished_at: None,
-            status: FleetStatus::Running,
+            status: CommandStatus::Running,
             peak: 0,
         }),
         changed: watch::Sender::new(0),
@@ -810,11 +805,11 @@ pub(crate) async fn start(
 /// the run and waits for the agent within the command's delivery window.
 fn send_to(
     cx: &Arc<Commands>,
-    fleet: &FleetEntry,
+    fleet: &CommandEntry,
     index: usize,
     agent: &AgentId,
     deliver_by: Instant,
-) -> Arc<CommandEntry> {
+) -> Arc<RunEntry> {
     let (entry, delivery) = new_run(cx, fleet, index, agent, deliver_by, false);
     cx.deliver.deliver(delivery);
     entry
@@ -824,12 +819,12 @@ fn send_to(
 /// `recorded`: the caller writes the run's record itself (queued before the delivery starts).
 fn new_run(
     cx: &Arc<Commands>,
-    fleet: &FleetEntry,
+    fleet: &CommandEntry,
     index: usize,
     agent: &AgentId,
     deliver_by: Instant,
     recorded: bool,
-) -> (Arc<CommandEntry>, Delivery) {
+) -> (Arc<RunEntry>, Delivery) {
     let request = &fleet.request;
     let timeout = request.timeout.unwrap_or(cx.settings.default_timeout);
     let timeout_ms = Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
@@ -858,7 +853,7 @@ fn new_run(
     (entry, delivery)
 }
 
-fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> Command {
+fn command_for(request: &CommandRequest, id: String, timeout_ms: Option<u64>) -> Command {
     Command {
         id,
         topic: request.topic.clone(),
@@ -872,7 +867,7 @@ fn command_for(request: &FleetRequest, id: String, timeout_ms: Option<u64>) -> C
 /// Drives the command's [`Fanout`] until it has ended: agents already decided (restored after
 /// a server restart) are skipped, runs already sent (the one agent's, or restored runs still
 /// going) are followed, the others are sent it as the machine says.
-async fn drive(cx: Arc<Commands>, fleet: Arc<FleetEntry>) {
+async fn drive(cx: Arc<Commands>, fleet: Arc<CommandEntry>) {
     let stop = cx.stop.clone();
     tokio::select! {
         _ = run_fanout(cx, fleet) => {}
@@ -881,7 +876,7 @@ async fn drive(cx: Arc<Commands>, fleet: Arc<FleetEntry>) {
     }
 }
 
-async fn run_fanout(cx: Arc<Commands>, fleet: Arc<FleetEntry>) {
+async fn run_fanout(cx: Arc<Commands>, fleet: Arc<CommandEntry>) {
     let now = || Instant::now().into_std();
     let limits = fanout::Limits {
         max_concurrency: fleet.max_concurrency,
@@ -1027,11 +1022,11 @@ fn reach(cx: &Commands, agent: &str, may_wait: bool) -> Result<AgentId, String> 
 /// fan-out once the run has ended (after its `finished` is copied, so the next agent is sent
 /// it only then).
 async fn follow(
-    fleet: Arc<FleetEntry>,
+    fleet: Arc<CommandEntry>,
     index: usize,
-    entry: Arc<CommandEntry>,
+    entry: Arc<RunEntry>,
     from: usize,
-    ended: mpsc::UnboundedSender<(usize, CommandStatus)>,
+    ended: mpsc::UnboundedSender<(usize, RunStatus)>,
 ) {
     let mut rx = entry.subscribe();
     let mut next = from;
@@ -1040,7 +1035,7 @@ async fn follow(
         next += fresh.len();
         for event in &fresh {
             fleet.agent_event(index, event);
-            if let CommandEvent::Finished { status, .. } = event {
+            if let RunEvent::Finished { status, .. } = event {
                 let _ = ended.send((index, *status));
                 return;
             }
@@ -1080,7 +1075,7 @@ pub(crate) fn restore(cx: &Arc<Commands>, loaded: Loaded) {
                 }
             },
         };
-        let request = FleetRequest {
+        let request = CommandRequest {
             target,
             topic: record.topic.clone(),
             payload: record.payload,
@@ -1097,7 +1092,7 @@ pub(crate) fn restore(cx: &Arc<Commands>, loaded: Loaded) {
             deliver_within: record.deliver_within_ms.map(Duration::from_millis),
             created_by: record.created_by.clone(),
         };
-        let fleet = Arc::new(FleetEntry {
+        let fleet = Arc::new(CommandEntry {
             id: record.id.clone(),
             target: request.target.to_string(),
             request: Arc::new(request),
@@ -1119,7 +1114,7 @@ pub(crate) fn restore(cx: &Arc<Commands>, loaded: Loaded) {
                     .collect(),
                 events: Vec::new(),
                 finished_at: None,
-                status: FleetStatus::Running,
+                status: CommandStatus::Running,
                 peak: record.peak,
             }),
             changed: watch::Sender::new(0),
@@ -1209,7 +1204,7 @@ pub struct ListFilter {
 
 /// Every command the server knows, newest last.
 #[derive(Default)]
-pub(crate) struct FleetStore {
+pub(crate) struct CommandStore {
     inner: Mutex<StoreInner>,
     /// Held by a submission with an idempotency key from its look-up to its insertion.
     keyed: tokio::sync::Mutex<()>,
@@ -1217,12 +1212,12 @@ pub(crate) struct FleetStore {
 
 #[derive(Default)]
 struct StoreInner {
-    by_id: HashMap<String, Arc<FleetEntry>>,
+    by_id: HashMap<String, Arc<CommandEntry>>,
     order: VecDeque<String>,
 }
 
-impl FleetStore {
-    fn insert(&self, fleet: Arc<FleetEntry>) {
+impl CommandStore {
+    fn insert(&self, fleet: Arc<CommandEntry>) {
         let mut inner = self.inner.lock();
         inner.order.push_back(fleet.id.clone());
         inner.by_id.insert(fleet.id.clone(), fleet);
@@ -1240,13 +1235,13 @@ impl FleetStore {
     }
 
     /// One command.
-    pub(crate) fn get(&self, id: &str) -> Option<Arc<FleetEntry>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<CommandEntry>> {
         self.inner.lock().by_id.get(id).cloned()
     }
 
     /// Commands matching `filter`, newest first, without per-agent results.
-    pub(crate) fn list(&self, filter: &ListFilter) -> Vec<FleetView> {
-        let entries: Vec<Arc<FleetEntry>> = {
+    pub(crate) fn list(&self, filter: &ListFilter) -> Vec<CommandView> {
+        let entries: Vec<Arc<CommandEntry>> = {
             let inner = self.inner.lock();
             inner
                 .order
@@ -1281,11 +1276,11 @@ mod status_filter_tests {
     fn a_status_is_a_commands_first_then_a_runs_and_the_error_lists_both() {
         assert_eq!(
             StatusFilter::parse("failed"),
-            Ok(StatusFilter::Command(FleetStatus::Failed))
+            Ok(StatusFilter::Command(CommandStatus::Failed))
         );
         assert_eq!(
             StatusFilter::parse("timed-out"),
-            Ok(StatusFilter::Run(CommandStatus::TimedOut))
+            Ok(StatusFilter::Run(RunStatus::TimedOut))
         );
         let err = StatusFilter::parse("sideways").unwrap_err();
         for name in ["running", "cancelled", "crashed", "undelivered", "lost"] {

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use super::agents::{AgentInfo, NotConnected};
 use super::plugins::{Change, PackageRecord, StoredHistory};
-use super::records::{Created, FleetRecord, NotSent, RunRecord};
-use super::runs::CommandEntry;
+use super::records::{CommandRecord, Created, NotSent, RunRecord};
+use super::runs::RunEntry;
 
 /// A write that did not reach the disk, with the backend's reason.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,12 +38,12 @@ pub(crate) trait CommandLog: Send + Sync + 'static {
     /// written with it, so that the two are on disk together or not at all.
     fn create_command(
         &self,
-        record: &FleetRecord,
+        record: &CommandRecord,
         run: Option<&RunRecord>,
         durable: bool,
     ) -> Written<Created>;
     /// Writes a command again (its progress, its end).
-    fn save_command(&self, record: &FleetRecord, durable: bool) -> Written<()>;
+    fn save_command(&self, record: &CommandRecord, durable: bool) -> Written<()>;
     /// Writes, durably, that the agents at these slots of `command` are not sent it.
     fn save_not_sent(&self, command: &str, slots: Vec<(u32, NotSent)>) -> Written<()>;
     /// Writes one agent's run.
@@ -89,7 +89,7 @@ pub(crate) trait AgentOverrides: Send + Sync + 'static {
 /// One agent's run to carry out: the transport sends it, follows it to its end and records
 /// each step through the run's machine.
 pub(crate) struct Delivery {
-    pub(crate) entry: Arc<CommandEntry>,
+    pub(crate) entry: Arc<RunEntry>,
     pub(crate) agent: AgentId,
     pub(crate) command: Command,
     /// Data the plugin may ask for by key, before the server's own.

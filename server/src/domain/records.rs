@@ -10,14 +10,14 @@ use time::OffsetDateTime;
 use super::agents::AgentInfo;
 use ferry_protocol::ResultStats;
 
-use super::runs::{CommandStatus, CommandView, Origin, RenderedPayload};
+use super::runs::{Origin, RenderedPayload, RunStatus, RunView};
 
 /// The layout of the command records this server writes; as [`RUN_LAYOUT`] is for runs.
 pub(crate) const COMMAND_LAYOUT: u32 = 1;
 
 /// An operator command as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct FleetRecord {
+pub(crate) struct CommandRecord {
     #[serde(default = "first_layout")]
     pub(crate) layout: u32,
     pub(crate) id: String,
@@ -61,7 +61,7 @@ pub(crate) struct SlotRecord {
 /// Why an agent was never sent a command, and when that was decided.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct NotSent {
-    pub(crate) status: CommandStatus,
+    pub(crate) status: RunStatus,
     pub(crate) why: String,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) at: OffsetDateTime,
@@ -75,7 +75,7 @@ pub(crate) struct NotSent {
 pub(crate) const RUN_LAYOUT: u32 = 1;
 
 /// One agent's run as stored: a record of its own, so that the operator API's view of a run
-/// (`CommandView`) can change without changing what is on disk.
+/// (`RunView`) can change without changing what is on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RunRecord {
     #[serde(default = "first_layout")]
@@ -97,7 +97,7 @@ pub(crate) struct StoredRun {
     pub(crate) id: String,
     pub(crate) agent: String,
     pub(crate) topic: String,
-    pub(crate) status: CommandStatus,
+    pub(crate) status: RunStatus,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -134,10 +134,10 @@ fn present<'de, D: serde::Deserializer<'de>>(
 
 impl RunRecord {
     /// The record of a run whose view is `view`, in the newest layout.
-    pub(crate) fn new(origin: Origin, view: CommandView) -> RunRecord {
+    pub(crate) fn new(origin: Origin, view: RunView) -> RunRecord {
         // Destructured, so that a field added to the view does not compile until it is either
         // stored (a new layout) or deliberately left out here.
-        let CommandView {
+        let RunView {
             id,
             agent,
             topic,
@@ -183,7 +183,7 @@ impl RunRecord {
 
     /// What the run's entry is restored from (the storage backend refuses layouts newer than
     /// [`RUN_LAYOUT`] as it loads them).
-    pub(crate) fn into_parts(self) -> (Origin, CommandView) {
+    pub(crate) fn into_parts(self) -> (Origin, RunView) {
         let StoredRun {
             id,
             agent,
@@ -203,7 +203,7 @@ impl RunRecord {
         } = self.run;
         (
             self.origin,
-            CommandView {
+            RunView {
                 id,
                 agent,
                 topic,
@@ -236,7 +236,7 @@ pub(crate) enum Created {
 #[derive(Default)]
 pub(crate) struct Loaded {
     /// Oldest first.
-    pub(crate) commands: Vec<FleetRecord>,
+    pub(crate) commands: Vec<CommandRecord>,
     pub(crate) runs: Vec<RunRecord>,
     pub(crate) agents: Vec<AgentInfo>,
 }

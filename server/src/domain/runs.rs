@@ -1,13 +1,14 @@
-//! Commands and what happened to them: every event is kept in order, so a watcher that joins
-//! late replays the command from its start and then follows it, missing nothing.
+//! Runs — each agent's part of a command — and what happened to them: every event is kept in
+//! order, so a watcher that joins late replays the run from its start and then follows it,
+//! missing nothing.
 //!
-//! The store keeps per-agent (child) commands, the newest `RETAINED_COMMANDS` (10,000) ended ones.
+//! The store keeps the runs, the newest `RETAINED_COMMANDS` (10,000) ended ones.
 //! Watchers wait on a `watch` counter, so nothing a late watcher needs is lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-pub use ferry_api::{CommandEvent, RenderedPayload};
+pub use ferry_api::{RenderedPayload, RunEvent};
 use ferry_lifecycle::End;
 use ferry_protocol::{CommandResult, LogLevel, ResultStats};
 use parking_lot::Mutex;
@@ -17,11 +18,11 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Where an agent's run is in its life, and how it ended: the one list, kept in
 /// `ferry-lifecycle` with what derives from it (final, error, summary bucket).
-pub use ferry_lifecycle::Status as CommandStatus;
+pub use ferry_lifecycle::Status as RunStatus;
 
-/// A command as the operator API shows it.
+/// One agent's run of a command, as the operator API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommandView {
+pub struct RunView {
     /// Its id.
     pub id: String,
     /// The agent it was sent to.
@@ -29,7 +30,7 @@ pub struct CommandView {
     /// Its topic.
     pub topic: String,
     /// Where it is, or how it ended.
-    pub status: CommandStatus,
+    pub status: RunStatus,
     /// When it was created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -49,8 +50,8 @@ pub struct CommandView {
 }
 
 struct Record {
-    view: CommandView,
-    events: Vec<CommandEvent>,
+    view: RunView,
+    events: Vec<RunEvent>,
 }
 
 /// Which operator command an agent's run belongs to, and what it needs again after a restart.
@@ -64,8 +65,8 @@ pub(crate) struct Origin {
     pub(crate) timeout_ms: Option<u64>,
 }
 
-/// A command in the store: its record, a counter watchers wait on, and a way to cancel it.
-pub struct CommandEntry {
+/// A run in the store: its record, a counter watchers wait on, and a way to cancel it.
+pub struct RunEntry {
     origin: Origin,
     record: Mutex<Record>,
     changed: watch::Sender<usize>,
@@ -81,14 +82,14 @@ pub(crate) struct Report {
     pub(crate) recorded: oneshot::Sender<bool>,
 }
 
-impl CommandEntry {
+impl RunEntry {
     /// A copy of the command's current view.
-    pub fn view(&self) -> CommandView {
+    pub fn view(&self) -> RunView {
         self.record.lock().view.clone()
     }
 
     /// Events from number `from` on.
-    pub fn events_since(&self, from: usize) -> Vec<CommandEvent> {
+    pub fn events_since(&self, from: usize) -> Vec<RunEvent> {
         self.record
             .lock()
             .events
@@ -113,7 +114,7 @@ impl CommandEntry {
     }
 
     /// Waits until the command has ended and returns its final view.
-    pub async fn wait(&self) -> CommandView {
+    pub async fn wait(&self) -> RunView {
         let mut rx = self.subscribe();
         loop {
             let view = self.view();
@@ -131,7 +132,7 @@ impl CommandEntry {
     }
 
     /// Adds `event`; false if the command had already ended, and the event was dropped.
-    fn push(&self, event: CommandEvent) -> bool {
+    fn push(&self, event: RunEvent) -> bool {
         let mut record = self.record.lock();
         if record.view.status.is_final() {
             // A result is final; anything after it (a late log line, a result delivered a
@@ -139,16 +140,16 @@ impl CommandEntry {
             return false;
         }
         match &event {
-            CommandEvent::Accepted { .. } => {
-                if record.view.status == CommandStatus::Running {
+            RunEvent::Accepted { .. } => {
+                if record.view.status == RunStatus::Running {
                     // Accepted again after a reconnection: nothing new.
                     return false;
                 }
-                record.view.status = CommandStatus::Running
+                record.view.status = RunStatus::Running
             }
-            CommandEvent::Progress { percent, .. } => record.view.progress = Some(*percent),
-            CommandEvent::Log { .. } => {}
-            CommandEvent::Finished {
+            RunEvent::Progress { percent, .. } => record.view.progress = Some(*percent),
+            RunEvent::Log { .. } => {}
+            RunEvent::Finished {
                 at,
                 status,
                 detail,
@@ -171,14 +172,14 @@ impl CommandEntry {
 
     /// The agent accepted the command; false if it had already.
     pub(crate) fn accepted(&self) -> bool {
-        self.push(CommandEvent::Accepted {
+        self.push(RunEvent::Accepted {
             at: OffsetDateTime::now_utc(),
         })
     }
 
     /// The plugin reported progress.
     pub(crate) fn progress(&self, percent: u8, message: String) {
-        let _ = self.push(CommandEvent::Progress {
+        let _ = self.push(RunEvent::Progress {
             at: OffsetDateTime::now_utc(),
             percent: percent.min(100),
             message,
@@ -187,7 +188,7 @@ impl CommandEntry {
 
     /// The plugin logged a line.
     pub(crate) fn log(&self, level: LogLevel, message: String) {
-        let _ = self.push(CommandEvent::Log {
+        let _ = self.push(RunEvent::Log {
             at: OffsetDateTime::now_utc(),
             level,
             message,
@@ -196,14 +197,14 @@ impl CommandEntry {
 
     /// The `Finished` event `end` makes, and the view with it, without showing it: what is
     /// written to disk before anyone sees the run as ended.
-    pub(crate) fn ending(&self, end: &End) -> (CommandView, CommandEvent) {
+    pub(crate) fn ending(&self, end: &End) -> (RunView, RunEvent) {
         let at = OffsetDateTime::now_utc();
         let result = end.result.as_ref();
         let output = result.map_or_else(RenderedPayload::default, |r| {
             RenderedPayload::new(&r.payload)
         });
         let stats = result.map(|r| r.stats.clone());
-        let view = CommandView {
+        let view = RunView {
             status: end.status,
             finished_at: Some(at),
             detail: end.detail.clone(),
@@ -211,7 +212,7 @@ impl CommandEntry {
             stats: stats.clone(),
             ..self.view()
         };
-        let event = CommandEvent::Finished {
+        let event = RunEvent::Finished {
             at,
             status: end.status,
             detail: end.detail.clone(),
@@ -221,16 +222,16 @@ impl CommandEntry {
         (view, event)
     }
 
-    /// Shows the end made by [`CommandEntry::ending`] once it is on disk; false if the command
+    /// Shows the end made by [`RunEntry::ending`] once it is on disk; false if the command
     /// had already ended.
-    pub(crate) fn finish(&self, finished: CommandEvent) -> bool {
-        debug_assert!(matches!(finished, CommandEvent::Finished { .. }));
+    pub(crate) fn finish(&self, finished: RunEvent) -> bool {
+        debug_assert!(matches!(finished, RunEvent::Finished { .. }));
         self.push(finished)
     }
 
     /// The command ended without a result from the agent, and without a record on disk (the
     /// disk refused the run before it was sent); false if it had already ended.
-    pub(crate) fn finish_unrecorded(&self, status: CommandStatus, detail: String) -> bool {
+    pub(crate) fn finish_unrecorded(&self, status: RunStatus, detail: String) -> bool {
         let end = End {
             status,
             detail: Some(detail),
@@ -239,7 +240,7 @@ impl CommandEntry {
         self.push(self.ending(&end).1)
     }
 
-    /// Takes report streams' results until [`CommandEntry::detach`].
+    /// Takes report streams' results until [`RunEntry::detach`].
     pub(crate) fn attach(&self) -> mpsc::UnboundedReceiver<Report> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.driver.lock() = Some(tx);
@@ -272,19 +273,19 @@ impl CommandEntry {
 /// How many ended commands the store keeps before it forgets the oldest.
 pub const RETAINED_COMMANDS: usize = 10_000;
 
-/// All commands the server knows, newest last.
+/// Every run the server holds, newest last.
 #[derive(Default)]
-pub struct CommandStore {
+pub struct RunStore {
     inner: Mutex<StoreInner>,
 }
 
 #[derive(Default)]
 struct StoreInner {
-    by_id: HashMap<String, Arc<CommandEntry>>,
+    by_id: HashMap<String, Arc<RunEntry>>,
     order: VecDeque<String>,
 }
 
-impl CommandStore {
+impl RunStore {
     /// Creates a pending command.
     pub(crate) fn create(
         &self,
@@ -292,12 +293,12 @@ impl CommandStore {
         agent: String,
         topic: String,
         origin: Origin,
-    ) -> Arc<CommandEntry> {
-        let view = CommandView {
+    ) -> Arc<RunEntry> {
+        let view = RunView {
             id,
             agent,
             topic,
-            status: CommandStatus::Pending,
+            status: RunStatus::Pending,
             created_at: OffsetDateTime::now_utc(),
             finished_at: None,
             progress: None,
@@ -310,16 +311,16 @@ impl CommandStore {
 
     /// Brings back a command recorded before the server restarted, with the events its view
     /// implies (the progress and log lines of before the restart are not kept on disk).
-    pub(crate) fn restore(&self, origin: Origin, view: CommandView) -> Arc<CommandEntry> {
+    pub(crate) fn restore(&self, origin: Origin, view: RunView) -> Arc<RunEntry> {
         let mut events = Vec::new();
         // It was accepted if it runs, or if it ended with the agent's stats.
-        if view.status == CommandStatus::Running || view.stats.is_some() {
-            events.push(CommandEvent::Accepted {
+        if view.status == RunStatus::Running || view.stats.is_some() {
+            events.push(RunEvent::Accepted {
                 at: view.created_at,
             });
         }
         if let (true, Some(at)) = (view.status.is_final(), view.finished_at) {
-            events.push(CommandEvent::Finished {
+            events.push(RunEvent::Finished {
                 at,
                 status: view.status,
                 detail: view.detail.clone(),
@@ -330,15 +331,10 @@ impl CommandStore {
         self.insert(origin, view, events)
     }
 
-    fn insert(
-        &self,
-        origin: Origin,
-        view: CommandView,
-        events: Vec<CommandEvent>,
-    ) -> Arc<CommandEntry> {
+    fn insert(&self, origin: Origin, view: RunView, events: Vec<RunEvent>) -> Arc<RunEntry> {
         let id = view.id.clone();
         let count = events.len();
-        let entry = Arc::new(CommandEntry {
+        let entry = Arc::new(RunEntry {
             origin,
             record: Mutex::new(Record { view, events }),
             changed: watch::Sender::new(count),
@@ -367,7 +363,7 @@ impl CommandStore {
     }
 
     /// One command.
-    pub fn get(&self, id: &str) -> Option<Arc<CommandEntry>> {
+    pub fn get(&self, id: &str) -> Option<Arc<RunEntry>> {
         self.inner.lock().by_id.get(id).cloned()
     }
 }
@@ -378,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_after_the_result_are_dropped_and_wait_returns() {
-        let store = CommandStore::default();
+        let store = RunStore::default();
         let origin = Origin {
             fleet: "f".into(),
             index: 0,
@@ -387,10 +383,10 @@ mod tests {
         let entry = store.create("c1".into(), "a".into(), "echo".into(), origin);
         entry.accepted();
         entry.progress(150, "clamped".into());
-        entry.finish_unrecorded(CommandStatus::Lost, "gone".into());
+        entry.finish_unrecorded(RunStatus::Lost, "gone".into());
         entry.log(LogLevel::Info, "late".into());
         let view = entry.wait().await;
-        assert_eq!(view.status, CommandStatus::Lost);
+        assert_eq!(view.status, RunStatus::Lost);
         assert_eq!(view.progress, Some(100));
         assert_eq!(entry.events_since(0).len(), 3);
     }

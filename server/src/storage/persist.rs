@@ -35,10 +35,10 @@ use serde::{Deserialize, Serialize};
 use crate::domain::agents::AgentInfo;
 use crate::domain::ports::{CommandLog, StorageError, Written};
 use crate::domain::records::{
-    COMMAND_LAYOUT, Created, FleetRecord, Loaded, NotSent, RUN_LAYOUT, RunRecord,
+    COMMAND_LAYOUT, CommandRecord, Created, Loaded, NotSent, RUN_LAYOUT, RunRecord,
 };
 
-/// Operator command id → [`FleetRecord`] (CBOR).
+/// Operator command id → [`CommandRecord`] (CBOR).
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// Agent run id → [`RunRecord`] (CBOR).
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_runs");
@@ -150,7 +150,7 @@ impl Persist {
     /// disk together or not at all. `durable`: false only for a read-only topic's command.
     pub(crate) fn create_command(
         &self,
-        record: &FleetRecord,
+        record: &CommandRecord,
         run: Option<&RunRecord>,
         durable: bool,
     ) -> impl Future<Output = Result<Created, StoreError>> + Send + 'static {
@@ -178,7 +178,7 @@ impl Persist {
     /// recorded with it.
     pub(crate) fn save_command(
         &self,
-        record: &FleetRecord,
+        record: &CommandRecord,
         durable: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = record.id.clone();
@@ -255,7 +255,7 @@ impl Persist {
         if let Some(table) = open(&tx, COMMANDS)? {
             for row in table.iter().map_err(failed)? {
                 let (id, value) = row.map_err(failed)?;
-                match decode::<FleetRecord>(value.value()) {
+                match decode::<CommandRecord>(value.value()) {
                     Some(record) if record.layout > COMMAND_LAYOUT => {
                         return Err(newer("command", &record.id, record.layout, COMMAND_LAYOUT));
                     }
@@ -397,14 +397,14 @@ fn port<T: Send + 'static>(
 impl CommandLog for Persist {
     fn create_command(
         &self,
-        record: &FleetRecord,
+        record: &CommandRecord,
         run: Option<&RunRecord>,
         durable: bool,
     ) -> Written<Created> {
         port(Persist::create_command(self, record, run, durable))
     }
 
-    fn save_command(&self, record: &FleetRecord, durable: bool) -> Written<()> {
+    fn save_command(&self, record: &CommandRecord, durable: bool) -> Written<()> {
         port(Persist::save_command(self, record, durable))
     }
 
@@ -433,10 +433,10 @@ mod tests {
 
     use super::*;
     use crate::domain::records::{SlotRecord, TargetRecord};
-    use crate::domain::runs::{CommandStatus, CommandView, Origin, RenderedPayload};
+    use crate::domain::runs::{Origin, RenderedPayload, RunStatus, RunView};
 
-    fn command(id: &str, key: Option<&str>) -> FleetRecord {
-        FleetRecord {
+    fn command(id: &str, key: Option<&str>) -> CommandRecord {
+        CommandRecord {
             layout: COMMAND_LAYOUT,
             id: id.into(),
             topic: "echo".into(),
@@ -461,14 +461,14 @@ mod tests {
         }
     }
 
-    fn run(command: &str, status: CommandStatus) -> RunRecord {
+    fn run(command: &str, status: RunStatus) -> RunRecord {
         RunRecord::new(
             Origin {
                 fleet: command.into(),
                 index: 0,
                 timeout_ms: None,
             },
-            CommandView {
+            RunView {
                 id: format!("{command}-run"),
                 agent: "a1".into(),
                 topic: "echo".into(),
@@ -562,14 +562,14 @@ mod tests {
         let created = persist
             .create_command(
                 &command("c1", Some("key-1")),
-                Some(&run("c1", CommandStatus::Pending)),
+                Some(&run("c1", RunStatus::Pending)),
                 true,
             )
             .await
             .unwrap();
         assert_eq!(created, Created::New);
         persist
-            .save_run(&run("c1", CommandStatus::Succeeded), true)
+            .save_run(&run("c1", RunStatus::Succeeded), true)
             .await
             .unwrap();
         // Not durable: a crash may lose it, and this one does.
@@ -596,7 +596,7 @@ mod tests {
         let commands: Vec<_> = loaded.commands.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(commands, ["c1"]);
         let runs: Vec<_> = loaded.runs.iter().map(|r| (r.id(), r.run.status)).collect();
-        assert_eq!(runs, [("c1-run", CommandStatus::Succeeded)]);
+        assert_eq!(runs, [("c1-run", RunStatus::Succeeded)]);
         assert_eq!(persist.command_for_key("key-1").as_deref(), Some("c1"));
         // The key is claimed: a second command with it is not created.
         let again = persist

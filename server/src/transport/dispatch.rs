@@ -2,7 +2,7 @@
 //!
 //! One task per agent's run, a thin driver of `ferry_lifecycle::Run`: it writes the run to disk,
 //! then turns the registry (`wait_connection`), the run's stream, report streams (through the
-//! entry's mailbox, `CommandEntry::attach` and `report`), the disk and timers into the machine's
+//! entry's mailbox, `RunEntry::attach` and `report`), the disk and timers into the machine's
 //! inputs, and carries out its effects. It decides nothing itself.
 //!
 //! What the machine decides: wait for the agent (until `deliver_within` when never sent); send
@@ -37,7 +37,7 @@ use super::Agents;
 use crate::domain::ServerData;
 use crate::domain::ports::{CommandLog, Deliver, Delivery};
 use crate::domain::records::RunRecord;
-use crate::domain::runs::{CommandEvent, CommandStatus};
+use crate::domain::runs::{RunEvent, RunStatus};
 
 /// How long past a command's own timeout the server waits for the agent's result before it
 /// gives up on it: the agent ends the plugin at the timeout and needs a moment to report.
@@ -132,7 +132,7 @@ async fn drive(state: &Dispatcher, d: Delivery) {
     {
         tracing::error!(command = %d.command.id, error = %e, "cannot record a command's run");
         entry.finish_unrecorded(
-            CommandStatus::Undelivered,
+            RunStatus::Undelivered,
             "not sent: the server could not record the command on disk; see the server's log"
                 .into(),
         );
@@ -161,7 +161,7 @@ async fn drive(state: &Dispatcher, d: Delivery) {
     let max_frame = state.max_frame_bytes;
     let mut connection: Option<quinn::Connection> = None;
     let mut stream: Option<Stream> = None;
-    let mut finished: Option<CommandEvent> = None;
+    let mut finished: Option<RunEvent> = None;
     let mut data_served = 0u32;
     let now = || Instant::now().into_std();
 

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerConfig;
 use crate::domain::plugins::PluginRegistry;
 use crate::domain::ports::CommandLog;
-use crate::domain::runs::CommandStore;
+use crate::domain::runs::RunStore;
 use crate::storage::enrollment::Enrollment;
 use crate::storage::overrides::Overrides;
 
@@ -43,7 +43,7 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) registry: Arc<Agents>,
     /// Every agent's run of a command: report streams deliver results to them.
-    pub(crate) runs: Arc<CommandStore>,
+    pub(crate) runs: Arc<RunStore>,
     pub(crate) plugins: Arc<PluginRegistry>,
     pub(crate) enrollment: Arc<Enrollment>,
     /// Revocations (refused at admission) and the labels enrollment sets.
