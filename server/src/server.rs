@@ -6,8 +6,9 @@
 //! `transport::dispatch::Dispatcher` (registry, log, data, limits), `transport::Shared` (what a
 //! connection's task needs), `api::ApiState` (what handlers need). There is no god object.
 //!
-//! Every task the parts start (connections, report streams, runs, fan-outs, deferred writes, the
-//! delayed revocation check) is spawned on one `TaskTracker` they share. `shutdown` cancels `stop`,
+//! Every task the server runs (the accept loop, the heartbeat sweeper, connections, API
+//! connections, report streams, runs, fan-outs, deferred writes, the delayed revocation check)
+//! is spawned on one `TaskTracker` they share. `shutdown` cancels `stop`,
 //! closes the endpoint, waits for exactly those tasks (bounded, 10 s, naming how many are left),
 //! drops the parts, and waits (bounded) until nothing else holds the database, so that a restart in
 //! the same process can open it.
@@ -27,7 +28,6 @@ use ferry_protocol::package::SigningKey;
 use ferry_protocol::pki::{PkiDir, write_file};
 use ferry_protocol::tls::{self, Identity, TransportSettings};
 use rand::RngCore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -143,7 +143,6 @@ pub struct Server {
     ca_cert_path: std::path::PathBuf,
     plugin_key_path: std::path::PathBuf,
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -316,15 +315,14 @@ impl Server {
             // Random start: session ids must not repeat across restarts.
             sessions: AtomicU64::new(rand::random::<u64>() >> 1),
         });
-        let mut tasks = vec![tokio::spawn(listener::accept_loop(
-            endpoint.clone(),
-            agent_side,
-        ))];
+        // The accept loop ends when shutdown closes the endpoint, the sweeper at the stop
+        // signal: like every other task, both are waited for.
+        tracked.spawn(listener::accept_loop(endpoint.clone(), agent_side));
 
         let sweeper_registry = registry.clone();
         let sweeper_stop = stop.clone();
         let (interval, grace) = (config.heartbeat_interval, config.heartbeat_grace);
-        tasks.push(tokio::spawn(async move {
+        tracked.spawn(async move {
             let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
             loop {
                 tokio::select! {
@@ -332,7 +330,7 @@ impl Server {
                     _ = sweeper_stop.cancelled() => return,
                 }
             }
-        }));
+        });
 
         let api_addr = match api_listener {
             Some((listener, bound)) => {
@@ -382,7 +380,6 @@ impl Server {
             ca_cert_path,
             plugin_key_path,
             stop,
-            tasks,
         })
     }
 
@@ -522,7 +519,6 @@ impl Server {
             endpoint,
             quic_addr,
             stop,
-            tasks,
             ..
         } = self;
         stop.cancel();
@@ -532,10 +528,6 @@ impl Server {
             b"server shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
-        }
         drop(endpoint);
         // The parts' tasks end at the stop signal (what they must not lose is on disk) or with
         // their connection, closed above: wait for exactly those.
@@ -550,9 +542,9 @@ impl Server {
             );
         }
         drop((registry, runs, commands, plugins, tokens, enrollment, data));
-        // A blocking call an aborted API handler started may still hold a part for a moment;
-        // the database closes (and a restart in this process can open it) once the last
-        // part lets go of it.
+        // A blocking call an API handler started (its connection cut at the stop) may still
+        // hold a part for a moment; the database closes (and a restart in this process can open
+        // it) once the last part lets go of it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while Arc::strong_count(&db) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
