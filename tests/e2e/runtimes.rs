@@ -473,7 +473,7 @@ async fn run_command_runs_a_program_with_input_environment_and_directory() {
 async fn run_command_sends_http_requests_to_a_runtime() {
     let Some(python) = python3() else {
         assert!(
-            std::env::var_os("CI").is_none(),
+            !std::env::var("CI").is_ok_and(|ci| ci == "true"),
             "python3 is needed for this test and CI installs it"
         );
         eprintln!(

@@ -82,10 +82,15 @@ pub fn component(
 ) -> Result<Vec<u8>> {
     let (resolve, world) = load_world(wit_dir)?;
     let encode_error = |e: anyhow::Error| {
+        // The version of the WIT the project builds against, which may be an older frozen one.
+        let version = resolve.worlds[world]
+            .package
+            .and_then(|p| resolve.packages[p].name.version.as_ref())
+            .map_or_else(|| ferry_protocol::WIT_LATEST.to_string(), |v| v.to_string());
         anyhow!(
             "{module_name} cannot become a ferry plugin component: {e:#}\n(it must export \
-             `ferry:plugin/handler@0.1.0#handle` and `cabi_realloc`, and import only WASI \
-             preview 1 and `ferry:plugin/*@0.1.0` functions)"
+             `ferry:plugin/handler@{version}#handle` and `cabi_realloc`, and import only WASI \
+             preview 1 and `ferry:plugin/*@{version}` functions)"
         )
     };
     let mut module = module.to_vec();
