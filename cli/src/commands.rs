@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::ApiArgs;
 use crate::client::{Client, query_string, read, segment};
 use crate::follow::Follow;
-use crate::output::{bytes, micros, print_table};
+use crate::output::{bytes, micros, print_table, terminal_safe};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -630,6 +630,7 @@ async fn command_logs(args: ShowCommandArgs) -> Result<()> {
             {
                 lines += 1;
                 let level = level.to_string();
+                let message = terminal_safe(&message, false);
                 println!("{}  {agent}  {level:<5} {message}", when(Some(at)));
             }
         })

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use crate::output::terminal_safe;
 use ferry_api::{CommandEvent, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -134,14 +135,16 @@ impl Follow {
             } => {
                 if let Some(bar) = bar {
                     bar.set_position(u64::from(*percent));
-                    bar.set_message(message.clone());
+                    bar.set_message(terminal_safe(message, false).into_owned());
                 }
                 if plain {
+                    let message = terminal_safe(message, false);
                     self.line(format!("  {prefix}[{percent:>3}%] {message}"));
                 }
             }
             CommandEvent::Log { level, message, .. } if self.summary.is_none() => {
                 let level = level.to_string();
+                let message = terminal_safe(message, false);
                 self.line(format!("  {prefix}{level:<5} {message}"));
             }
             CommandEvent::Log { .. } => {}

@@ -5,8 +5,42 @@ use serde_json::Value;
 
 use crate::client::read;
 
-/// Prints rows under a header, each column as wide as its widest cell.
+/// `text` as a terminal may show it: control characters (ESC, BEL, CR…; also line breaks and
+/// tabs unless `lines`) and bidi overrides become visible escapes such as `\u{1b}`. What
+/// plugins, agents and other operators chose (topics, log lines, labels, audit paths) passes
+/// through here before it reaches a terminal, so it cannot clear the screen, set the title,
+/// move the cursor or fake a row.
+pub fn terminal_safe(text: &str, lines: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && !(lines && (c == '\n' || c == '\t')))
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Prints rows under a header, each column as wide as its widest cell; cells are
+/// [`terminal_safe`].
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| terminal_safe(cell, false).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -40,7 +74,7 @@ pub fn print_answer<T: DeserializeOwned>(
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!("{}", text(read(answer)?));
+        println!("{}", terminal_safe(&text(read(answer)?), true));
     }
     Ok(())
 }
@@ -91,6 +125,21 @@ pub fn micros(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_reach_the_terminal_only_as_visible_text() {
+        assert_eq!(terminal_safe("runtime.create", false), "runtime.create");
+        assert_eq!(
+            terminal_safe("a\u{1b}[2Jb\u{7}", false),
+            "a\\u{1b}[2Jb\\u{7}"
+        );
+        assert_eq!(terminal_safe("row\nfake", false), "row\\u{a}fake");
+        assert_eq!(
+            terminal_safe("two\nlines\tok\r", true),
+            "two\nlines\tok\\u{d}"
+        );
+        assert_eq!(terminal_safe("abc\u{202e}def", true), "abc\\u{202e}def");
+    }
 
     #[test]
     fn figures_read_well() {
