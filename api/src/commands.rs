@@ -220,6 +220,10 @@ pub struct AgentResult {
     /// When it ended.
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// How many of the run's log and progress events the server dropped: a run keeps the
+    /// newest 1,000, with its acceptance and end.
+    #[serde(default)]
+    pub events_dropped: u64,
 }
 
 /// A command as the operator API shows it (the OpenAPI document's `Command`).
@@ -249,6 +253,10 @@ pub struct CommandView {
     pub peak_concurrency: u32,
     /// How many agents are where.
     pub summary: Summary,
+    /// How many log and progress events the command's event stream dropped: it keeps the
+    /// newest 1,000 over all its agents, and every other event.
+    #[serde(default)]
+    pub events_dropped: u64,
     /// Each agent's part, in the order they are sent it; left out of listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<AgentResult>>,
@@ -321,6 +329,13 @@ pub enum CommandEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stats: Option<ResultStats>,
     },
+    /// Events that were here were dropped: the command keeps its newest 1,000 log and
+    /// progress events (and every other event). Only in the stream, where a follower reaches
+    /// the gap; the command's view counts them all (`events_dropped`).
+    Dropped {
+        /// How many.
+        count: u64,
+    },
     /// Every agent is done; always the last event.
     Done {
         /// How the command ended.
@@ -381,11 +396,12 @@ impl CommandEvent {
             CommandEvent::Progress { .. } => "progress",
             CommandEvent::Log { .. } => "log",
             CommandEvent::Finished { .. } => "finished",
+            CommandEvent::Dropped { .. } => "dropped",
             CommandEvent::Done { .. } => "done",
         }
     }
 
-    /// The agent it is about; none for `done`.
+    /// The agent it is about; none for `dropped` and `done`.
     pub fn agent(&self) -> Option<&str> {
         match self {
             CommandEvent::Dispatched { agent, .. }
@@ -393,7 +409,7 @@ impl CommandEvent {
             | CommandEvent::Progress { agent, .. }
             | CommandEvent::Log { agent, .. }
             | CommandEvent::Finished { agent, .. } => Some(agent),
-            CommandEvent::Done { .. } => None,
+            CommandEvent::Dropped { .. } | CommandEvent::Done { .. } => None,
         }
     }
 }

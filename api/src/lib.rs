@@ -44,6 +44,10 @@ pub struct Health {
     pub status: String,
     /// The server's version.
     pub version: String,
+    /// Requests refused since the server started because their bearer token was unknown or
+    /// revoked (each is also logged, rate-limited, with its source address).
+    #[serde(default)]
+    pub refused_tokens: u64,
 }
 
 /// Every error the API answers: `{"error": {"code", "message"}}`.

@@ -121,7 +121,7 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// At most this many (default 100, at most 10,000).
+    /// At most this many (default 100, at most 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
     /// Only entries with a smaller `seq`.

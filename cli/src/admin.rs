@@ -11,6 +11,7 @@ use ferry_api::{
     Agent, AgentDetails, ApiToken, AuditEntry, CreateApiToken, LabelsRequest, NewApiToken, NoBody,
     RevokeRequest, RevokedAgent, Scope,
 };
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::client::{Client, query_string, read, segment};
@@ -341,7 +342,8 @@ pub async fn api_token(args: ApiTokenArgs) -> Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// At most this many entries, newest first.
+    /// At most this many entries, newest first (more than the server's page of 1,000 are
+    /// read page by page).
     #[arg(long, default_value_t = 50)]
     limit: usize,
     /// Only entries older than this sequence number (to page back).
@@ -354,17 +356,42 @@ pub struct AuditArgs {
     api: ApiArgs,
 }
 
+/// The most entries the server gives in one page of `GET /v1/audit`.
+const AUDIT_PAGE: usize = 1_000;
+
 pub async fn audit(args: AuditArgs) -> Result<()> {
     let client = Client::from_args(&args.api)?;
-    let list = client
-        .get_value(&format!(
-            "/v1/audit{}",
-            query_string(&[
-                ("limit", Some(args.limit.to_string())),
-                ("before", args.before.map(|b| b.to_string())),
-            ])
-        ))
-        .await?;
+    // The server gives at most a page at a time, newest first: more than that is asked for
+    // page by page, each before the oldest entry of the one before.
+    let mut entries: Vec<Value> = Vec::new();
+    let mut before = args.before;
+    while entries.len() < args.limit {
+        let want = (args.limit - entries.len()).min(AUDIT_PAGE);
+        let page = client
+            .get_value(&format!(
+                "/v1/audit{}",
+                query_string(&[
+                    ("limit", Some(want.to_string())),
+                    ("before", before.map(|b| b.to_string())),
+                ])
+            ))
+            .await?;
+        let page: Vec<Value> = read(page)?;
+        let got = page.len();
+        before = page.last().and_then(|e| e["seq"].as_u64());
+        entries.extend(page);
+        if got < want || before.is_none() {
+            break;
+        }
+    }
+    if !args.json
+        && entries.len() == args.limit
+        && let Some(oldest) = before
+        && oldest > 1
+    {
+        eprintln!("older entries: `ferry audit --before {oldest}`");
+    }
+    let list = Value::Array(entries);
     print_listing(
         list,
         args.json,

@@ -621,17 +621,22 @@ async fn command_logs(args: ShowCommandArgs) -> Result<()> {
     }
     client
         .follow(&path, |event| {
-            if let CommandEvent::Log {
-                agent,
-                at,
-                level,
-                message,
-            } = event
-            {
-                lines += 1;
-                let level = level.to_string();
-                let message = terminal_safe(&message, false);
-                println!("{}  {agent}  {level:<5} {message}", when(Some(at)));
+            match event {
+                CommandEvent::Log {
+                    agent,
+                    at,
+                    level,
+                    message,
+                } => {
+                    lines += 1;
+                    let level = level.to_string();
+                    let message = terminal_safe(&message, false);
+                    println!("{}  {agent}  {level:<5} {message}", when(Some(at)));
+                }
+                CommandEvent::Dropped { count } => eprintln!(
+                    "… {count} log and progress events dropped here (the server keeps the newest 1,000 of a command)"
+                ),
+                _ => {}
             }
         })
         .await?;

@@ -171,6 +171,12 @@ impl Follow {
                     self.line(format!("  {agent}: {}", status.name()));
                 }
             }
+            CommandEvent::Dropped { count } if self.summary.is_none() => {
+                self.line(format!(
+                    "  … {count} log and progress events dropped here (the server keeps the newest 1,000 of a command)"
+                ));
+            }
+            CommandEvent::Dropped { .. } => {}
             CommandEvent::Done { .. } => self.finish(),
         }
     }

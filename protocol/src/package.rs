@@ -98,7 +98,7 @@ impl Package {
     pub fn decode(bytes: &[u8]) -> Result<Package, PackageError> {
         let mut rest = bytes;
         let package: Package =
-            ciborium::from_reader(&mut rest).map_err(|e| PackageError::Malformed(e.to_string()))?;
+            ciborium::from_reader(&mut rest).map_err(|e| PackageError::Malformed(describe(e)))?;
         if !rest.is_empty() {
             return Err(PackageError::Malformed(format!(
                 "{} unexpected bytes after the package",
@@ -111,6 +111,27 @@ impl Package {
             });
         }
         Ok(package)
+    }
+}
+
+/// What is wrong with bytes that do not decode as a package, in words: ciborium's own
+/// `Display` is its debug text (`Io(Error { kind: UnexpectedEof … })`), which says nothing to
+/// whoever pushed the package.
+fn describe(e: ciborium::de::Error<std::io::Error>) -> String {
+    use ciborium::de::Error;
+    const MAKE: &str = "`ferry plugin push` packs a plugin's manifest and component into one";
+    match e {
+        Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("the bytes end in the middle of the package (cut short, or empty); {MAKE}")
+        }
+        Error::Io(e) => format!("reading the package failed: {e}"),
+        Error::Syntax(at) => format!("the bytes are not CBOR (at byte {at}); {MAKE}"),
+        Error::Semantic(_, what) => {
+            format!("the bytes are CBOR but not a package ({what}); {MAKE}")
+        }
+        Error::RecursionLimitExceeded => {
+            format!("the bytes nest deeper than any package does; {MAKE}")
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub use domain::commands::{
     AgentResult, CommandEntry, CommandRequest, CommandStatus, CommandView, SubmitError, Summary,
     Target,
 };
+pub use domain::events::Since;
 pub use domain::plugins::{
     AgentPlugin, AgentRollout, Assignment, PackageRecord, PluginDetails, PluginError,
     PluginRegistry, PluginSummary, PushOutcome, Selector,

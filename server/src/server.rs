@@ -350,6 +350,7 @@ impl Server {
                     data: data.clone(),
                     tasks: tracked.clone(),
                     stop: stop.clone(),
+                    refused_tokens: api::RefusedTokens::default(),
                 }));
                 tracked.spawn(api::serve(
                     listener,

@@ -565,3 +565,359 @@ async fn tokens_are_managed_by_admins_and_every_change_is_audited() {
         .await;
     assert_eq!(older[0]["action"], "plugin.unassign");
 }
+
+/// Asserts an answer is the documented error shape with `status`, and gives its message.
+fn documented_error(what: &str, status: u16, expected: u16, text: &str) -> String {
+    assert_eq!(status, expected, "{what}: {text}");
+    let body: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("{what}: not a JSON error body ({e}): {text:.300}"));
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !code.is_empty() && !message.is_empty(),
+        "{what}: {text:.300}"
+    );
+    assert!(
+        text.len() < 2_000,
+        "{what}: the error echoes its input: {} bytes",
+        text.len()
+    );
+    message.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_the_documented_shape_and_status() {
+    let harness = Harness::start_with(|config| {
+        config.max_frame_bytes = 64 * 1024;
+        config.max_plugin_bytes = 64 * 1024;
+    })
+    .await;
+    let base = harness.api_url();
+    let token = harness.server().api_token().to_string();
+    let client = reqwest::Client::new();
+    let send = |method: Method, path: &str| {
+        client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&token)
+    };
+    let answer = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    };
+
+    // A package cut short says so, not ciborium's debug text.
+    let (status, text) = answer(send(Method::POST, "/v1/plugins").body(vec![0xa3, 0x66])).await;
+    let message = documented_error("push of a cut package", status, 400, &text);
+    assert!(
+        !message.contains("Io(") && !message.contains("UnexpectedEof"),
+        "{message}"
+    );
+    assert!(message.contains("end in the middle"), "{message}");
+    let (status, text) = answer(send(Method::POST, "/v1/plugins").body(vec![0xff; 100])).await;
+    documented_error("push of bytes that are not CBOR", status, 400, &text);
+    // Over the body limits: axum's 413, in the shape.
+    let (status, text) =
+        answer(send(Method::POST, "/v1/plugins").body(vec![0u8; 128 * 1024])).await;
+    let message = documented_error("push over max_plugin_bytes", status, 413, &text);
+    assert!(message.contains("max_plugin_bytes"), "{message}");
+    let big = json!({"topic": "echo", "agent": "a", "payload": "x".repeat(256 * 1024)});
+    let (status, text) = answer(send(Method::POST, "/v1/commands").json(&big)).await;
+    let message = documented_error("command over the body limit", status, 413, &text);
+    assert!(message.contains("max_frame_bytes"), "{message}");
+    // Bodies that are not JSON, or not the request's type: 400 (as documented, not 422), and
+    // 415 without a JSON content type.
+    for path in [
+        "/v1/agents/a1/revoke",
+        "/v1/plugins/p/rollback",
+        "/v1/plugins/p/assign",
+        "/v1/agents/a1/labels",
+        "/v1/commands",
+        "/v1/api-tokens",
+        "/v1/join-tokens",
+    ] {
+        let (status, text) = answer(
+            send(Method::POST, path)
+                .header("content-type", "application/json")
+                .body("{"),
+        )
+        .await;
+        documented_error(&format!("{path} with broken JSON"), status, 400, &text);
+        let (status, text) = answer(
+            send(Method::POST, path)
+                .header("content-type", "application/json")
+                .body(r#"{"wait_ms":"soon","reason":7,"set":7,"topic":7,"name":7,"ttl":7,"to":7}"#),
+        )
+        .await;
+        documented_error(&format!("{path} with mistyped JSON"), status, 400, &text);
+    }
+    let (status, text) = answer(send(Method::POST, "/v1/agents/a1/labels").body("{}")).await;
+    let message = documented_error("labels without a content type", status, 415, &text);
+    assert!(message.contains("application/json"), "{message}");
+    // Path parameters that are not UTF-8, queries that do not parse, methods a path lacks.
+    for path in [
+        "/v1/agents/%FF%FE",
+        "/v1/plugins/%C3%28/rollback",
+        "/v1/commands/%FF",
+        "/v1/data/%FF",
+    ] {
+        let method = if path.ends_with("rollback") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let method = if path.starts_with("/v1/data") {
+            Method::DELETE
+        } else {
+            method
+        };
+        let (status, text) = answer(send(method, path)).await;
+        documented_error(path, status, 400, &text);
+    }
+    let (status, text) = answer(send(Method::GET, "/v1/commands?limit=many")).await;
+    documented_error("a query that does not parse", status, 400, &text);
+    let (status, text) = answer(send(Method::PATCH, "/v1/agents")).await;
+    documented_error("a method the path lacks", status, 405, &text);
+    // Inputs are not echoed back whole.
+    let selector = format!("env{}", "x".repeat(20_000));
+    let (status, text) = answer(send(
+        Method::GET,
+        &format!("/v1/agents?selector={selector}"),
+    ))
+    .await;
+    documented_error("a long selector", status, 400, &text);
+    let spaced = "a b,".repeat(5_000);
+    let (status, text) =
+        answer(send(Method::POST, "/v1/plugins/p/assign").json(&json!({"to": spaced}))).await;
+    documented_error("a long selector with spaces", status, 400, &text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_is_case_insensitive_401_challenges_revoke_needs_json_and_labels_are_bounded() {
+    let harness = Harness::start().await;
+    let _agent = harness.start_agent("labelled").await;
+    let base = harness.api_url();
+    let token = harness.server().api_token().to_string();
+    let client = reqwest::Client::new();
+
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = client
+            .get(format!("{base}/v1/whoami"))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "scheme {scheme}");
+    }
+    for authorization in [None, Some("Bearer wrong"), Some("Basic dXNlcjpwdw==")] {
+        let mut request = client.get(format!("{base}/v1/whoami"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{authorization:?}");
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer"),
+            "{authorization:?}: {challenge:?}"
+        );
+    }
+
+    // A reason sent without a JSON content type is refused, not dropped, and nothing changes.
+    let post = |path: &str| client.post(format!("{base}{path}")).bearer_auth(&token);
+    let response = post("/v1/agents/labelled/revoke")
+        .body(r#"{"reason":"lost laptop"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("application/json"), "{text}");
+    let response = post("/v1/agents/labelled/unrevoke").send().await.unwrap();
+    assert_eq!(response.status(), 409, "the refused revoke revoked nothing");
+    // No body at all is no reason; a JSON one is kept.
+    let response = post("/v1/agents/ghost/revoke").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = post("/v1/agents/labelled/revoke")
+        .json(&json!({"reason": "lost laptop"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked"]["reason"], "lost laptop", "{body}");
+
+    // At most 64 operator labels on one agent: refused with 400, whether in one request or
+    // added to the ones it has.
+    let labels = |range: std::ops::Range<usize>| -> serde_json::Map<String, Value> {
+        range.map(|i| (format!("k{i}"), json!("v"))).collect()
+    };
+    let label = |set: serde_json::Map<String, Value>| {
+        post("/v1/agents/labelled/labels")
+            .json(&json!({"set": set}))
+            .send()
+    };
+    let response = label(labels(0..65)).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = label(labels(0..64)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = label(labels(64..65)).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too-many-labels", "{body}");
+    let response = label(labels(0..1)).await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "setting a label it has adds nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_revoked_tokens_are_counted() {
+    let harness = Harness::start().await;
+    let http = Http::new(&harness);
+    let refused = || async {
+        let (status, health) = http.call(Method::GET, "/v1/health", None, None).await;
+        assert_eq!(status, 200);
+        health["refused_tokens"].as_u64().expect("a count")
+    };
+    assert_eq!(refused().await, 0);
+    for _ in 0..3 {
+        let (status, _) = http
+            .call(Method::GET, "/v1/agents", Some("not-a-token"), None)
+            .await;
+        assert_eq!(status, 401);
+    }
+    let admin = harness.server().api_token().to_string();
+    let (status, created) = http
+        .call(
+            Method::POST,
+            "/v1/api-tokens",
+            Some(&admin),
+            Some(json!({"name": "leaver", "scope": "read"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["token"]
+        .as_str()
+        .expect("the new token")
+        .to_string();
+    let id = created["id"].as_str().expect("its id").to_string();
+    let (status, _) = http
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-tokens/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = http
+        .call(Method::GET, "/v1/agents", Some(&secret), None)
+        .await;
+    assert_eq!(status, 401);
+    // No token at all is a 401 too, but not a token the server refused.
+    let (status, _) = http.call(Method::GET, "/v1/agents", None, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(refused().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_keeps_its_newest_events_and_says_how_many_it_dropped() {
+    let harness = Harness::start().await;
+    let _agent = harness.start_agent("chatty").await;
+    let http = Http::new(&harness);
+    let admin = harness.server().api_token().to_string();
+    let (status, created) = http
+        .call(
+            Method::POST,
+            "/v1/commands",
+            Some(&admin),
+            Some(json!({"topic": "fault.print", "agent": "chatty"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let droppable = |events: &[(String, Value)]| {
+        events
+            .iter()
+            .filter(|(k, _)| k == "log" || k == "progress")
+            .count() as u64
+    };
+    // Followed live, every event arrives (the follower keeps up with the plugin).
+    let live = http
+        .events(&format!("/v1/commands/{id}/events"), &admin)
+        .await;
+    let logged = droppable(&live);
+    assert!(
+        logged > 1_000,
+        "fault.print logs more than a command keeps: {logged}"
+    );
+    // Followed late, the newest 1,000 log and progress events, every other event, and one
+    // `dropped` event where the rest were.
+    let late = http
+        .events(&format!("/v1/commands/{id}/events"), &admin)
+        .await;
+    assert_eq!(droppable(&late), 1_000);
+    let kinds: Vec<&str> = late.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        &kinds[..3],
+        ["dispatched", "accepted", "dropped"],
+        "{:?}",
+        &kinds[..5]
+    );
+    assert_eq!(&kinds[kinds.len() - 2..], ["finished", "done"]);
+    let dropped = late
+        .iter()
+        .find(|(k, _)| k == "dropped")
+        .map(|(_, v)| v["count"].as_u64().unwrap())
+        .unwrap();
+    assert_eq!(dropped + 1_000, logged, "the gap is the events dropped");
+    let view = http.get(&format!("/v1/commands/{id}"), &admin).await;
+    assert_eq!(view["events_dropped"], dropped, "{view}");
+    assert_eq!(view["results"][0]["events_dropped"], dropped, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lowest_scope_cannot_grow_an_audit_entry_and_the_log_is_paged() {
+    let harness = Harness::start().await;
+    let http = Http::new(&harness);
+    let admin = harness.server().api_token().to_string();
+    let read = harness
+        .server()
+        .create_api_token("dashboard", Scope::Read)
+        .unwrap();
+    // A refused request is audited with its path: a long one is cut, not stored whole.
+    let long = format!("/v1/commands/{}/cancel", "x".repeat(30_000));
+    for _ in 0..5 {
+        let (status, _) = http.call(Method::POST, &long, Some(&read), None).await;
+        assert_eq!(status, 403);
+    }
+    let page = http.get("/v1/audit?limit=2", &admin).await;
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 2, "a page holds `limit` entries");
+    for entry in page {
+        let request = entry["request"].as_str().unwrap();
+        assert!(request.chars().count() <= 257, "{} chars", request.len());
+        assert!(request.starts_with("POST /v1/commands/xxx") && request.ends_with('…'));
+    }
+    // Older pages by `before`, with no entry twice and none skipped.
+    let first = page[0]["seq"].as_u64().unwrap();
+    let last = page[1]["seq"].as_u64().unwrap();
+    assert_eq!(first, last + 1);
+    let older = http
+        .get(&format!("/v1/audit?limit=2&before={last}"), &admin)
+        .await;
+    assert_eq!(older[0]["seq"].as_u64(), Some(last - 1), "{older}");
+    // The default page, and a limit past the most a page holds, answer.
+    let all = http.get("/v1/audit", &admin).await;
+    assert!(all.as_array().unwrap().len() >= 5);
+    let all = http.get("/v1/audit?limit=1000000", &admin).await;
+    assert!(all.as_array().unwrap().len() >= 5);
+}

@@ -516,6 +516,24 @@ fn operators_label_target_list_and_audit_through_the_cli() {
     }
     let out = with_config(ferry().args(["audit"]), &config);
     assert!(String::from_utf8_lossy(&out.stdout).contains("watcher"));
+    // A full page says how to read the one before it.
+    let out = with_config(ferry().args(["audit", "--limit", "2"]), &config);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let before = stderr
+        .split("ferry audit --before ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no hint to page back: {stderr}"));
+    let older = stdout_json(&with_config(
+        ferry().args(["audit", "--json", "--limit", "1", "--before", before]),
+        &config,
+    ));
+    assert_eq!(
+        older[0]["seq"].as_u64(),
+        Some(before.parse::<u64>().unwrap() - 1),
+        "{older}"
+    );
 }
 
 /// `ferry bench` measures the round trip and, in the same run, the floors it is compared with

@@ -67,12 +67,18 @@ pub(super) async fn revoke_token(State(api): State<Api>, Path(id): Path<String>)
     }
 }
 
+/// Entries in a page of `GET /v1/audit` when the caller names no `limit`.
+const AUDIT_PAGE: usize = 100;
+/// The most entries in one page: with entries bounded (`storage::audit`), a page is at most
+/// about 1.5 MB.
+const MAX_AUDIT_PAGE: usize = 1_000;
+
 pub(super) async fn audit(State(api): State<Api>, params: QueryParams<AuditQuery>) -> Response {
     let params = match query(params) {
         Ok(params) => params,
         Err(e) => return e.into_response(),
     };
-    let limit = params.limit.unwrap_or(100).min(10_000);
+    let limit = params.limit.unwrap_or(AUDIT_PAGE).min(MAX_AUDIT_PAGE);
     let state = api.state.clone();
     match tokio::task::spawn_blocking(move || state.audit.recent(limit, params.before)).await {
         Ok(Ok(entries)) => Json(entries).into_response(),

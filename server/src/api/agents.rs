@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_api::{
     Agent, AgentDetails, AgentPluginView, AgentsQuery, LabelsRequest, RevokeRequest, RevokedAgent,
@@ -13,10 +14,13 @@ use ferry_api::{
 use ferry_protocol::{AgentId, close};
 use time::OffsetDateTime;
 
-use super::{Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, query};
+use super::{
+    Api, ApiError, Caller, JsonBody, QueryParams, api_error, body, error, noted, optional_body,
+    query,
+};
 use crate::domain::agents::AgentInfo;
 use crate::domain::plugins::Selector;
-use crate::storage::overrides::{Revocation, check_label};
+use crate::storage::overrides::{LabelsError, MAX_LABELS, Revocation, check_label};
 
 fn parse_id(id: &str) -> Result<AgentId, ApiError> {
     AgentId::new(id)
@@ -160,15 +164,20 @@ pub(super) async fn labels(
         }
     }
     let note = format!("{id}: set {:?}, removed {:?}", request.set, request.remove);
-    let updated = api.state.overrides.update(id.as_str(), |o| {
-        for key in &request.remove {
-            o.labels.remove(key);
-        }
-        o.labels.extend(request.set.clone());
-    });
-    match updated {
+    match api
+        .state
+        .overrides
+        .set_labels(id.as_str(), &request.set, &request.remove)
+    {
         Ok(_) => noted(Json(agent_view(&api, info)), note),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e),
+        Err(LabelsError::TooMany(n)) => error(
+            StatusCode::BAD_REQUEST,
+            "too-many-labels",
+            format!(
+                "an agent carries at most {MAX_LABELS} operator labels, and this would give '{id}' {n}; remove some first (`ferry agent label {id} KEY-`)"
+            ),
+        ),
+        Err(LabelsError::Storage(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e),
     }
 }
 
@@ -176,13 +185,17 @@ pub(super) async fn revoke(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
-    request: Option<Json<RevokeRequest>>,
+    headers: HeaderMap,
+    request: Bytes,
 ) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    let reason = request.and_then(|Json(b)| b.reason);
+    let reason = match optional_body::<RevokeRequest>(&headers, &request) {
+        Ok(request) => request.reason,
+        Err(e) => return e.into_response(),
+    };
     let revocation = Revocation {
         at: OffsetDateTime::now_utc(),
         by: caller.name,

@@ -197,7 +197,10 @@ pub(super) async fn events(State(api): State<Api>, Path(id): Path<String>) -> Re
         .into_response()
 }
 
-/// Replays a command's events from the first and follows it until its `done` event.
+/// Replays a command's events from the first and follows it until its `done` event. Events
+/// are asked for by number: the command may drop log and progress events a slow follower has
+/// not had yet, and then the follower gets a `dropped` event saying how many, in their place,
+/// and goes on from the first event kept; `done` is never dropped, so the stream always ends.
 fn event_stream(fleet: Arc<CommandEntry>) -> impl Stream<Item = Result<Event, Infallible>> {
     let rx = fleet.subscribe();
     futures::stream::unfold(
@@ -215,15 +218,32 @@ fn event_stream(fleet: Arc<CommandEntry>) -> impl Stream<Item = Result<Event, In
                 if done {
                     return None;
                 }
-                let fresh = fleet.events_since(next);
-                if fresh.is_empty() {
+                let since = fleet.events_after(next);
+                if since.next == next {
                     if rx.changed().await.is_err() {
                         return None;
                     }
                     continue;
                 }
-                next += fresh.len();
-                queue.extend(fresh);
+                next = since.next;
+                let mut events = since.events;
+                if since.dropped > 0 {
+                    // The command drops its oldest log and progress events, so the gap is
+                    // just before the first of those it kept.
+                    let at = events
+                        .iter()
+                        .position(|e| {
+                            matches!(e, CommandEvent::Log { .. } | CommandEvent::Progress { .. })
+                        })
+                        .unwrap_or(events.len());
+                    events.insert(
+                        at,
+                        CommandEvent::Dropped {
+                            count: since.dropped as u64,
+                        },
+                    );
+                }
+                queue.extend(events);
             }
         },
     )

@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// How the API's connections are bounded.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +60,13 @@ pub(crate) async fn serve(
             refuse(&refused, remote, limits.max_connections);
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The remote address as axum's `ConnectInfo`, for what handlers log about a request
+        // (axum's own `serve` would add it; this one serves with hyper directly).
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            router.clone().oneshot(request)
+        });
         let stop = stop.clone();
         tasks.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()

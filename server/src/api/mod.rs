@@ -1,8 +1,11 @@
 //! The operator API: HTTP/JSON, bound to loopback by default.
 //!
 //! Every route but `/v1/health` needs `Authorization: Bearer <token>` with a token whose scope
-//! covers the route's ([`crate::storage::tokens`]): no token, or one the server does not know, is 401; a
-//! token whose scope is too small is 403. Errors are `{"error": {"code", "message"}}`.
+//! covers the route's ([`crate::storage::tokens`]; the scheme is case-insensitive): no token, or
+//! one the server does not know, is 401 with `WWW-Authenticate: Bearer`; a token whose scope is
+//! too small is 403. Unknown or revoked tokens are counted and logged with their source address
+//! (`refused.rs`; the connection loop in `http.rs` adds it to each request as `ConnectInfo`).
+//! Errors are `{"error": {"code", "message"}}`, axum's own refusals included (`normalize`).
 //!
 //! The routes are one table, [`routes`]: the router is built from it, the guard takes each
 //! route's scope and audit action from it, and a test checks it against the OpenAPI document
@@ -34,12 +37,14 @@ mod data;
 mod http;
 mod join_tokens;
 mod plugins;
+mod refused;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +66,7 @@ use crate::storage::tokens::{ApiToken, Scope, TokenStore};
 use crate::transport::Agents;
 
 pub(crate) use http::{Limits, serve};
+pub(crate) use refused::RefusedTokens;
 
 /// The OpenAPI document, served as is.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
@@ -83,6 +89,8 @@ pub(crate) struct ApiState {
     /// Where handlers start work that outlives a request; shutdown waits for it.
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
+    /// Requests with a token the server does not know: counted for `/v1/health`, and logged.
+    pub(crate) refused_tokens: RefusedTokens,
 }
 
 #[derive(Clone)]
@@ -311,8 +319,10 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
     let api = Api { state };
     let mut router = Router::new();
     for r in routes(plugin_limit) {
+        // Inside the guard, so that the audit log records the error's code.
+        let method_router = r.router.layer(middleware::from_fn(normalize));
         let method_router = match r.scope {
-            Some(scope) => r.router.route_layer(middleware::from_fn_with_state(
+            Some(scope) => method_router.route_layer(middleware::from_fn_with_state(
                 Guard {
                     api: api.clone(),
                     scope,
@@ -320,7 +330,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
                 },
                 guard,
             )),
-            None => r.router,
+            None => method_router,
         };
         // Routes on one path with different methods merge into one method router.
         router = router.route(r.path, method_router);
@@ -334,6 +344,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(normalize))
         .with_state(api)
 }
 
@@ -361,13 +372,51 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
-                message: self.message,
+                message: bounded(&self.message),
             },
         };
         let mut response = (self.status, Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
+}
+
+/// The most characters of one word (a run without spaces) an error message carries: messages
+/// quote what the caller sent, and a 10 MB selector must not come back as a 20 MB error.
+const WORD_MAX: usize = 100;
+
+/// The most characters of an error message, for inputs quoted with spaces in them.
+const MESSAGE_MAX: usize = 1_000;
+
+/// `message` with every word longer than `WORD_MAX` characters cut to that with an ellipsis,
+/// and the whole cut to `MESSAGE_MAX`. No message of the server's own has such a word; what
+/// has one is a quoted input.
+fn bounded(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MESSAGE_MAX + 8));
+    let mut word = 0usize;
+    let mut total = 0usize;
+    for c in message.chars() {
+        if total == MESSAGE_MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_whitespace() {
+            word = 0;
+        } else {
+            word += 1;
+            if word == WORD_MAX + 1 {
+                out.push('…');
+                total += 1;
+                continue;
+            }
+            if word > WORD_MAX {
+                continue;
+            }
+        }
+        out.push(c);
+        total += 1;
+    }
+    out
 }
 
 fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
@@ -394,7 +443,7 @@ type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn body<T>(body: JsonBody<T>) -> Result<T, ApiError> {
     body.map(|Json(b)| b)
-        .map_err(|e| api_error(e.status(), "invalid-request", e.body_text()))
+        .map_err(|e| rejection(e.status(), &e.body_text(), false))
 }
 
 /// A query string or a JSON error saying what is wrong with it.
@@ -404,6 +453,67 @@ fn query<T>(query: QueryParams<T>) -> Result<T, ApiError> {
     query
         .map(|axum::extract::Query(q)| q)
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()))
+}
+
+/// What axum answers when it refuses a request before a handler sees it (a body that is not
+/// JSON or too large, a path parameter that is not UTF-8, a method the path lacks), in the
+/// documented shape and with the documented status: a body that parses but does not fit the
+/// request's type is 400, as the OpenAPI document says, not axum's 422.
+fn rejection(status: StatusCode, text: &str, plugin_push: bool) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE if plugin_push => api_error(
+            status,
+            "too-large",
+            "the plugin package is larger than this server accepts (its max_plugin_bytes); make the component smaller, or raise max_plugin_bytes in the server's configuration",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => api_error(
+            status,
+            "too-large",
+            "the request body is larger than this server accepts (twice its max_frame_bytes); send a smaller payload or value, or raise max_frame_bytes in the server's configuration",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => api_error(
+            status,
+            "unsupported-media-type",
+            "send the body as JSON, with `Content-Type: application/json`",
+        ),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            format!("{text}; GET /v1/openapi.json documents each request"),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => api_error(
+            status,
+            "method-not-allowed",
+            "this path does not take that method; its `Allow` header and GET /v1/openapi.json list the ones it does",
+        ),
+        _ => api_error(status, "error", text.to_string()),
+    }
+}
+
+/// Puts an error response that is not already the API's own (axum's rejections answer in
+/// plain text) into the documented shape; every other response passes as it is.
+async fn normalize(request: Request, next: Next) -> Response {
+    let plugin_push = request.method() == Method::POST && request.uri().path() == "/v1/plugins";
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<ErrorCode>().is_some()
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's rejection texts are a line; anything longer is cut by `bounded` anyway.
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut out = rejection(status, &text, plugin_push).into_response();
+    for name in [header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
 }
 
 #[derive(Clone)]
@@ -419,22 +529,30 @@ async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     let token = match presented {
         None => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+            return unauthorized(
+                "Bearer",
                 "send `Authorization: Bearer <token>`; the server's first admin token is in its data directory (operator.token)",
             );
         }
         Some(presented) => match guard.api.state.tokens.authenticate(presented) {
             Some(token) => token,
             None => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                // Not audited (the audit log is of what tokens did, and a flood of these
+                // would grow it), but counted and logged with where it came from.
+                let remote = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(remote)| *remote);
+                guard
+                    .api
+                    .state
+                    .refused_tokens
+                    .record(remote, request.uri().path());
+                return unauthorized(
+                    r#"Bearer error="invalid_token""#,
                     "the bearer token is not valid for this server (unknown or revoked); ask an admin for one (`ferry api-token create`)",
                 );
             }
@@ -494,10 +612,54 @@ async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> 
     response
 }
 
-async fn health() -> Response {
+/// The token of an `Authorization` header's value: the scheme is case-insensitive (RFC 9110,
+/// section 11.1), so `bearer x` is `Bearer x`.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A 401 with the `WWW-Authenticate` challenge that tells a client which scheme to use
+/// (RFC 9110 requires one on every 401).
+fn unauthorized(challenge: &'static str, message: &'static str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// A body a route lets the caller leave out (revoke's reason, rollback's wait): an empty body is
+/// the default, and one that is sent must be JSON, as every other route's body is, so that a
+/// reason sent as a form or without a content type is refused (415) rather than dropped.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &axum::http::HeaderMap,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !json {
+        return Err(rejection(StatusCode::UNSUPPORTED_MEDIA_TYPE, "", false));
+    }
+    body(Json::from_bytes(bytes))
+}
+
+async fn health(State(api): State<Api>) -> Response {
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        refused_tokens: api.state.refused_tokens.total(),
     })
     .into_response()
 }

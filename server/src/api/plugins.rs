@@ -3,8 +3,9 @@
 //! Push takes the package's CBOR encoding as the body, up to `max_plugin_bytes`. `DELETE
 //! /v1/plugins/{name}` deletes a version or the whole plugin.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ferry_api::{
@@ -14,7 +15,7 @@ use ferry_api::{
 
 use std::time::Duration;
 
-use super::{Api, Caller, QueryParams, error, noted, query};
+use super::{Api, Caller, JsonBody, QueryParams, error, noted, optional_body, query};
 use crate::domain::agents::AgentStatus;
 use crate::domain::plugins::{AgentRollout, PluginError, Selector};
 
@@ -29,7 +30,7 @@ fn plugin_error(e: PluginError) -> Response {
     error(status, code, e.to_string())
 }
 
-pub(super) async fn push(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+pub(super) async fn push(State(api): State<Api>, body: Bytes) -> Response {
     let state = api.state.clone();
     // Validating a 20 MB component and writing it take a while: off the async workers.
     let pushed = tokio::task::spawn_blocking(move || state.plugins.push(&body)).await;
@@ -97,11 +98,11 @@ pub(super) async fn assign(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
-    body: Result<Json<AssignRequest>, axum::extract::rejection::JsonRejection>,
+    body: JsonBody<AssignRequest>,
 ) -> Response {
-    let Json(body) = match body {
+    let body = match super::body(body) {
         Ok(body) => body,
-        Err(e) => return error(e.status(), "invalid-request", e.body_text()),
+        Err(e) => return e.into_response(),
     };
     let to: Selector = match body.to.parse() {
         Ok(to) => to,
@@ -128,9 +129,13 @@ pub(super) async fn rollback(
     State(api): State<Api>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
-    body: Option<Json<RollbackRequest>>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = match optional_body::<RollbackRequest>(&headers, &body) {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     match api.state.plugins.rollback(&name, &caller.name) {
         Ok(current) => {
             tracing::info!(plugin = %name, now = ?current, "plugin rolled back");

@@ -230,6 +230,7 @@ fn each_schema_names_exactly_the_fields_of_its_type() {
         stats: Some(ResultStats::default()),
         sent_at: Some(at),
         finished_at: Some(at),
+        events_dropped: 0,
     };
     let command = CommandView {
         id: "c".into(),
@@ -243,6 +244,7 @@ fn each_schema_names_exactly_the_fields_of_its_type() {
         max_errors: Some(1),
         peak_concurrency: 1,
         summary: Summary::default(),
+        events_dropped: 0,
         results: Some(vec![result.clone()]),
     };
     let api_token = ApiToken {
@@ -401,4 +403,20 @@ fn each_schema_names_exactly_the_fields_of_its_type() {
         with_fields, checked,
         "a schema with fields needs its type here"
     );
+}
+
+#[test]
+fn error_messages_cut_long_words_and_long_messages() {
+    let long = format!("the selector '{}' is not key=value", "x".repeat(10_000));
+    let cut = super::bounded(&long);
+    assert!(cut.starts_with("the selector '"), "{cut}");
+    assert!(
+        cut.ends_with("…' is not key=value") || cut.contains("…"),
+        "{cut}"
+    );
+    assert!(cut.chars().count() < 150, "{cut}");
+    let spaced = "a b ".repeat(10_000);
+    assert!(super::bounded(&spaced).chars().count() <= 1_001);
+    let plain = "send `Authorization: Bearer <token>`; it's in the data directory";
+    assert_eq!(super::bounded(plain), plain);
 }

@@ -14,8 +14,10 @@
 //! Cancelling a command stops the sending (the agents left are `cancelled`) and cancels every
 //! child still running.
 //!
-//! Like child commands, a command keeps all its events in order — the children's, tagged with
-//! the agent, plus `dispatched` and a final `done` — so a watcher that joins late misses nothing.
+//! Like child commands, a command keeps its events in order — the children's, tagged with the
+//! agent, plus `dispatched` and a final `done` — so a watcher that joins late misses nothing it
+//! keeps: every event but log and progress, and the newest `COMMAND_EVENTS` (1,000) of those,
+//! with a count of those dropped (`domain::events`); a follower is told how many it missed.
 //!
 //! Who is sent it when, what is decided not sent, and when the command ends is decided by
 //! [`ferry_lifecycle::Fanout`]; `drive` here only carries out what it asks (checks an agent
@@ -61,6 +63,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use tokio_util::task::TaskTracker;
+
+use super::events::{COMMAND_EVENTS, Droppable, EventLog, Since};
+
+impl Droppable for CommandEvent {
+    fn droppable(&self) -> bool {
+        matches!(
+            self,
+            CommandEvent::Log { .. } | CommandEvent::Progress { .. } | CommandEvent::Dropped { .. }
+        )
+    }
+}
 
 pub use ferry_api::{AgentResult, CommandEvent, CommandStatus, CommandView, Summary};
 
@@ -295,6 +308,7 @@ impl Slot {
                     stats: view.stats,
                     sent_at: Some(view.created_at),
                     finished_at: view.finished_at,
+                    events_dropped: entry.events_dropped() as u64,
                 }
             }
             (None, not_sent) => AgentResult {
@@ -307,6 +321,7 @@ impl Slot {
                 stats: None,
                 sent_at: None,
                 finished_at: not_sent.as_ref().map(|(_, _, at)| *at),
+                events_dropped: 0,
             },
         }
     }
@@ -314,8 +329,10 @@ impl Slot {
 
 struct Inner {
     slots: Vec<Slot>,
-    /// Every event, in order.
-    events: Vec<CommandEvent>,
+    /// Its events, in order, log and progress bounded.
+    events: EventLog<CommandEvent>,
+    /// Runs' events that the runs dropped before the command copied them.
+    skipped: usize,
     finished_at: Option<OffsetDateTime>,
     /// `Running` until the end is shown.
     status: CommandStatus,
@@ -442,6 +459,7 @@ impl CommandEntry {
             max_errors: self.max_errors,
             peak_concurrency: inner.peak,
             summary,
+            events_dropped: (inner.events.dropped() + inner.skipped) as u64,
             results: results.then_some(list),
         }
     }
@@ -456,14 +474,15 @@ impl CommandEntry {
         self.inner.lock().slots.iter().any(|s| s.agent == agent)
     }
 
-    /// Events from number `from` on.
+    /// The kept events numbered from `from` on.
     pub fn events_since(&self, from: usize) -> Vec<CommandEvent> {
-        self.inner
-            .lock()
-            .events
-            .get(from..)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default()
+        self.inner.lock().events.since(from).events
+    }
+
+    /// The kept events numbered from `from` on, the number to ask from next, and how many in
+    /// between were dropped.
+    pub fn events_after(&self, from: usize) -> Since<CommandEvent> {
+        self.inner.lock().events.since(from)
     }
 
     /// A receiver that changes whenever an event is added.
@@ -493,8 +512,13 @@ impl CommandEntry {
     }
 
     fn push_locked(&self, inner: &mut Inner, event: CommandEvent) {
-        inner.events.push(event);
-        self.changed.send_replace(inner.events.len());
+        let added = inner.events.push(event);
+        self.changed.send_replace(added);
+    }
+
+    /// A run dropped `count` events before they were copied here.
+    fn skipped(&self, count: usize) {
+        self.inner.lock().skipped += count;
     }
 
     fn dispatched(&self, index: usize, entry: Arc<RunEntry>) {
@@ -542,12 +566,13 @@ impl CommandEntry {
 
     /// Puts back a run restored from disk, with its events so far.
     fn restore_run(&self, index: usize, entry: Arc<RunEntry>) {
-        let events = entry.events_since(0);
+        let since = entry.events_after(0);
         self.dispatched(index, entry);
-        for event in &events {
+        for event in &since.events {
             self.agent_event(index, event);
         }
-        self.inner.lock().slots[index].copied = events.len();
+        self.skipped(since.dropped);
+        self.inner.lock().slots[index].copied = since.next;
     }
 
     /// Where each slot is, as the fan-out starts from it: slots with a run that is going (or
@@ -726,7 +751,8 @@ pub(crate) async fn start(
                     not_sent: None,
                 })
                 .collect(),
-            events: Vec::new(),
+            events: EventLog::new(COMMAND_EVENTS),
+            skipped: 0,
             finished_at: None,
             status: CommandStatus::Running,
             peak: 0,
@@ -1031,9 +1057,12 @@ async fn follow(
     let mut rx = entry.subscribe();
     let mut next = from;
     loop {
-        let fresh = entry.events_since(next);
-        next += fresh.len();
-        for event in &fresh {
+        let since = entry.events_after(next);
+        next = since.next;
+        if since.dropped > 0 {
+            fleet.skipped(since.dropped);
+        }
+        for event in &since.events {
             fleet.agent_event(index, event);
             if let RunEvent::Finished { status, .. } = event {
                 let _ = ended.send((index, *status));
@@ -1112,7 +1141,8 @@ pub(crate) fn restore(cx: &Arc<Commands>, loaded: Loaded) {
                         not_sent: slot.not_sent.map(|n| (n.status, n.why, n.at)),
                     })
                     .collect(),
-                events: Vec::new(),
+                events: EventLog::new(COMMAND_EVENTS),
+                skipped: 0,
                 finished_at: None,
                 status: CommandStatus::Running,
                 peak: record.peak,

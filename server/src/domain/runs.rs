@@ -1,6 +1,7 @@
-//! Runs — each agent's part of a command — and what happened to them: every event is kept in
-//! order, so a watcher that joins late replays the run from its start and then follows it,
-//! missing nothing.
+//! Runs — each agent's part of a command — and what happened to them: events are kept in
+//! order, so a watcher that joins late replays the run from its start and then follows it. A
+//! run keeps its `accepted` and `finished` and the newest `RUN_EVENTS` (1,000) log and progress
+//! events, with a count of those dropped (`domain::events`).
 //!
 //! The store keeps the runs, the newest `RETAINED_COMMANDS` (10,000) ended ones.
 //! Watchers wait on a `watch` counter, so nothing a late watcher needs is lost.
@@ -10,6 +11,8 @@ use std::sync::Arc;
 
 pub use ferry_api::{RenderedPayload, RunEvent};
 use ferry_lifecycle::End;
+
+use super::events::{Droppable, EventLog, RUN_EVENTS, Since};
 use ferry_protocol::{CommandResult, LogLevel, ResultStats};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -51,7 +54,13 @@ pub struct RunView {
 
 struct Record {
     view: RunView,
-    events: Vec<RunEvent>,
+    events: EventLog<RunEvent>,
+}
+
+impl Droppable for RunEvent {
+    fn droppable(&self) -> bool {
+        matches!(self, RunEvent::Log { .. } | RunEvent::Progress { .. })
+    }
 }
 
 /// Which operator command an agent's run belongs to, and what it needs again after a restart.
@@ -88,14 +97,21 @@ impl RunEntry {
         self.record.lock().view.clone()
     }
 
-    /// Events from number `from` on.
+    /// The kept events numbered from `from` on (a run drops its oldest log and progress
+    /// events past `RUN_EVENTS`; numbers count those too).
     pub fn events_since(&self, from: usize) -> Vec<RunEvent> {
-        self.record
-            .lock()
-            .events
-            .get(from..)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default()
+        self.record.lock().events.since(from).events
+    }
+
+    /// The kept events numbered from `from` on, the number to ask from next, and how many in
+    /// between were dropped: what a follower needs to miss nothing it could have had.
+    pub fn events_after(&self, from: usize) -> Since<RunEvent> {
+        self.record.lock().events.since(from)
+    }
+
+    /// How many of its log and progress events the run has dropped.
+    pub fn events_dropped(&self) -> usize {
+        self.record.lock().events.dropped()
     }
 
     /// A receiver that changes whenever an event is added.
@@ -163,8 +179,7 @@ impl RunEntry {
                 record.view.stats = stats.clone();
             }
         }
-        record.events.push(event);
-        let count = record.events.len();
+        let count = record.events.push(event);
         drop(record);
         self.changed.send_replace(count);
         true
@@ -333,10 +348,14 @@ impl RunStore {
 
     fn insert(&self, origin: Origin, view: RunView, events: Vec<RunEvent>) -> Arc<RunEntry> {
         let id = view.id.clone();
-        let count = events.len();
+        let mut log = EventLog::new(RUN_EVENTS);
+        for event in events {
+            log.push(event);
+        }
+        let count = log.added();
         let entry = Arc::new(RunEntry {
             origin,
-            record: Mutex::new(Record { view, events }),
+            record: Mutex::new(Record { view, events: log }),
             changed: watch::Sender::new(count),
             cancel: Notify::new(),
             driver: Mutex::new(None),
@@ -389,5 +408,27 @@ mod tests {
         assert_eq!(view.status, RunStatus::Lost);
         assert_eq!(view.progress, Some(100));
         assert_eq!(entry.events_since(0).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_run_keeps_the_newest_log_lines_its_acceptance_and_its_end() {
+        let store = RunStore::default();
+        let origin = Origin {
+            fleet: "f".into(),
+            index: 0,
+            timeout_ms: None,
+        };
+        let entry = store.create("c1".into(), "a".into(), "echo".into(), origin);
+        entry.accepted();
+        for i in 0..RUN_EVENTS + 500 {
+            entry.log(LogLevel::Info, format!("line {i}"));
+        }
+        entry.finish_unrecorded(RunStatus::Failed, "done".into());
+        let events = entry.events_since(0);
+        assert_eq!(events.len(), RUN_EVENTS + 2);
+        assert!(matches!(events[0], RunEvent::Accepted { .. }));
+        assert!(matches!(&events[1], RunEvent::Log { message, .. } if message == "line 500"));
+        assert!(matches!(events.last(), Some(RunEvent::Finished { .. })));
+        assert_eq!(entry.events_dropped(), 500);
     }
 }

@@ -4,8 +4,10 @@
 //! answers, the newest [`RETAINED`] entries.
 //!
 //! An entry holds the token's id and name, the action (the route's operation id), the request, a
-//! handler's note on what it acted on, the result (`ok` or the error code) and the status. The
-//! table maps a sequence number to an entry.
+//! handler's note on what it acted on, the result (`ok` or the error code) and the status; the
+//! request and the note are cut to `MAX_REQUEST_CHARS` and `MAX_DETAIL_CHARS`. The table maps a
+//! sequence number to an entry; `GET /v1/audit` reads it a page at a time, newest first, older
+//! pages by `before`.
 
 use std::sync::Arc;
 
@@ -19,6 +21,21 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
 
 /// How many entries are kept; the oldest go first.
 pub const RETAINED: u64 = 100_000;
+
+/// The most characters an entry keeps of its request (method and path): the path is the
+/// caller's choice, and even a refused request is audited, so without a bound the lowest
+/// scope could store 65 KB an entry (300 requests grew the database by 28 MB).
+pub const MAX_REQUEST_CHARS: usize = 256;
+/// The most characters an entry keeps of a handler's note (which often quotes the request).
+pub const MAX_DETAIL_CHARS: usize = 1_024;
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn cut(text: &mut String, max: usize) {
+    if let Some((end, _)) = text.char_indices().nth(max) {
+        text.truncate(end);
+        text.push('…');
+    }
+}
 
 /// The audit log.
 pub(crate) struct AuditLog {
@@ -52,6 +69,10 @@ impl AuditLog {
         // Held across the commit so sequence numbers are written in order.
         let mut next = self.next.lock();
         entry.seq = *next;
+        cut(&mut entry.request, MAX_REQUEST_CHARS);
+        if let Some(detail) = &mut entry.detail {
+            cut(detail, MAX_DETAIL_CHARS);
+        }
         let value = serde_json::to_vec(&entry).expect("an audit entry serializes");
         let tx = self.db.begin_write().map_err(failed)?;
         {
@@ -119,5 +140,27 @@ mod tests {
         assert_eq!(actions, ["c", "b", "a"]);
         let older = log.recent(1, Some(3)).unwrap();
         assert_eq!(older[0].action, "b");
+    }
+
+    #[test]
+    fn an_entry_keeps_a_bounded_request_and_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(crate::storage::db::open(dir.path()).unwrap()).unwrap();
+        let mut long = entry("a");
+        long.request = format!("POST /v1/commands/{}/cancel", "é".repeat(60_000));
+        long.detail = Some("x".repeat(60_000));
+        let stored = log.record(long).unwrap();
+        assert_eq!(stored.request.chars().count(), MAX_REQUEST_CHARS + 1);
+        assert!(stored.request.starts_with("POST /v1/commands/éé"));
+        assert!(stored.request.ends_with('…'));
+        assert_eq!(
+            stored.detail.as_deref().map(|d| d.chars().count()),
+            Some(MAX_DETAIL_CHARS + 1)
+        );
+        let read = log.recent(1, None).unwrap().remove(0);
+        assert_eq!(read, stored, "what is stored is what was cut");
+        // Short ones are kept whole.
+        let short = log.record(entry("b")).unwrap();
+        assert_eq!(short.request, "POST /v1/commands");
     }
 }

@@ -148,6 +148,40 @@ impl Overrides {
         let mut by_agent = self.by_agent.write();
         let mut record = by_agent.get(agent).cloned().unwrap_or_default();
         change(&mut record);
+        self.store(&mut by_agent, agent, record)
+    }
+
+    /// Removes `remove` from `agent`'s operator labels and sets `set` over them, unless the
+    /// agent would then carry more than `MAX_LABELS`: checked under the same lock as the
+    /// change, so that two operators adding labels at once cannot pass the bound together.
+    pub(crate) fn set_labels(
+        &self,
+        agent: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Override, LabelsError> {
+        let mut by_agent = self.by_agent.write();
+        let mut record = by_agent.get(agent).cloned().unwrap_or_default();
+        for key in remove {
+            record.labels.remove(key);
+        }
+        record
+            .labels
+            .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if record.labels.len() > MAX_LABELS {
+            return Err(LabelsError::TooMany(record.labels.len()));
+        }
+        self.store(&mut by_agent, agent, record)
+            .map_err(LabelsError::Storage)
+    }
+
+    /// Commits `record` as `agent`'s and then caches it; `by_agent` is the held cache lock.
+    fn store(
+        &self,
+        by_agent: &mut HashMap<String, Override>,
+        agent: &str,
+        record: Override,
+    ) -> Result<Override, String> {
         let tx = self.db.begin_write().map_err(failed)?;
         {
             let mut table = tx.open_table(OVERRIDES).map_err(failed)?;
@@ -166,6 +200,15 @@ impl Overrides {
         }
         Ok(record)
     }
+}
+
+/// Why [`Overrides::set_labels`] changed nothing.
+#[derive(Debug)]
+pub(crate) enum LabelsError {
+    /// The agent would carry this many operator labels, more than `MAX_LABELS`.
+    TooMany(usize),
+    /// The database failed.
+    Storage(String),
 }
 
 impl crate::domain::ports::AgentOverrides for Overrides {
@@ -208,5 +251,30 @@ mod tests {
         assert!(check_label("env", Some("prod")).is_ok());
         assert!(check_label("e=v", None).is_err());
         assert!(check_label("env", Some("a b")).is_err());
+    }
+
+    #[test]
+    fn an_agent_carries_at_most_max_labels_operator_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Overrides::open(crate::storage::db::open(dir.path()).unwrap()).unwrap();
+        let labels = |range: std::ops::Range<usize>| -> BTreeMap<String, String> {
+            range.map(|i| (format!("k{i}"), "v".to_string())).collect()
+        };
+        o.set_labels("a", &labels(0..MAX_LABELS - 1), &[]).unwrap();
+        assert!(matches!(
+            o.set_labels("a", &labels(100..102), &[]),
+            Err(LabelsError::TooMany(n)) if n == MAX_LABELS + 1
+        ));
+        assert_eq!(
+            o.get("a").labels.len(),
+            MAX_LABELS - 1,
+            "nothing was changed"
+        );
+        // Removing makes room in the same change; overwriting a key adds nothing.
+        o.set_labels("a", &labels(100..102), &["k0".to_string()])
+            .unwrap();
+        o.set_labels("a", &labels(0..1), &["k1".to_string()])
+            .unwrap();
+        assert_eq!(o.get("a").labels.len(), MAX_LABELS);
     }
 }
