@@ -13,8 +13,74 @@
 //!   no transport at all.
 //!
 //! Tests (`tests.rs`, `mod tests`) may wire real parts together and are not checked.
+//!
+//! The crates that must stay free of the rest are checked by their dependency tree (`cargo
+//! tree`, normal dependencies): the lifecycle machines take time and events as inputs, so a
+//! virtual clock and a simulated network can drive them; the plugin host is the sandbox and
+//! knows nothing of the fleet; the API's types are shared by any client.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Each such crate, what it must depend on (to show the tree was read), and what never.
+const CRATES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "ferry-lifecycle",
+        &["ferry-protocol"],
+        &["tokio", "quinn", "quinn-proto", "redb", "rustls", "ring"],
+    ),
+    (
+        "ferry-host",
+        &["ferry-manifest", "wasmtime"],
+        &[
+            "ferry-agent",
+            "ferry-server",
+            "quinn",
+            "quinn-proto",
+            "redb",
+        ],
+    ),
+    (
+        "ferry-api",
+        &["ferry-lifecycle", "serde"],
+        &[
+            "ferry-server",
+            "ferry-agent",
+            "ferry-host",
+            "tokio",
+            "axum",
+            "quinn",
+            "redb",
+            "wasmtime",
+        ],
+    ),
+];
+
+#[test]
+fn the_machines_host_and_api_depend_on_nothing_of_the_fleet() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for (krate, needs, forbidden) in CRATES {
+        let out = Command::new(&cargo)
+            .args(["tree", "--offline", "-p", krate, "-e", "normal"])
+            .args(["--prefix", "none", "--format", "{p}"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo tree -p {krate} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let has = |name: &str| tree.lines().any(|l| l.starts_with(&format!("{name} ")));
+        for name in *needs {
+            assert!(has(name), "{krate} should depend on {name}:\n{tree}");
+        }
+        for name in *forbidden {
+            assert!(!has(name), "{krate} must not depend on {name}:\n{tree}");
+        }
+    }
+}
 
 /// The server's folders under `src/`, and the paths each must never name.
 const SERVER: &[(&str, &[&str])] = &[
