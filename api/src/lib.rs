@@ -10,6 +10,7 @@
 
 mod agents;
 mod commands;
+pub mod names;
 mod plugins;
 mod selector;
 mod tokens;

@@ -13,7 +13,7 @@ use crate::client::read;
 pub fn terminal_safe(text: &str, lines: bool) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
         (c.is_control() && !(lines && (c == '\n' || c == '\t')))
-            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            || ferry_api::names::is_bidi_control(c)
     };
     if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);

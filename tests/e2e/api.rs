@@ -10,20 +10,20 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-struct Http {
+pub(crate) struct Http {
     client: reqwest::Client,
     base: String,
 }
 
 impl Http {
-    fn new(harness: &Harness) -> Http {
+    pub(crate) fn new(harness: &Harness) -> Http {
         Http {
             client: reqwest::Client::new(),
             base: harness.api_url(),
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,

@@ -4,25 +4,15 @@
 //! keeps serving.
 
 use ferry_tests::Harness;
+use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn post(harness: &Harness, path: &str, body: Value) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", harness.api_url()))
-        .bearer_auth(harness.server().api_token())
-        .json(&body)
-        .send()
-        .await
-        .expect("the API answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
+use crate::api::Http;
 
 /// Asserts `body` is refused with 400 and a message holding `says`.
-async fn refused(harness: &Harness, path: &str, body: Value, says: &str) {
-    let (status, text) = post(harness, path, body).await;
-    assert_eq!(status, 400, "{path}: {text}");
-    let error: Value = serde_json::from_str(&text).expect("a JSON error body");
+async fn refused(http: &Http, token: &str, path: &str, body: Value, says: &str) {
+    let (status, error) = http.call(Method::POST, path, Some(token), Some(body)).await;
+    assert_eq!(status, 400, "{path}: {error}");
     let message = error["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains(says),
@@ -34,6 +24,8 @@ async fn refused(harness: &Harness, path: &str, body: Value, says: &str) {
 async fn inputs_past_their_bounds_and_escapes_in_names_are_refused() {
     let harness = Harness::start().await;
     let _agent = harness.start_agent("bounded").await;
+    let http = Http::new(&harness);
+    let token = harness.server().api_token().to_string();
     let command = |extra: Value| {
         let mut body = json!({"topic": "echo", "agent": "bounded", "payload": "x"});
         body.as_object_mut()
@@ -43,49 +35,56 @@ async fn inputs_past_their_bounds_and_escapes_in_names_are_refused() {
     };
 
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"topic": "x".repeat(129)})),
         "at most 128",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"topic": "echo\u{1b}[2J"})),
         "U+001B",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"topic": "echo\u{202e}"})),
         "U+202E",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"content_type": "a\r\nb"})),
         "content type",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"data": {"k\u{7}": "v"}})),
         "data key",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"deliver_within_ms": u64::MAX})),
         "deliver_within",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         command(json!({"timeout_ms": u64::MAX})),
         "timeout",
@@ -93,7 +92,8 @@ async fn inputs_past_their_bounds_and_escapes_in_names_are_refused() {
     .await;
     let many: Vec<String> = (0..10_001).map(|i| format!("a{i}")).collect();
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/commands",
         json!({"topic": "echo", "agents": many, "payload": "x"}),
         "10000",
@@ -101,21 +101,24 @@ async fn inputs_past_their_bounds_and_escapes_in_names_are_refused() {
     .await;
 
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/api-tokens",
         json!({"name": "server", "scope": "read"}),
         "server",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/api-tokens",
         json!({"name": "ci\u{1b}]0;owned\u{7}", "scope": "read"}),
         "name",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/join-tokens",
         json!({"ttl": "1ns"}),
         "a second",
@@ -124,14 +127,16 @@ async fn inputs_past_their_bounds_and_escapes_in_names_are_refused() {
     let labels: serde_json::Map<String, Value> =
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/join-tokens",
         json!({"labels": labels}),
         "64 labels",
     )
     .await;
     refused(
-        &harness,
+        &http,
+        &token,
         "/v1/join-tokens",
         json!({"labels": {"env": "prod\u{2066}"}}),
         "label",
@@ -139,6 +144,13 @@ async fn inputs_past_their_bounds_and_escapes_in_names_are_refused() {
     .await;
 
     // Within the bounds, the same requests work.
-    let (status, text) = post(&harness, "/v1/commands", command(json!({}))).await;
-    assert_eq!(status, 202, "{text}");
+    let (status, created) = http
+        .call(
+            Method::POST,
+            "/v1/commands",
+            Some(&token),
+            Some(command(json!({}))),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
 }

@@ -78,13 +78,13 @@ impl Droppable for CommandEvent {
 pub use ferry_api::{AgentResult, CommandEvent, CommandStatus, CommandView, Summary};
 
 use super::agents::NotConnected;
-use super::names;
 use super::plugins::Selector;
 use super::ports::{AgentOverrides, CommandLog, Deliver, Delivery, Directory};
 use super::records::{
     COMMAND_LAYOUT, CommandRecord, Created, Loaded, NotSent, RunRecord, SlotRecord, TargetRecord,
 };
 use super::runs::{Origin, RenderedPayload, RunEntry, RunEvent, RunStatus, RunStore};
+use ferry_api::names;
 
 /// The operator's commands: the ones the server holds, and what starting, driving and
 /// restoring them needs of the rest of the server, as the composition root wires it.

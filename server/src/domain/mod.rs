@@ -10,7 +10,6 @@ use parking_lot::RwLock;
 pub(crate) mod agents;
 pub(crate) mod commands;
 pub(crate) mod events;
-pub(crate) mod names;
 pub(crate) mod plugins;
 pub(crate) mod ports;
 pub(crate) mod records;

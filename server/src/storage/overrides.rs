@@ -48,7 +48,7 @@ fn failed(e: impl std::fmt::Display) -> String {
 /// Checks a label key or value: what a selector (`key=value,…`) can express.
 pub(crate) fn check_label(key: &str, value: Option<&str>) -> Result<(), String> {
     let ok = |s: &str| {
-        crate::domain::names::check(s, MAX_LABEL_BYTES, false).is_ok() && !s.contains(['=', ','])
+        ferry_api::names::check(s, MAX_LABEL_BYTES, false).is_ok() && !s.contains(['=', ','])
     };
     if !ok(key) {
         return Err(format!(

@@ -155,7 +155,7 @@ impl TokenStore {
         created_by: &str,
     ) -> Result<(ApiToken, String), TokenError> {
         let name = name.trim();
-        if crate::domain::names::check(name, 64, true).is_err() {
+        if ferry_api::names::check(name, 64, true).is_err() {
             return Err(TokenError::Invalid(
                 "a token's name has 1 to 64 printable characters, e.g. `ci` or `dashboard`".into(),
             ));

@@ -1,5 +1,6 @@
 //! What a name may be: topics, data keys, labels, token names and other strings that operators
-//! and plugins choose and that later appear in listings, logs and terminals. One rule for all,
+//! and plugins choose and that later appear in listings, logs and terminals. One rule for all
+//! (the server refuses such names; the CLI escapes the same characters in what it prints),
 //! so that no caller can put a terminal escape, a line break or a bidi override into another
 //! operator's screen (`ferry audit`, `ferry commands`) or a log line, nor make a name so long
 //! that holding it costs the server real memory.
@@ -7,7 +8,7 @@
 /// Why `text` cannot be a name of at most `max` bytes, if it cannot: empty, too long, or
 /// holding a control character (ESC, BEL, CR, LF…), a bidi override or isolate (which reorder
 /// what a terminal shows), or — unless `spaces` — whitespace.
-pub(crate) fn check(text: &str, max: usize, spaces: bool) -> Result<(), String> {
+pub fn check(text: &str, max: usize, spaces: bool) -> Result<(), String> {
     if text.is_empty() {
         return Err("it is empty".into());
     }
@@ -33,7 +34,7 @@ pub(crate) fn check(text: &str, max: usize, spaces: bool) -> Result<(), String> 
 }
 
 /// The Unicode bidi formatting characters: embeddings, overrides and isolates, and the marks.
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
